@@ -1,0 +1,270 @@
+"""Builds everything the model repositories load; `build_engines.sh` runs this.
+
+Steps, each skipped when its output is already up to date (so a second run takes seconds):
+1. the edge checkpoint: the tiny default, or a real local one given with --edge-checkpoint;
+2. the cloud checkpoint: likewise, --cloud-checkpoint;
+3. the edge vision tower exported to ONNX at a fixed input size, checked against torch in ONNX Runtime;
+4. a TensorRT engine from that ONNX, where TensorRT exists (trtexec or the tensorrt module);
+5. the `config.pbtxt` files rendered from their templates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from python_backends.templates import render_repository
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ONNX_TOLERANCE = 1e-3
+STEPS = 5
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def step(number: int, message: str) -> None:
+    print(f"[{number}/{STEPS}] {message}", flush=True)
+
+
+def detail(message: str) -> None:
+    print(f"      {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the templates need to know about a checkpoint."""
+
+    text_hidden: int
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> "ModelFacts":
+        config = json.loads((checkpoint / "config.json").read_text())
+        text = config.get("text_config", config)
+        vision = config["vision_config"]
+        return cls(
+            text_hidden=int(text["hidden_size"]),
+            patch_size=int(vision.get("patch_size", 14)),
+            merge_size=int(vision.get("spatial_merge_size", 2)),
+            temporal_patch_size=int(vision.get("temporal_patch_size", 2)),
+        )
+
+
+def checkpoint_fingerprint(checkpoint: Path) -> str:
+    """Cheap identity of a checkpoint folder: names, sizes and mtimes of its files."""
+    digest = hashlib.sha256()
+    for path in sorted(checkpoint.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def ensure_checkpoint(role: str, given: str | None, default_dir: Path, number: int) -> Path:
+    from python_backends.engines.tiny_checkpoint import CLOUD_SPEC, EDGE_SPEC, build_tiny_checkpoint, is_built
+
+    if given:
+        path = Path(given).expanduser().resolve()
+        step(number, f"{role} checkpoint: using {path}")
+        if not (path / "config.json").is_file():
+            raise BuildError(f"--{role}-checkpoint {path}: no config.json there (not a transformers checkpoint)")
+        if not (path / "preprocessor_config.json").is_file():
+            raise BuildError(f"--{role}-checkpoint {path}: no preprocessor_config.json (needed for the image processor)")
+        return path
+    spec = EDGE_SPEC if role == "edge" else CLOUD_SPEC
+    if is_built(default_dir, spec):
+        step(number, f"{role} checkpoint: {spec.name} is up to date in {default_dir}")
+        return default_dir
+    step(number, f"{role} checkpoint: building {spec.name} (random weights, seed {spec.seed}) in {default_dir}")
+    started = time.monotonic()
+    if default_dir.exists():
+        shutil.rmtree(default_dir)
+    build_tiny_checkpoint(default_dir, spec)
+    detail(f"done in {time.monotonic() - started:.1f} s")
+    return default_dir
+
+
+def tiny_image_size(checkpoint: Path) -> int | None:
+    info = checkpoint / "spotvlm_build.json"
+    if info.is_file():
+        return int(json.loads(info.read_text())["spec"]["image_size"])
+    return None
+
+
+def export_vision(checkpoint: Path, image_size: int, onnx_path: Path, force: bool) -> dict:
+    stamp_path = onnx_path.with_name("export.json")
+    identity = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "image_size": image_size}
+    if not force and onnx_path.is_file() and stamp_path.is_file():
+        stamp = json.loads(stamp_path.read_text())
+        if stamp.get("identity") == identity:
+            step(3, f"vision ONNX: up to date ({onnx_path}, max |ORT - torch| = {stamp['max_abs_diff']:.2e})")
+            return stamp
+
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from python_backends.engines.vision_onnx import export_vision_onnx, onnx_parity
+
+    step(3, f"vision ONNX: exporting the edge tower at {image_size}x{image_size} to {onnx_path}")
+    started = time.monotonic()
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    visual = model.model.visual
+    for stale in (onnx_path, onnx_path.with_name(onnx_path.name + ".data")):
+        stale.unlink(missing_ok=True)
+    export_vision_onnx(visual, image_size, onnx_path)
+    detail(f"exported in {time.monotonic() - started:.1f} s; checking ONNX Runtime against torch (2 images)")
+    diff = onnx_parity(visual, onnx_path, image_size, n_images=2)
+    detail(f"max |ORT - torch| = {diff:.2e} (tolerance {ONNX_TOLERANCE:.0e})")
+    if not diff <= ONNX_TOLERANCE:
+        raise BuildError(f"ONNX vision tower differs from torch by {diff:.2e} > {ONNX_TOLERANCE:.0e}")
+    stamp = {"identity": identity, "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE}
+    stamp_path.write_text(json.dumps(stamp, indent=2))
+    return stamp
+
+
+def tensorrt_available() -> str | None:
+    """'trtexec', 'python' or None: how a TensorRT engine could be built here."""
+    if shutil.which("trtexec"):
+        return "trtexec"
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means no usable TensorRT
+        return None
+    return "python"
+
+
+def build_tensorrt_plan(onnx_path: Path, plan_path: Path, shape: tuple[int, int], max_batch: int, how: str) -> None:
+    """ONNX -> serialized engine with a dynamic image count (1..max_batch)."""
+    name = "PIXEL_VALUES"
+    patches, dim = shape
+    if how == "trtexec":
+        command = [
+            "trtexec",
+            f"--onnx={onnx_path}",
+            f"--saveEngine={plan_path}",
+            f"--minShapes={name}:1x{patches}x{dim}",
+            f"--optShapes={name}:{max(1, max_batch // 2)}x{patches}x{dim}",
+            f"--maxShapes={name}:{max_batch}x{patches}x{dim}",
+        ]
+        detail(" ".join(command))
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(f"trtexec failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT could not parse {onnx_path}:\n{errors}")
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape(name, (1, patches, dim), (max(1, max_batch // 2), patches, dim), (max_batch, patches, dim))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise BuildError("TensorRT failed to build the engine")
+    plan_path.write_bytes(bytes(engine))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="build_engines.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--edge-checkpoint", help="local Qwen2.5-VL checkpoint folder for the edge (default: tiny, built here)")
+    parser.add_argument("--cloud-checkpoint", help="local Qwen2.5-VL checkpoint folder for the cloud (default: tiny, built here)")
+    parser.add_argument("--edge-image-size", type=int, help="fixed square input of the edge tower (default: 112 tiny, 448 real)")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--max-queue-delay-us", type=int, default=500)
+    parser.add_argument("--instances", type=int, default=1, help="instances of each edge model step")
+    parser.add_argument("--lvlm-instances", type=int, default=1)
+    parser.add_argument("--intra-op-threads", type=int, default=1, help="torch/ORT threads per model instance (0 = library default)")
+    parser.add_argument("--default-max-tokens", type=int, default=24)
+    parser.add_argument("--cloud-url", default="127.0.0.1:8101", help="gRPC address of the cloud Triton")
+    parser.add_argument("--build-dir", type=Path, default=PROJECT_ROOT / "build")
+    parser.add_argument("--repository-root", type=Path, default=PROJECT_ROOT / "model_repository")
+    parser.add_argument("--no-tensorrt", action="store_true", help="keep ONNX Runtime even where TensorRT exists")
+    parser.add_argument("--force", action="store_true", help="rebuild the ONNX export even if up to date")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    try:
+        edge = ensure_checkpoint("edge", args.edge_checkpoint, args.build_dir / "checkpoints" / "edge", 1)
+        cloud = ensure_checkpoint("cloud", args.cloud_checkpoint, args.build_dir / "checkpoints" / "cloud", 2)
+        image_size = args.edge_image_size or tiny_image_size(edge) or 448
+        facts = ModelFacts.read(edge)
+        if image_size % (facts.patch_size * facts.merge_size):
+            raise BuildError(f"--edge-image-size {image_size} must be a multiple of {facts.patch_size * facts.merge_size}")
+
+        vision_dir = args.repository_root / "edge" / "svlm_vision" / "1"
+        onnx_path = vision_dir / "model.onnx"
+        export_vision(edge, image_size, onnx_path, args.force)
+
+        grid = image_size // facts.patch_size
+        num_patches = grid * grid
+        patch_dim = 3 * facts.temporal_patch_size * facts.patch_size**2
+        vision_variant = "config.pbtxt.template"
+        how = None if args.no_tensorrt else tensorrt_available()
+        plan_path = vision_dir / "model.plan"
+        if how is None:
+            step(4, "TensorRT: not found (no trtexec on PATH, no tensorrt module); svlm_vision stays on ONNX Runtime")
+            plan_path.unlink(missing_ok=True)
+        else:
+            step(4, f"TensorRT: found ({how}); building {plan_path}")
+            build_tensorrt_plan(onnx_path, plan_path, (num_patches, patch_dim), args.max_batch_size, how)
+            vision_variant = "config.tensorrt_plan.pbtxt.template"
+
+        values = {
+            "edge_checkpoint": edge,
+            "cloud_checkpoint": cloud,
+            "image_size": image_size,
+            "num_patches": num_patches,
+            "patch_dim": patch_dim,
+            "image_tokens": num_patches // facts.merge_size**2,
+            "text_hidden": facts.text_hidden,
+            "max_batch_size": args.max_batch_size,
+            "lvlm_max_batch_size": args.max_batch_size,
+            "max_queue_delay_us": args.max_queue_delay_us,
+            "preprocess_instances": args.instances,
+            "vision_instances": args.instances,
+            "generate_instances": args.instances,
+            "lvlm_instances": args.lvlm_instances,
+            "intra_op_threads": args.intra_op_threads,
+            "default_max_tokens": args.default_max_tokens,
+            "lvlm_default_max_tokens": max(args.default_max_tokens, 48),
+            "max_tokens_limit": 512,
+            "max_input_pixels": 4096 * 4096,
+            "cloud_url": args.cloud_url,
+        }
+        step(5, "rendering config.pbtxt from the templates")
+        written = []
+        for side in ("edge", "cloud"):
+            written += render_repository(args.repository_root / side, values, variants={"svlm_vision": vision_variant})
+        for path in written:
+            detail(str(path.relative_to(args.repository_root)))
+        args.build_dir.mkdir(parents=True, exist_ok=True)
+        manifest = {"values": {k: str(v) for k, v in values.items()}, "tensorrt": how, "vision_template": vision_variant}
+        (args.build_dir / "engines.json").write_text(json.dumps(manifest, indent=2))
+    except BuildError as exc:
+        print(f"build_engines: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"build_engines: done in {time.monotonic() - started:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Qwen2.5-VL generation with transformers, batched across requests.
+
+Two entry points share one left-padded batching path:
+- `generate_from_features`: the edge. The image features come from the ONNX vision tower (`svlm_vision`), so
+  only the language model runs here (`mm_encoder_outputs`, which gives tokens identical to the torch path).
+- `generate_from_images`: the cloud. The whole model runs in torch, with the checkpoint's own image processor.
+
+Requests in one Triton batch may ask for different `max_tokens`: the batch runs to the largest and each answer is
+cut to its own limit, which is exact under greedy decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from python_backends.errors import InputError
+from python_backends.prompts import DEFAULT_SYSTEM, Turn, build_chat_prompt
+
+log = logging.getLogger("spotvlm.generation")
+
+
+@dataclass
+class GenerationRequest:
+    question: str
+    max_new_tokens: int
+    image_features: list[np.ndarray] = field(default_factory=list)  # edge: one [tokens, hidden] per image
+    images: list[np.ndarray] = field(default_factory=list)  # cloud: one UINT8 [H, W, 3] per image
+    history: list[Turn] = field(default_factory=list)
+
+
+@dataclass
+class PreparedRequest:
+    prompt: str
+    grids: list[tuple[int, int, int]]
+    features: list[np.ndarray]
+    max_new_tokens: int
+
+
+def check_max_tokens(value: int, limit: int) -> int:
+    if value < 1:
+        raise InputError(f"max_tokens must be >= 1, got {value}")
+    if value > limit:
+        raise InputError(f"max_tokens {value} is over the limit of {limit}")
+    return int(value)
+
+
+class QwenVLGenerator:
+    """A Qwen2.5-VL checkpoint (tiny default or real) loaded from a local folder, for batched greedy generation."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        num_threads: int = 0,
+        max_prompt_tokens: int = 4096,
+        system_prompt: str = DEFAULT_SYSTEM,
+    ) -> None:
+        import torch
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        self._torch = torch
+        path = Path(checkpoint)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no checkpoint at {path} (config.json missing); run build_engines.sh")
+        self.checkpoint = path
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        config = self.model.config
+        self.hidden_size = config.text_config.hidden_size
+        self.merge_size = config.vision_config.spatial_merge_size
+        self.image_token_id = config.image_token_id
+        self.eos_token_ids = self._eos_ids()
+        self.max_prompt_tokens = max_prompt_tokens
+        self.system_prompt = system_prompt
+        # Generating a vision placeholder would corrupt the next turn's prompt, so those ids are never sampled.
+        self._bad_words = [
+            [config.image_token_id],
+            [config.video_token_id],
+            [config.vision_start_token_id],
+            [config.vision_end_token_id],
+        ]
+        self._image_processor = None
+
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = ids if isinstance(ids, list) else [ids]
+        ids = {i for i in ids if i is not None}
+        ids.add(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        return ids
+
+    # -- shared batching path -------------------------------------------------------------------------------------
+
+    def _features_grid(self, features: np.ndarray) -> tuple[int, int, int]:
+        """The (t, h, w) patch grid an image's features came from. The edge tower sees square inputs."""
+        if features.ndim != 2 or features.shape[1] != self.hidden_size:
+            raise InputError(f"IMAGE_FEATURES must be [tokens, {self.hidden_size}], got {list(features.shape)}")
+        side = math.isqrt(features.shape[0])
+        if side * side != features.shape[0] or side == 0:
+            raise InputError(f"IMAGE_FEATURES has {features.shape[0]} tokens, not a square grid")
+        return (1, side * self.merge_size, side * self.merge_size)
+
+    def prompt_text(self, request: GenerationRequest, image_tokens: list[int]) -> str:
+        return build_chat_prompt(request.question, image_tokens, request.history, self.system_prompt)
+
+    def count_prompt_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _run(self, prompts: list[str], max_new_tokens: list[int], **vision_kwargs) -> list[list[int]]:
+        torch = self._torch
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        input_ids = encoded.input_ids
+        mm_token_type_ids = (input_ids == self.image_token_id).int()
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=encoded.attention_mask,
+                mm_token_type_ids=mm_token_type_ids,
+                max_new_tokens=max(max_new_tokens),
+                do_sample=False,
+                bad_words_ids=self._bad_words,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **vision_kwargs,
+            )
+        new_tokens = output[:, input_ids.shape[1] :].tolist()
+        return [self._trim(tokens, limit) for tokens, limit in zip(new_tokens, max_new_tokens)]
+
+    def _trim(self, tokens: list[int], limit: int) -> list[int]:
+        tokens = tokens[:limit]
+        for index, token in enumerate(tokens):
+            if token in self.eos_token_ids:
+                return tokens[:index]
+        return tokens
+
+    def _check_prompt_length(self, text: str) -> None:
+        count = self.count_prompt_tokens(text)
+        if count > self.max_prompt_tokens:
+            raise InputError(f"prompt is {count} tokens with its images, over the limit of {self.max_prompt_tokens}")
+
+    # -- edge: features from the ONNX tower ---------------------------------------------------------------------
+
+    def prepare_features(self, request: GenerationRequest) -> "PreparedRequest":
+        """Validates one edge request (raising InputError) so a bad one can be answered alone."""
+        grids = [self._features_grid(f) for f in request.image_features]
+        prompt = self.prompt_text(request, [f.shape[0] for f in request.image_features])
+        self._check_prompt_length(prompt)
+        return PreparedRequest(prompt, grids, request.image_features, request.max_new_tokens)
+
+    def generate_from_features(self, prepared: list["PreparedRequest"]) -> list[list[int]]:
+        """One batched generate over requests checked by `prepare_features`."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        torch = self._torch
+        grids = [grid for p in prepared for grid in p.grids]
+        features = tuple(
+            torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)) for p in prepared for f in p.features
+        )
+        kwargs = {}
+        if features:
+            kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        return self._run([p.prompt for p in prepared], [p.max_new_tokens for p in prepared], **kwargs)
+
+    # -- cloud: the whole model in torch ------------------------------------------------------------------------
+
+    @property
+    def image_processor(self):
+        if self._image_processor is None:
+            # The PIL class: the default one wants torchvision, which does not import beside the CPU torch wheel.
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+            self._image_processor = Qwen2VLImageProcessorPil.from_pretrained(self.checkpoint)
+        return self._image_processor
+
+    def model_input_size(self, image: np.ndarray) -> tuple[int, int]:
+        """(height, width) the image processor resizes `image` to: the pixel frame of the model's boxes."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        processor = self.image_processor
+        size = processor.size
+        return smart_resize(
+            image.shape[0],
+            image.shape[1],
+            factor=processor.patch_size * processor.merge_size,
+            min_pixels=size["shortest_edge"],
+            max_pixels=size["longest_edge"],
+        )
+
+    def generate_from_images(self, requests: list[GenerationRequest]) -> list[list[int]]:
+        torch = self._torch
+        prompts, pixel_values, grids = [], [], []
+        for request in requests:
+            tokens = []
+            for image in request.images:
+                processed = self.image_processor(images=image, return_tensors="np")
+                grid = [int(v) for v in processed["image_grid_thw"][0]]
+                pixel_values.append(processed["pixel_values"])
+                grids.append(grid)
+                tokens.append(grid[0] * grid[1] * grid[2] // self.merge_size**2)
+            prompt = self.prompt_text(request, tokens)
+            self._check_prompt_length(prompt)
+            prompts.append(prompt)
+        kwargs = {}
+        if pixel_values:
+            kwargs["pixel_values"] = torch.from_numpy(np.concatenate(pixel_values, axis=0))
+            kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+        return self._run(prompts, [r.max_new_tokens for r in requests], **kwargs)
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -1,0 +1,152 @@
+"""Qwen2-VL / Qwen2.5-VL image preprocessing in numpy + PIL, for the `svlm_preprocess` Triton step.
+
+The edge vision tower is exported to ONNX for one fixed square input size, so every frame is first resized to
+that size. From there the steps are exactly those of transformers' `Qwen2VLImageProcessorPil` (bicubic resize,
+rescale in float64 then float32, normalise, patchify with the temporal axis broadcast), which the unit tests
+check bit-for-bit. Keeping this in numpy avoids importing transformers (and torch) in the preprocess model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from python_backends.errors import InputError
+
+# OpenAI CLIP statistics: the Qwen2-VL family's defaults.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageProcessorSpec:
+    """What the vision tower expects: the fixed input size and the processor's constants."""
+
+    image_size: int = 112
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    rescale_factor: float = 1 / 255
+    max_input_pixels: int = 4096 * 4096
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        factor = self.patch_size * self.merge_size
+        if self.image_size <= 0 or self.image_size % factor:
+            raise ValueError(f"image_size {self.image_size} must be a positive multiple of patch*merge = {factor}")
+
+    @property
+    def grid_hw(self) -> int:
+        """Patches along one side of the (square) input."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_hw * self.grid_hw
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self.temporal_patch_size * self.patch_size * self.patch_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens one image becomes in the language model, after the spatial merge."""
+        return self.num_patches // (self.merge_size * self.merge_size)
+
+    @property
+    def grid_thw(self) -> tuple[int, int, int]:
+        return (1, self.grid_hw, self.grid_hw)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, image_size: int, **overrides) -> "ImageProcessorSpec":
+        """Reads the constants from a checkpoint's `preprocessor_config.json` (real or tiny)."""
+        cfg = json.loads((Path(checkpoint) / "preprocessor_config.json").read_text())
+        return cls(
+            image_size=image_size,
+            patch_size=int(cfg.get("patch_size", 14)),
+            temporal_patch_size=int(cfg.get("temporal_patch_size", 2)),
+            merge_size=int(cfg.get("merge_size", 2)),
+            image_mean=tuple(cfg.get("image_mean", CLIP_MEAN)),
+            image_std=tuple(cfg.get("image_std", CLIP_STD)),
+            rescale_factor=float(cfg.get("rescale_factor", 1 / 255)),
+            **overrides,
+        )
+
+
+def validate_image_array(image: np.ndarray, max_pixels: int) -> np.ndarray:
+    """Checks an IMAGE tensor (UINT8 [H, W, 3]) and returns it; raises InputError naming the problem."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"IMAGE must be an array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InputError(f"IMAGE must be UINT8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"IMAGE must have shape [H, W, 3] (RGB), got {list(image.shape)}")
+    height, width = image.shape[:2]
+    if height == 0 or width == 0:
+        raise InputError(f"IMAGE is empty: shape {list(image.shape)}")
+    if height * width > max_pixels:
+        raise InputError(f"IMAGE has {height}x{width} = {height * width} pixels, over the limit of {max_pixels}")
+    if max(height, width) / min(height, width) > 200:
+        raise InputError(f"IMAGE aspect ratio {height}x{width} is over 200:1")
+    return image
+
+
+def decode_image_bytes(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decodes JPEG/PNG bytes to UINT8 RGB [H, W, 3]; raises InputError on anything undecodable."""
+    if not data:
+        raise InputError("IMAGE_BYTES is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise InputError(f"IMAGE_BYTES decodes to {height}x{width} pixels, over the limit of {max_pixels}")
+            img.load()  # forces a full decode, so truncated files fail here and not later
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"IMAGE_BYTES is not a decodable JPEG/PNG image: {exc}") from exc
+    return validate_image_array(array, max_pixels)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize of UINT8 RGB to size x size, the resampling Qwen's processor uses."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), resample=Image.Resampling.BICUBIC))
+
+
+def patchify(image_chw: np.ndarray, spec: ImageProcessorSpec) -> np.ndarray:
+    """[C, H, W] float32 -> [num_patches, patch_dim] in the Qwen2-VL merge-window order."""
+    channels, height, width = image_chw.shape
+    p, m, t = spec.patch_size, spec.merge_size, spec.temporal_patch_size
+    grid_h, grid_w = height // p, width // p
+    patches = image_chw.reshape(channels, grid_h // m, m, p, grid_w // m, m, p)
+    patches = patches.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh, gw, mh, mw, C, ph, pw)
+    # A still image is its own temporal pair: repeat it along the temporal patch axis.
+    patches = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], t, p, p))
+    return np.ascontiguousarray(patches.reshape(grid_h * grid_w, channels * t * p * p), dtype=np.float32)
+
+
+def preprocess(image: np.ndarray, spec: ImageProcessorSpec) -> np.ndarray:
+    """UINT8 RGB [H, W, 3] of any size -> float32 pixel rows [num_patches, patch_dim] for the vision tower."""
+    resized = resize_square(image, spec.image_size)
+    chw = resized.transpose(2, 0, 1)
+    scaled = (chw.astype(np.float64) * spec.rescale_factor).astype(np.float32)
+    mean = np.asarray(spec.image_mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.image_std, dtype=np.float32)[:, None, None]
+    normalized = (scaled - mean) / std
+    return patchify(normalized, spec)

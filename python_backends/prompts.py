@@ -1,0 +1,56 @@
+"""Chat prompts in Qwen2.5-VL's format, with image placeholders expanded to the tower's token count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from python_backends.errors import InputError
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+IMAGE_PAD = "<|image_pad|>"
+MAX_PROMPT_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One past exchange in a stream's text history (used by context replacement)."""
+
+    question: str
+    answer: str
+
+
+def decode_prompt(raw: bytes | str, max_chars: int) -> str:
+    """PROMPT tensor bytes -> text; raises InputError for empty, non-UTF-8 or too long prompts."""
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_PROMPT_BYTES:
+            raise InputError(f"PROMPT is {len(raw)} bytes, over the limit of {MAX_PROMPT_BYTES}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"PROMPT is not valid UTF-8: {exc}") from exc
+    else:
+        text = str(raw)
+    if not text.strip():
+        raise InputError("PROMPT is empty")
+    if len(text) > max_chars:
+        raise InputError(f"PROMPT has {len(text)} characters, over the limit of {max_chars}")
+    return text
+
+
+def image_block(num_image_tokens: int) -> str:
+    return "<|vision_start|>" + IMAGE_PAD * num_image_tokens + "<|vision_end|>"
+
+
+def build_chat_prompt(
+    question: str,
+    image_tokens: list[int],
+    history: list[Turn] | None = None,
+    system: str = DEFAULT_SYSTEM,
+) -> str:
+    """The full model input: system, earlier turns (text only), then the images and the question."""
+    parts = [f"<|im_start|>system\n{system}<|im_end|>\n"]
+    for turn in history or []:
+        parts.append(f"<|im_start|>user\n{turn.question}<|im_end|>\n<|im_start|>assistant\n{turn.answer}<|im_end|>\n")
+    images = "".join(image_block(n) for n in image_tokens)
+    parts.append(f"<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n")
+    return "".join(parts)

@@ -1,0 +1,156 @@
+"""The four steps of the edge `svlm` ensemble, as plain classes that the model.py shims delegate to.
+
+Each step reads its config parameters once, and answers a batch with `answer_batch`: every request is parsed
+alone (a bad one gets INVALID_ARG), the valid ones are computed together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from python_backends.errors import InputError
+from python_backends.image_processing import ImageProcessorSpec, preprocess, validate_image_array
+from python_backends.params import get_param, model_parameters
+from python_backends.prompts import decode_prompt
+from python_backends.text import clean_text
+from python_backends.triton_io import (
+    answer_batch,
+    bytes_tensor,
+    first_item,
+    get_input,
+    int_parameter,
+    output_tensor,
+    request_parameters,
+    unbatch,
+)
+
+log = logging.getLogger("spotvlm.svlm")
+
+DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
+MAX_PROMPT_CHARS = 8192
+
+
+def _version_dir(args: dict) -> Path:
+    return Path(args["model_repository"]) / str(args["model_version"])
+
+
+def checkpoint_path(params: dict[str, str]) -> Path:
+    if "checkpoint" not in params:
+        raise ValueError("model parameter 'checkpoint' is not set; run build_engines.sh to fill the templates")
+    return Path(params["checkpoint"])
+
+
+def read_max_tokens(request, default: int, limit: int) -> int:
+    """MAX_TOKENS input tensor if given, else the `max_tokens` request parameter, else the default."""
+    from python_backends.generation import check_max_tokens
+
+    tensor = get_input(request, "MAX_TOKENS", required=False)
+    if tensor is not None:
+        value = int(first_item(tensor, "MAX_TOKENS"))
+    else:
+        value = int_parameter(request_parameters(request), "max_tokens", default)
+    return check_max_tokens(value, limit)
+
+
+def read_prompt(request) -> str:
+    return decode_prompt(first_item(get_input(request, "PROMPT"), "PROMPT"), MAX_PROMPT_CHARS)
+
+
+class PreprocessStep:
+    def __init__(self, args: dict) -> None:
+        params = model_parameters(args["model_config"])
+        self.spec = ImageProcessorSpec.from_checkpoint(
+            checkpoint_path(params),
+            image_size=get_param(params, "image_size", 112, int),
+            max_input_pixels=get_param(params, "max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, int),
+        )
+
+    def execute(self, requests: list) -> list:
+        return answer_batch(
+            requests,
+            parse=lambda r: validate_image_array(unbatch(get_input(r, "IMAGE"), "IMAGE"), self.spec.max_input_pixels),
+            compute=lambda images: [preprocess(image, self.spec) for image in images],
+            respond=lambda rows: make_response([output_tensor("PIXEL_VALUES", rows[None])]),
+        )
+
+
+class VisionStep:
+    def __init__(self, args: dict) -> None:
+        from python_backends.vision_runtime import OnnxVisionEncoder
+
+        params = model_parameters(args["model_config"])
+        self.encoder = OnnxVisionEncoder(
+            _version_dir(args) / params.get("onnx_file", "model.onnx"),
+            intra_op_threads=get_param(params, "intra_op_threads", 0, int),
+            provider=params.get("provider", "auto"),
+        )
+
+    def execute(self, requests: list) -> list:
+        def compute(batch: list[np.ndarray]) -> list[np.ndarray]:
+            features = self.encoder.encode(np.stack(batch))
+            return list(features)
+
+        return answer_batch(
+            requests,
+            parse=lambda r: self.encoder.check(unbatch(get_input(r, "PIXEL_VALUES"), "PIXEL_VALUES")),
+            compute=compute,
+            respond=lambda features: make_response([output_tensor("IMAGE_FEATURES", features[None])]),
+        )
+
+
+class GenerateStep:
+    def __init__(self, args: dict) -> None:
+        from python_backends.generation import QwenVLGenerator
+
+        params = model_parameters(args["model_config"])
+        self.default_max_tokens = get_param(params, "default_max_tokens", 32, int)
+        self.max_tokens_limit = get_param(params, "max_tokens_limit", 256, int)
+        self.generator = QwenVLGenerator(
+            checkpoint_path(params), num_threads=get_param(params, "intra_op_threads", 0, int)
+        )
+
+    def _parse(self, request):
+        from python_backends.generation import GenerationRequest
+
+        features = unbatch(get_input(request, "IMAGE_FEATURES"), "IMAGE_FEATURES")
+        generation = GenerationRequest(
+            question=read_prompt(request),
+            max_new_tokens=read_max_tokens(request, self.default_max_tokens, self.max_tokens_limit),
+            image_features=[features],
+        )
+        return self.generator.prepare_features(generation)
+
+    def execute(self, requests: list) -> list:
+        return answer_batch(
+            requests,
+            parse=self._parse,
+            compute=self.generator.generate_from_features,
+            respond=lambda tokens: make_response([output_tensor("TOKEN_IDS", np.asarray([tokens], dtype=np.int64))]),
+        )
+
+
+class PostprocessStep:
+    def __init__(self, args: dict) -> None:
+        from transformers import AutoTokenizer
+
+        params = model_parameters(args["model_config"])
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_path(params))
+
+    def execute(self, requests: list) -> list:
+        return answer_batch(
+            requests,
+            parse=lambda r: unbatch(get_input(r, "TOKEN_IDS"), "TOKEN_IDS").tolist(),
+            compute=lambda batch: [clean_text(t) for t in self.tokenizer.batch_decode(batch, skip_special_tokens=True)],
+            respond=lambda text: make_response([bytes_tensor("TEXT", text)]),
+        )
+
+
+def make_response(tensors: list):
+    import triton_python_backend_utils as pb_utils
+
+    return pb_utils.InferenceResponse(output_tensors=tensors)
