@@ -182,7 +182,35 @@ def build_tensorrt_plan(onnx_path: Path, plan_path: Path, shape: tuple[int, int]
     plan_path.write_bytes(bytes(engine))
 
 
-def main(argv: list[str] | None = None) -> int:
+def template_values(args: argparse.Namespace, edge: Path, cloud: Path, image_size: int, facts: ModelFacts) -> dict:
+    """Every `${var}` the repository templates use, from the build options and the checkpoints."""
+    grid = image_size // facts.patch_size
+    num_patches = grid * grid
+    return {
+        "edge_checkpoint": edge,
+        "cloud_checkpoint": cloud,
+        "image_size": image_size,
+        "num_patches": num_patches,
+        "patch_dim": 3 * facts.temporal_patch_size * facts.patch_size**2,
+        "image_tokens": num_patches // facts.merge_size**2,
+        "text_hidden": facts.text_hidden,
+        "max_batch_size": args.max_batch_size,
+        "lvlm_max_batch_size": args.max_batch_size,
+        "max_queue_delay_us": args.max_queue_delay_us,
+        "preprocess_instances": args.instances,
+        "vision_instances": args.instances,
+        "generate_instances": args.instances,
+        "lvlm_instances": args.lvlm_instances,
+        "intra_op_threads": args.intra_op_threads,
+        "default_max_tokens": args.default_max_tokens,
+        "lvlm_default_max_tokens": max(args.default_max_tokens, 48),
+        "max_tokens_limit": 512,
+        "max_input_pixels": 4096 * 4096,
+        "cloud_url": args.cloud_url,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="build_engines.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edge-checkpoint", help="local Qwen2.5-VL checkpoint folder for the edge (default: tiny, built here)")
     parser.add_argument("--cloud-checkpoint", help="local Qwen2.5-VL checkpoint folder for the cloud (default: tiny, built here)")
@@ -198,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository-root", type=Path, default=PROJECT_ROOT / "model_repository")
     parser.add_argument("--no-tensorrt", action="store_true", help="keep ONNX Runtime even where TensorRT exists")
     parser.add_argument("--force", action="store_true", help="rebuild the ONNX export even if up to date")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     started = time.monotonic()
     try:
         edge = ensure_checkpoint("edge", args.edge_checkpoint, args.build_dir / "checkpoints" / "edge", 1)
@@ -213,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         onnx_path = vision_dir / "model.onnx"
         export_vision(edge, image_size, onnx_path, args.force)
 
-        grid = image_size // facts.patch_size
-        num_patches = grid * grid
-        patch_dim = 3 * facts.temporal_patch_size * facts.patch_size**2
+        values = template_values(args, edge, cloud, image_size, facts)
         vision_variant = "config.pbtxt.template"
         how = None if args.no_tensorrt else tensorrt_available()
         plan_path = vision_dir / "model.plan"
@@ -224,31 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             plan_path.unlink(missing_ok=True)
         else:
             step(4, f"TensorRT: found ({how}); building {plan_path}")
-            build_tensorrt_plan(onnx_path, plan_path, (num_patches, patch_dim), args.max_batch_size, how)
+            shape = (values["num_patches"], values["patch_dim"])
+            build_tensorrt_plan(onnx_path, plan_path, shape, args.max_batch_size, how)
             vision_variant = "config.tensorrt_plan.pbtxt.template"
 
-        values = {
-            "edge_checkpoint": edge,
-            "cloud_checkpoint": cloud,
-            "image_size": image_size,
-            "num_patches": num_patches,
-            "patch_dim": patch_dim,
-            "image_tokens": num_patches // facts.merge_size**2,
-            "text_hidden": facts.text_hidden,
-            "max_batch_size": args.max_batch_size,
-            "lvlm_max_batch_size": args.max_batch_size,
-            "max_queue_delay_us": args.max_queue_delay_us,
-            "preprocess_instances": args.instances,
-            "vision_instances": args.instances,
-            "generate_instances": args.instances,
-            "lvlm_instances": args.lvlm_instances,
-            "intra_op_threads": args.intra_op_threads,
-            "default_max_tokens": args.default_max_tokens,
-            "lvlm_default_max_tokens": max(args.default_max_tokens, 48),
-            "max_tokens_limit": 512,
-            "max_input_pixels": 4096 * 4096,
-            "cloud_url": args.cloud_url,
-        }
         step(5, "rendering config.pbtxt from the templates")
         written = []
         for side in ("edge", "cloud"):

@@ -1,0 +1,75 @@
+import argparse
+from pathlib import Path
+
+import pytest
+
+from python_backends.params import get_param, model_parameters
+from python_backends.templates import TemplateError, fill_template, placeholders, render_repository
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def test_fill_replaces_every_placeholder():
+    text = 'max_batch_size: ${batch}\nparameters { key: "ckpt", value: { string_value: "${ckpt}" } }'
+    assert fill_template(text, {"batch": 8, "ckpt": "/m/edge"}) == (
+        'max_batch_size: 8\nparameters { key: "ckpt", value: { string_value: "/m/edge" } }'
+    )
+
+
+def test_missing_values_raise_with_their_names():
+    with pytest.raises(TemplateError, match="a, b"):
+        fill_template("${a} ${b} ${c}", {"c": 1})
+
+
+def test_allow_missing_keeps_placeholder_which_models_read_as_absent():
+    text = fill_template('string_value: "${ckpt}"', {}, allow_missing=True)
+    assert text == 'string_value: "${ckpt}"'
+    params = model_parameters({"parameters": {"ckpt": {"string_value": "${ckpt}"}, "n": {"string_value": "3"}}})
+    assert params == {"n": "3"}
+    assert get_param(params, "ckpt", "default") == "default"
+
+
+@pytest.mark.parametrize("bad", ['a"b', "a\nb"])
+def test_values_that_would_break_pbtxt_are_refused(bad):
+    with pytest.raises(TemplateError, match="quotes or newlines"):
+        fill_template('"${x}"', {"x": bad})
+
+
+def test_render_repository_writes_config_and_picks_variants(tmp_path):
+    for model in ("a", "b"):
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "config.pbtxt.template").write_text(f"name_{model}: ${{value}}")
+    (tmp_path / "b" / "config.gpu.pbtxt.template").write_text("gpu: ${value}")
+    written = render_repository(tmp_path, {"value": 7}, variants={"b": "config.gpu.pbtxt.template"})
+    assert sorted(p.parent.name for p in written) == ["a", "b"]
+    assert (tmp_path / "a" / "config.pbtxt").read_text() == "name_a: 7"
+    assert (tmp_path / "b" / "config.pbtxt").read_text() == "gpu: 7"
+    # idempotent: rendering again with other values rewrites from the template
+    render_repository(tmp_path, {"value": 9})
+    assert (tmp_path / "b" / "config.pbtxt").read_text() == "name_b: 9"
+
+
+def test_build_fills_every_placeholder_of_the_shipped_templates():
+    from python_backends.engines.build import ModelFacts, build_parser, template_values
+
+    args = build_parser().parse_args([])
+    facts = ModelFacts(text_hidden=64, patch_size=14, merge_size=2, temporal_patch_size=2)
+    values = template_values(args, Path("/e"), Path("/c"), 112, facts)
+    templates = list(REPOSITORY.glob("*/*/config*.pbtxt.template"))
+    assert len(templates) >= 7
+    for template in templates:
+        assert placeholders(template.read_text()) <= set(values), template
+    assert values["num_patches"] == 64 and values["image_tokens"] == 16 and values["patch_dim"] == 1176
+
+
+@pytest.mark.parametrize(
+    "raw, default, expected",
+    [("true", False, True), ("0", True, False), ("12", 1, 12), ("2.5", 1.0, 2.5), ("x", "d", "x")],
+)
+def test_get_param_casts_to_default_type(raw, default, expected):
+    assert get_param({"k": raw}, "k", default) == expected
+
+
+def test_get_param_names_the_bad_parameter():
+    with pytest.raises(ValueError, match="'k'"):
+        get_param({"k": "many"}, "k", 1)
