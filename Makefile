@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` (set up, build the default models, run the demo) and `make test`.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install engines demo test test-unit test-integration clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# torch is pinned to the CPU build in pyproject.toml; pip resolves everything in one go.
+	$(PY) -m pip install --quiet --progress-bar off -e ".[test]"
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Idempotent: each step is skipped when its output is up to date.
+engines: install
+	PYTHON=$(PY) ./build_engines.sh
+
+demo: engines
+	$(VENV)/bin/spotvlm demo
+
+test: engines
+	$(VENV)/bin/pytest
+
+test-unit: engines
+	$(VENV)/bin/pytest tests/unit
+
+test-integration: engines
+	$(VENV)/bin/pytest tests/integration
+
+clean:
+	rm -rf build model_repository/*/*/config.pbtxt model_repository/*/*/1/model.onnx* model_repository/*/*/1/model.plan model_repository/*/*/1/export.json
