@@ -52,6 +52,10 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
         pick = (lambda s: s.http_url) if protocol == "http" else (lambda s: s.grpc_url)
         rows = []
         with VLMClient(pick(edge), protocol) as edge_client, VLMClient(pick(cloud), protocol) as cloud_client:
+            # One untimed request each first: the first call pays one-off costs (allocations, lazy imports).
+            warmup = sample_frame("rocket")
+            edge_client.ask_svlm(warmup, "warm-up")
+            cloud_client.ask_lvlm(warmup, "warm-up")
             for name, question in SAMPLE_FRAMES.items():
                 frame = sample_frame(name)
                 edge_answer = edge_client.ask_svlm(frame, question)

@@ -150,3 +150,12 @@ def test_shutdown_leaves_no_process_and_no_shm(tmp_path_factory):
     assert alive == []
     assert [r for r in regions if r.exists()] == []
     assert find_shm_regions(pids) == set()
+
+
+def test_latency_script_reports_both_protocols(edge_server):
+    from load_tests.svlm_latency import measure
+
+    result = measure(edge_server.http_url, edge_server.grpc_url, requests=4, warmup=1, max_tokens=4, progress=False)
+    for key in ("svlm_http", "svlm_grpc", "baseline_http_live"):
+        assert result[key]["n"] == 4 and 0 < result[key]["p50_ms"] <= result[key]["p99_ms"]
+    assert result["grpc_over_http_p50_ratio"] > 0
