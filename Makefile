@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install engines demo test test-unit test-integration clean
+.PHONY: install engines demo test test-unit test-integration lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-unit: engines
 
 test-integration: engines
 	$(VENV)/bin/pytest tests/integration
+
+lint: install
+	$(VENV)/bin/ruff check python_backends client load_tests tests model_repository
+	$(VENV)/bin/ruff format --check python_backends client load_tests tests model_repository
 
 clean:
 	rm -rf build model_repository/*/*/config.pbtxt model_repository/*/*/1/model.onnx* model_repository/*/*/1/model.plan model_repository/*/*/1/export.json

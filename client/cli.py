@@ -21,7 +21,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     http, grpc, metrics = DEFAULT_PORTS[args.side]
     repository = Path(args.repository) if args.repository else REPOSITORIES[args.side]
     if not any(repository.glob("*/config.pbtxt")):
-        print(f"spotvlm serve: {repository} has no rendered config.pbtxt; run ./build_engines.sh first", file=sys.stderr)
+        print(
+            f"spotvlm serve: {repository} has no rendered config.pbtxt; run ./build_engines.sh first", file=sys.stderr
+        )
         return 2
     server = TritonServer(
         repository,
@@ -46,7 +48,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
                 result = {"text": answer.text, "latency_ms": round(answer.latency_ms, 1)}
             else:
                 answer = client.ask_lvlm(image, args.prompt, max_tokens=args.max_tokens)
-                result = {"text": answer.text, "detections": answer.detections, "latency_ms": round(answer.latency_ms, 1)}
+                result = {
+                    "text": answer.text,
+                    "detections": answer.detections,
+                    "latency_ms": round(answer.latency_ms, 1),
+                }
     except ClientError as exc:
         print(f"spotvlm ask: {exc.status}: {exc}", file=sys.stderr)
         return 1

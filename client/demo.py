@@ -61,19 +61,23 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
                 edge_answer = edge_client.ask_svlm(frame, question)
                 cloud_answer = cloud_client.ask_lvlm(frame, question)
                 boxes = "; ".join(f"{d['label']} {d['bbox_2d']}" for d in cloud_answer.detections) or "none"
-                rows.append([
-                    f"{name} {frame.shape[1]}x{frame.shape[0]}",
-                    question,
-                    f"{edge_answer.text!r} ({edge_answer.latency_ms:.0f} ms)",
-                    f"{cloud_answer.text!r} ({cloud_answer.latency_ms:.0f} ms)",
-                    boxes,
-                ])
+                rows.append(
+                    [
+                        f"{name} {frame.shape[1]}x{frame.shape[0]}",
+                        question,
+                        f"{edge_answer.text!r} ({edge_answer.latency_ms:.0f} ms)",
+                        f"{cloud_answer.text!r} ({cloud_answer.latency_ms:.0f} ms)",
+                        boxes,
+                    ]
+                )
         width = shutil.get_terminal_size((160, 40)).columns
         widths = [18, 24, max(24, (width - 110) // 2), max(24, (width - 110) // 2), 22]
         print()
         print_table(rows, widths, ["frame", "question", "edge svlm (latency)", "cloud lvlm (latency)", "detections"])
-        print("\nThe default models are tiny random-weight checkpoints: the answers show the full path works,"
-              " not what the models know. Use ./build_engines.sh --edge-checkpoint/--cloud-checkpoint for real ones.")
+        print(
+            "\nThe default models are tiny random-weight checkpoints: the answers show the full path works,"
+            " not what the models know. Use ./build_engines.sh --edge-checkpoint/--cloud-checkpoint for real ones."
+        )
     finally:
         edge.stop()
         cloud.stop()

@@ -1,8 +1,8 @@
 """One client API over Triton's HTTP and gRPC protocols, for the edge `svlm` and the cloud `lvlm`.
 
-    client = VLMClient("127.0.0.1:8000", protocol="http")
-    answer = client.ask_svlm(frame, "What color is the car?")
-    print(answer.text, answer.latency_ms)
+client = VLMClient("127.0.0.1:8000", protocol="http")
+answer = client.ask_svlm(frame, "What color is the car?")
+print(answer.text, answer.latency_ms)
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def default_url(server: str, protocol: Protocol) -> str:
 
 
 class ClientError(RuntimeError):
-    """A request the server refused or failed; `status` is Triton's status (e.g. 'StatusCode.INVALID_ARGUMENT' or '400')."""
+    """A request the server refused or failed.
+
+    `status` is Triton's status as the protocol reports it: '400' over HTTP, 'StatusCode.INVALID_ARGUMENT' over gRPC.
+    """
 
     def __init__(self, message: str, status: str | None = None) -> None:
         super().__init__(message)
@@ -57,9 +60,7 @@ class VLMClient:
         if protocol == "http":
             import tritonclient.http as module
 
-            self._client = module.InferenceServerClient(
-                url, connection_timeout=timeout_s, network_timeout=timeout_s
-            )
+            self._client = module.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
         elif protocol == "grpc":
             import tritonclient.grpc as module
 
@@ -74,7 +75,7 @@ class VLMClient:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "VLMClient":
+    def __enter__(self) -> VLMClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -47,8 +47,9 @@ def time_liveness(http_url: str, n: int) -> list[float]:
     return samples
 
 
-def time_svlm(url: str, protocol: str, frames: list[tuple[np.ndarray, str]], n: int, warmup: int, max_tokens: int,
-              progress: bool) -> list[float]:
+def time_svlm(
+    url: str, protocol: str, frames: list[tuple[np.ndarray, str]], n: int, warmup: int, max_tokens: int, progress: bool
+) -> list[float]:
     samples = []
     with VLMClient(url, protocol) as client:
         for i in range(warmup + n):

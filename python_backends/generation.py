@@ -131,7 +131,7 @@ class QwenVLGenerator:
                 **vision_kwargs,
             )
         new_tokens = output[:, input_ids.shape[1] :].tolist()
-        return [self._trim(tokens, limit) for tokens, limit in zip(new_tokens, max_new_tokens)]
+        return [self._trim(tokens, limit) for tokens, limit in zip(new_tokens, max_new_tokens, strict=True)]
 
     def _trim(self, tokens: list[int], limit: int) -> list[int]:
         tokens = tokens[:limit]
@@ -147,14 +147,14 @@ class QwenVLGenerator:
 
     # -- edge: features from the ONNX tower ---------------------------------------------------------------------
 
-    def prepare_features(self, request: GenerationRequest) -> "PreparedRequest":
+    def prepare_features(self, request: GenerationRequest) -> PreparedRequest:
         """Validates one edge request (raising InputError) so a bad one can be answered alone."""
         grids = [self._features_grid(f) for f in request.image_features]
         prompt = self.prompt_text(request, [f.shape[0] for f in request.image_features])
         self._check_prompt_length(prompt)
         return PreparedRequest(prompt, grids, request.image_features, request.max_new_tokens)
 
-    def generate_from_features(self, prepared: list["PreparedRequest"]) -> list[list[int]]:
+    def generate_from_features(self, prepared: list[PreparedRequest]) -> list[list[int]]:
         """One batched generate over requests checked by `prepare_features`."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 

@@ -65,7 +65,7 @@ class ImageProcessorSpec:
         return (1, self.grid_hw, self.grid_hw)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, image_size: int, **overrides) -> "ImageProcessorSpec":
+    def from_checkpoint(cls, checkpoint: str | Path, image_size: int, **overrides) -> ImageProcessorSpec:
         """Reads the constants from a checkpoint's `preprocessor_config.json` (real or tiny)."""
         cfg = json.loads((Path(checkpoint) / "preprocessor_config.json").read_text())
         return cls(

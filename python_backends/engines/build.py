@@ -50,7 +50,7 @@ class ModelFacts:
     temporal_patch_size: int
 
     @classmethod
-    def read(cls, checkpoint: Path) -> "ModelFacts":
+    def read(cls, checkpoint: Path) -> ModelFacts:
         config = json.loads((checkpoint / "config.json").read_text())
         text = config.get("text_config", config)
         vision = config["vision_config"]
@@ -81,7 +81,9 @@ def ensure_checkpoint(role: str, given: str | None, default_dir: Path, number: i
         if not (path / "config.json").is_file():
             raise BuildError(f"--{role}-checkpoint {path}: no config.json there (not a transformers checkpoint)")
         if not (path / "preprocessor_config.json").is_file():
-            raise BuildError(f"--{role}-checkpoint {path}: no preprocessor_config.json (needed for the image processor)")
+            raise BuildError(
+                f"--{role}-checkpoint {path}: no preprocessor_config.json (needed for the image processor)"
+            )
         return path
     spec = EDGE_SPEC if role == "edge" else CLOUD_SPEC
     if is_built(default_dir, spec):
@@ -105,7 +107,11 @@ def tiny_image_size(checkpoint: Path) -> int | None:
 
 def export_vision(checkpoint: Path, image_size: int, onnx_path: Path, force: bool) -> dict:
     stamp_path = onnx_path.with_name("export.json")
-    identity = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "image_size": image_size}
+    identity = {
+        "checkpoint": str(checkpoint),
+        "fingerprint": checkpoint_fingerprint(checkpoint),
+        "image_size": image_size,
+    }
     if not force and onnx_path.is_file() and stamp_path.is_file():
         stamp = json.loads(stamp_path.read_text())
         if stamp.get("identity") == identity:
@@ -211,15 +217,25 @@ def template_values(args: argparse.Namespace, edge: Path, cloud: Path, image_siz
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="build_engines.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--edge-checkpoint", help="local Qwen2.5-VL checkpoint folder for the edge (default: tiny, built here)")
-    parser.add_argument("--cloud-checkpoint", help="local Qwen2.5-VL checkpoint folder for the cloud (default: tiny, built here)")
-    parser.add_argument("--edge-image-size", type=int, help="fixed square input of the edge tower (default: 112 tiny, 448 real)")
+    parser = argparse.ArgumentParser(
+        prog="build_engines.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--edge-checkpoint", help="local Qwen2.5-VL checkpoint folder for the edge (default: tiny, built here)"
+    )
+    parser.add_argument(
+        "--cloud-checkpoint", help="local Qwen2.5-VL checkpoint folder for the cloud (default: tiny, built here)"
+    )
+    parser.add_argument(
+        "--edge-image-size", type=int, help="fixed square input of the edge tower (default: 112 tiny, 448 real)"
+    )
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-queue-delay-us", type=int, default=500)
     parser.add_argument("--instances", type=int, default=1, help="instances of each edge model step")
     parser.add_argument("--lvlm-instances", type=int, default=1)
-    parser.add_argument("--intra-op-threads", type=int, default=1, help="torch/ORT threads per model instance (0 = library default)")
+    parser.add_argument(
+        "--intra-op-threads", type=int, default=1, help="torch/ORT threads per model instance (0 = library default)"
+    )
     parser.add_argument("--default-max-tokens", type=int, default=24)
     parser.add_argument("--cloud-url", default="127.0.0.1:8101", help="gRPC address of the cloud Triton")
     parser.add_argument("--build-dir", type=Path, default=PROJECT_ROOT / "build")
@@ -238,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         image_size = args.edge_image_size or tiny_image_size(edge) or 448
         facts = ModelFacts.read(edge)
         if image_size % (facts.patch_size * facts.merge_size):
-            raise BuildError(f"--edge-image-size {image_size} must be a multiple of {facts.patch_size * facts.merge_size}")
+            raise BuildError(
+                f"--edge-image-size {image_size} must be a multiple of {facts.patch_size * facts.merge_size}"
+            )
 
         vision_dir = args.repository_root / "edge" / "svlm_vision" / "1"
         onnx_path = vision_dir / "model.onnx"
@@ -264,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         for path in written:
             detail(str(path.relative_to(args.repository_root)))
         args.build_dir.mkdir(parents=True, exist_ok=True)
-        manifest = {"values": {k: str(v) for k, v in values.items()}, "tensorrt": how, "vision_template": vision_variant}
+        manifest = {
+            "values": {k: str(v) for k, v in values.items()},
+            "tensorrt": how,
+            "vision_template": vision_variant,
+        }
         (args.build_dir / "engines.json").write_text(json.dumps(manifest, indent=2))
     except BuildError as exc:
         print(f"build_engines: FAILED: {exc}", file=sys.stderr)

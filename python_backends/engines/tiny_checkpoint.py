@@ -62,15 +62,35 @@ class TinyVLMSpec:
 # The edge model is small and sees 112x112 (16 image tokens); the cloud one is larger and sees 224x224.
 EDGE_SPEC = TinyVLMSpec(
     name="tiny-qwen2.5-vl-edge",
-    text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, text_intermediate=128, mrope_section=(2, 3, 3),
-    vision_hidden=64, vision_depth=2, vision_heads=4, vision_intermediate=128, fullatt_block_indexes=(1,),
-    image_size=112, seed=1234,
+    text_hidden=64,
+    text_layers=2,
+    text_heads=4,
+    text_kv_heads=2,
+    text_intermediate=128,
+    mrope_section=(2, 3, 3),
+    vision_hidden=64,
+    vision_depth=2,
+    vision_heads=4,
+    vision_intermediate=128,
+    fullatt_block_indexes=(1,),
+    image_size=112,
+    seed=1234,
 )
 CLOUD_SPEC = TinyVLMSpec(
     name="tiny-qwen2.5-vl-cloud",
-    text_hidden=128, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=256, mrope_section=(4, 6, 6),
-    vision_hidden=96, vision_depth=4, vision_heads=4, vision_intermediate=192, fullatt_block_indexes=(1, 3),
-    image_size=224, seed=5678,
+    text_hidden=128,
+    text_layers=4,
+    text_heads=4,
+    text_kv_heads=2,
+    text_intermediate=256,
+    mrope_section=(4, 6, 6),
+    vision_hidden=96,
+    vision_depth=4,
+    vision_heads=4,
+    vision_intermediate=192,
+    fullatt_block_indexes=(1, 3),
+    image_size=224,
+    seed=5678,
 )
 
 
@@ -80,8 +100,14 @@ def _tokenizer_corpus(seed: int) -> list[str]:
     colors = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
     shapes = ["circle", "square", "triangle", "car", "person", "dog", "cat", "cup", "rocket", "ball"]
     templates = [
-        "What color is the {s}?", "How many {s}s are there?", "Where is the {c} {s}?", "Describe the scene.",
-        "There is a {c} {s} on the left.", "The {s} is {c}.", "I see {n} {s}s.", "Locate every {s}.",
+        "What color is the {s}?",
+        "How many {s}s are there?",
+        "Where is the {c} {s}?",
+        "Describe the scene.",
+        "There is a {c} {s} on the left.",
+        "The {s} is {c}.",
+        "I see {n} {s}s.",
+        "Locate every {s}.",
     ]
     lines = []
     for _ in range(3000):

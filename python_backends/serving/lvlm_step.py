@@ -35,7 +35,9 @@ def read_image(request, max_pixels: int) -> np.ndarray:
     raise InputError("missing image: give IMAGE_BYTES (JPEG/PNG) or IMAGE (UINT8 [H, W, 3])")
 
 
-def rescale_detections(detections: list[Detection], seen: tuple[int, int], original: tuple[int, int]) -> list[Detection]:
+def rescale_detections(
+    detections: list[Detection], seen: tuple[int, int], original: tuple[int, int]
+) -> list[Detection]:
     """Boxes from the model's resized input (h, w) back to the received frame's pixels, clipped to it."""
     (seen_h, seen_w), (height, width) = seen, original
     sx, sy = width / seen_w, height / seen_h
@@ -82,7 +84,7 @@ class LvlmStep:
     def _compute(self, batch) -> list[CloudAnswer]:
         outputs = self.generator.generate_from_images(batch)
         answers = []
-        for request, tokens in zip(batch, outputs):
+        for request, tokens in zip(batch, outputs, strict=True):
             raw = self.generator.decode(tokens)
             image = request.images[0]
             seen = self.generator.model_input_size(image)

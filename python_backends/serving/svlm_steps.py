@@ -6,14 +6,11 @@ alone (a bad one gets INVALID_ARG), the valid ones are computed together.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from python_backends.errors import InputError
 from python_backends.image_processing import ImageProcessorSpec, preprocess, validate_image_array
 from python_backends.params import get_param, model_parameters
 from python_backends.prompts import decode_prompt

@@ -24,7 +24,11 @@ READY_TIMEOUT_S = 240
 
 
 def _require_built() -> None:
-    missing = [p for p in PROJECT_ROOT.glob("model_repository/*/*/config.pbtxt.template") if not p.with_name("config.pbtxt").exists()]
+    missing = [
+        p
+        for p in PROJECT_ROOT.glob("model_repository/*/*/config.pbtxt.template")
+        if not p.with_name("config.pbtxt").exists()
+    ]
     if missing:
         pytest.fail(f"model repositories not built ({missing[0]}); run ./build_engines.sh (make test does)")
 
@@ -67,16 +71,29 @@ class ServeProcess:
         parts = []
         for path in (self.cli_log, self.server_log):
             if path.exists():
-                parts.append(f"--- {path.name} (last 80 lines) ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-80:]))
+                parts.append(
+                    f"--- {path.name} (last 80 lines) ---\n"
+                    + "\n".join(path.read_text(errors="replace").splitlines()[-80:])
+                )
         return "\n".join(parts)
 
-    def start(self) -> "ServeProcess":
+    def start(self) -> ServeProcess:
         self.ports = free_ports(3)
         spotvlm = Path(sys.executable).with_name("spotvlm")
         command = [
-            str(spotvlm), "serve", self.side,
-            "--http-port", str(self.ports[0]), "--grpc-port", str(self.ports[1]), "--metrics-port", str(self.ports[2]),
-            "--log-file", str(self.server_log), "--ready-timeout", str(READY_TIMEOUT_S),
+            str(spotvlm),
+            "serve",
+            self.side,
+            "--http-port",
+            str(self.ports[0]),
+            "--grpc-port",
+            str(self.ports[1]),
+            "--metrics-port",
+            str(self.ports[2]),
+            "--log-file",
+            str(self.server_log),
+            "--ready-timeout",
+            str(READY_TIMEOUT_S),
         ]
         with open(self.cli_log, "w") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)

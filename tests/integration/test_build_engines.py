@@ -25,8 +25,18 @@ def test_own_checkpoints_at_another_resolution_serve_end_to_end(tmp_path):
     edge = build_tiny_checkpoint(tmp_path / "my_edge", replace(EDGE_SPEC, seed=7, image_size=224))
     cloud = build_tiny_checkpoint(tmp_path / "my_cloud", replace(CLOUD_SPEC, seed=8))
     repo = copy_repository_templates(tmp_path / "repo")
-    args = ["--edge-checkpoint", str(edge), "--cloud-checkpoint", str(cloud), "--edge-image-size", "224",
-            "--repository-root", str(repo), "--build-dir", str(tmp_path / "build")]
+    args = [
+        "--edge-checkpoint",
+        str(edge),
+        "--cloud-checkpoint",
+        str(cloud),
+        "--edge-image-size",
+        "224",
+        "--repository-root",
+        str(repo),
+        "--build-dir",
+        str(tmp_path / "build"),
+    ]
 
     first = _build(*args)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -57,7 +67,12 @@ def test_own_checkpoints_at_another_resolution_serve_end_to_end(tmp_path):
     ],
 )
 def test_bad_options_fail_with_a_clear_message(tmp_path, args, message):
-    result = _build(*args, "--repository-root", str(copy_repository_templates(tmp_path / "repo")),
-                    "--build-dir", str(tmp_path / "build"))
+    result = _build(
+        *args,
+        "--repository-root",
+        str(copy_repository_templates(tmp_path / "repo")),
+        "--build-dir",
+        str(tmp_path / "build"),
+    )
     assert result.returncode != 0
     assert message in result.stderr

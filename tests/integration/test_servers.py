@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,7 +23,10 @@ def frames():
 
 
 def test_every_model_is_ready(edge_server, cloud_server, protocol):
-    with VLMClient(edge_server.url(protocol), protocol) as edge, VLMClient(cloud_server.url(protocol), protocol) as cloud:
+    with (
+        VLMClient(edge_server.url(protocol), protocol) as edge,
+        VLMClient(cloud_server.url(protocol), protocol) as cloud,
+    ):
         assert edge.is_ready() and cloud.is_ready()
         assert edge.model_states() == {name: "READY" for name in EDGE_MODELS}
         assert cloud.model_states() == {"lvlm": "READY"}
@@ -48,8 +50,12 @@ def test_http_and_grpc_give_the_same_answer(edge_server, frames):
 
 def test_max_tokens_bounds_the_answer(edge_server, frames):
     with VLMClient(edge_server.http_url) as client:
-        long = client.infer("svlm", {"IMAGE": frames["rocket"][None], "PROMPT": text_tensor("Describe.")}, ["TEXT"],
-                            parameters={"max_tokens": 16})
+        long = client.infer(
+            "svlm",
+            {"IMAGE": frames["rocket"][None], "PROMPT": text_tensor("Describe.")},
+            ["TEXT"],
+            parameters={"max_tokens": 16},
+        )
         short = client.ask_svlm(frames["rocket"], "Describe.", max_tokens=2)
     assert len(short.text) < len(long["TEXT"][0, 0].decode())
 
@@ -103,7 +109,9 @@ def _bad_inputs(frame):
     }
 
 
-@pytest.mark.parametrize("case", ["wrong dtype", "empty image", "missing prompt", "empty prompt", "wrong rank", "invalid utf-8"])
+@pytest.mark.parametrize(
+    "case", ["wrong dtype", "empty image", "missing prompt", "empty prompt", "wrong rank", "invalid utf-8"]
+)
 def test_bad_input_is_invalid_arg_naming_the_problem(edge_server, frames, protocol, case):
     inputs, message = _bad_inputs(frames["coffee"][:64, :64])[case]
     with VLMClient(edge_server.url(protocol), protocol) as client:

@@ -56,10 +56,18 @@ def test_with_tensorrt_the_vision_step_becomes_a_plan_and_the_ensemble_is_unchan
     fake_trtexec, tmp_path, tiny_edge_checkpoint, tiny_cloud_checkpoint, capsys
 ):
     repo = copy_repository_templates(tmp_path / "repo")
-    code = build.main([
-        "--edge-checkpoint", str(tiny_edge_checkpoint), "--cloud-checkpoint", str(tiny_cloud_checkpoint),
-        "--repository-root", str(repo), "--build-dir", str(tmp_path / "build"),
-    ])
+    code = build.main(
+        [
+            "--edge-checkpoint",
+            str(tiny_edge_checkpoint),
+            "--cloud-checkpoint",
+            str(tiny_cloud_checkpoint),
+            "--repository-root",
+            str(repo),
+            "--build-dir",
+            str(tmp_path / "build"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "[4/5] TensorRT: found (trtexec)" in out

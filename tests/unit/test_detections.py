@@ -2,12 +2,12 @@ import pytest
 
 from python_backends.detections import Detection, detections_from_json, detections_to_json, parse_detections
 
-QWEN_REAL = '''```json
+QWEN_REAL = """```json
 [
 	{"bbox_2d": [135, 114, 1016, 672], "label": "chair"},
 	{"bbox_2d": [10, 20, 30, 40], "label": "cup"}
 ]
-```'''
+```"""
 
 
 @pytest.mark.parametrize(

@@ -42,9 +42,7 @@ def _reference_tokens(generator, image, question, max_new_tokens):
 
 def test_features_path_equals_pixel_path_and_batch_equals_single(generator, frames):
     questions = ["What color is the car?", "How many cups are on the long wooden table today?", "Animal?"]
-    requests = [
-        GenerationRequest(q, 10, image_features=[_features(generator, f)]) for q, f in zip(questions, frames)
-    ]
+    requests = [GenerationRequest(q, 10, image_features=[_features(generator, f)]) for q, f in zip(questions, frames)]
     batched = generator.generate_from_features([generator.prepare_features(r) for r in requests])
     for request, tokens, frame in zip(requests, batched, frames):
         single = generator.generate_from_features([generator.prepare_features(request)])[0]
@@ -97,7 +95,10 @@ def test_check_max_tokens(value, ok):
 
 def test_cloud_path_generates_from_images(tiny_cloud_checkpoint, frames):
     cloud = QwenVLGenerator(tiny_cloud_checkpoint)
-    requests = [GenerationRequest("Locate the cat.", 6, images=[frames[2]]), GenerationRequest("Hi", 4, images=[frames[0]])]
+    requests = [
+        GenerationRequest("Locate the cat.", 6, images=[frames[2]]),
+        GenerationRequest("Hi", 4, images=[frames[0]]),
+    ]
     batched = cloud.generate_from_images(requests)
     assert [cloud.generate_from_images([r])[0] for r in requests] == batched
     # The cloud keeps the aspect ratio (Qwen's smart resize) within its pixel budget.

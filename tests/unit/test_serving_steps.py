@@ -54,11 +54,15 @@ def _run_pipeline(steps, requests):
     ok = [i for i, r in enumerate(pre) if r.error is None]
     vision = steps["vision"].execute([pb.FakeRequest({"PIXEL_VALUES": pre[i].output("PIXEL_VALUES")}) for i in ok])
     gen_requests = [
-        pb.FakeRequest({"IMAGE_FEATURES": v.output("IMAGE_FEATURES"), "PROMPT": requests[i].inputs["PROMPT"]}, requests[i].params)
+        pb.FakeRequest(
+            {"IMAGE_FEATURES": v.output("IMAGE_FEATURES"), "PROMPT": requests[i].inputs["PROMPT"]}, requests[i].params
+        )
         for i, v in zip(ok, vision)
     ]
     generated = steps["generate"].execute(gen_requests)
-    post = steps["post"].execute([pb.FakeRequest({"TOKEN_IDS": g.output("TOKEN_IDS")}) for g in generated if g.error is None])
+    post = steps["post"].execute(
+        [pb.FakeRequest({"TOKEN_IDS": g.output("TOKEN_IDS")}) for g in generated if g.error is None]
+    )
     return pre, vision, generated, post
 
 
@@ -77,7 +81,10 @@ def test_pipeline_matches_the_models_own_generate(steps):
     spec = ImageProcessorSpec(image_size=112)
     prompt = generator.prompt_text(GenerationRequest("What is this?", 8), [spec.num_image_tokens])
     reference = generator._run(
-        [prompt], [8], pixel_values=torch.from_numpy(preprocess(frame, spec)), image_grid_thw=torch.tensor([spec.grid_thw])
+        [prompt],
+        [8],
+        pixel_values=torch.from_numpy(preprocess(frame, spec)),
+        image_grid_thw=torch.tensor([spec.grid_thw]),
     )[0]
     assert tokens == reference
     assert post[0].output("TEXT")[0, 0].decode() == clean_text(generator.decode(reference))
@@ -110,7 +117,10 @@ def test_bad_requests_fail_alone_with_named_problems(steps):
 
 def test_vision_checks_pixel_shape(steps):
     (response,) = steps["vision"].execute([pb.FakeRequest({"PIXEL_VALUES": np.zeros((1, 3, 1176), np.float32)})])
-    assert response.error.code() == pb.TritonError.INVALID_ARG and "PIXEL_VALUES must be FP32 [64, 1176]" in response.error.message()
+    assert (
+        response.error.code() == pb.TritonError.INVALID_ARG
+        and "PIXEL_VALUES must be FP32 [64, 1176]" in response.error.message()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +135,13 @@ def test_lvlm_answers_bytes_and_raw_images_alike(lvlm):
     prompt = np.array([[b"Locate the cat."]], dtype=object)
     png = io.BytesIO()
     Image.fromarray(frame).save(png, format="PNG")
-    responses = lvlm.execute([
-        pb.FakeRequest({"IMAGE": frame[None], "PROMPT": prompt}),
-        pb.FakeRequest({"IMAGE_BYTES": np.array([[png.getvalue()]], dtype=object), "PROMPT": prompt}),
-        pb.FakeRequest({"IMAGE_BYTES": np.array([[encode_jpeg(frame)]], dtype=object), "PROMPT": prompt}),
-    ])
+    responses = lvlm.execute(
+        [
+            pb.FakeRequest({"IMAGE": frame[None], "PROMPT": prompt}),
+            pb.FakeRequest({"IMAGE_BYTES": np.array([[png.getvalue()]], dtype=object), "PROMPT": prompt}),
+            pb.FakeRequest({"IMAGE_BYTES": np.array([[encode_jpeg(frame)]], dtype=object), "PROMPT": prompt}),
+        ]
+    )
     assert all(r.error is None for r in responses)
     texts = [r.output("TEXT")[0, 0] for r in responses]
     assert texts[0] == texts[1], "lossless PNG gives the same answer as the raw array"
