@@ -167,3 +167,16 @@ def test_rescale_detections_maps_model_pixels_to_frame_and_clips():
     detections = [Detection("car", (28.0, 56.0, 112.0, 300.0))]
     (mapped,) = rescale_detections(detections, seen=(224, 112), original=(448, 224))
     assert mapped.bbox == (56.0, 112.0, 224.0, 448.0)
+
+
+def test_postprocess_decodes_like_transformers(steps, tiny_edge_checkpoint):
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(tiny_edge_checkpoint)
+    rng = np.random.default_rng(0)
+    batch = [rng.integers(0, len(reference), size=n).tolist() for n in (0, 1, 7, 40)]
+    batch.append([1, 2, 5, 5, 300, 2])  # special tokens among text
+    responses = steps["post"].execute([pb.FakeRequest({"TOKEN_IDS": np.array([ids], dtype=np.int64)}) for ids in batch])
+    for ids, response in zip(batch, responses):
+        expected = clean_text(reference.decode(ids, skip_special_tokens=True))
+        assert response.output("TEXT")[0, 0].decode() == expected
