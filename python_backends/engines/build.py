@@ -230,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--edge-image-size", type=int, help="fixed square input of the edge tower (default: 112 tiny, 448 real)"
     )
     parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-queue-delay-us", type=int, default=500)
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=0,
+        help="dynamic batcher wait for more requests; 0 batches what is already queued (lowest latency)",
+    )
     parser.add_argument("--instances", type=int, default=1, help="instances of each edge model step")
     parser.add_argument("--lvlm-instances", type=int, default=1)
     parser.add_argument(
