@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
 _OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
@@ -96,6 +96,3 @@ def detections_from_json(text: str) -> list[Detection]:
             raise ValueError(f"not a detection: {item!r}")
         result.append(detection)
     return result
-
-
-__all__ = ["Detection", "parse_detections", "detections_to_json", "detections_from_json", "asdict"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,6 @@ class ImageProcessorSpec:
     image_std: tuple[float, float, float] = CLIP_STD
     rescale_factor: float = 1 / 255
     max_input_pixels: int = 4096 * 4096
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         factor = self.patch_size * self.merge_size

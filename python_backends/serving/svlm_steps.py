@@ -6,11 +6,11 @@ alone (a bad one gets INVALID_ARG), the valid ones are computed together.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
+from python_backends.generation import check_max_tokens
 from python_backends.image_processing import ImageProcessorSpec, preprocess, validate_image_array
 from python_backends.params import get_param, model_parameters
 from python_backends.prompts import decode_prompt
@@ -25,8 +25,6 @@ from python_backends.triton_io import (
     request_parameters,
     unbatch,
 )
-
-log = logging.getLogger("spotvlm.svlm")
 
 DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
 MAX_PROMPT_CHARS = 8192
@@ -44,8 +42,6 @@ def checkpoint_path(params: dict[str, str]) -> Path:
 
 def read_max_tokens(request, default: int, limit: int) -> int:
     """MAX_TOKENS input tensor if given, else the `max_tokens` request parameter, else the default."""
-    from python_backends.generation import check_max_tokens
-
     tensor = get_input(request, "MAX_TOKENS", required=False)
     if tensor is not None:
         value = int(first_item(tensor, "MAX_TOKENS"))
