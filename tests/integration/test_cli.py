@@ -1,0 +1,83 @@
+"""The `spotvlm` command as a user types it: ask (both servers, both protocols) and the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from client.frames import sample_frame
+
+pytestmark = pytest.mark.integration
+
+SPOTVLM = str(Path(sys.executable).with_name("spotvlm"))
+
+
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([SPOTVLM, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "chelsea.jpg"
+    Image.fromarray(sample_frame("chelsea")).save(path, quality=92)
+    return path
+
+
+def test_ask_edge(edge_server, photo, protocol):
+    result = _run(
+        "ask",
+        "--image",
+        str(photo),
+        "--prompt",
+        "What animal is this?",
+        "--protocol",
+        protocol,
+        "--url",
+        edge_server.url(protocol),
+        "--max-tokens",
+        "6",
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["text"].strip() and answer["latency_ms"] > 0
+
+
+def test_ask_cloud_prints_detections(cloud_server, photo, protocol):
+    result = _run(
+        "ask",
+        "--server",
+        "cloud",
+        "--image",
+        str(photo),
+        "--prompt",
+        "Locate the cat.",
+        "--protocol",
+        protocol,
+        "--url",
+        cloud_server.url(protocol),
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert isinstance(answer["detections"], list) and answer["text"].strip()
+
+
+def test_ask_reports_bad_input_and_exits_nonzero(edge_server, photo):
+    result = _run("ask", "--image", str(photo), "--prompt", "x", "--max-tokens", "0", "--url", edge_server.http_url)
+    assert result.returncode == 1
+    assert "max_tokens must be >= 1" in result.stderr
+
+
+def test_demo_prints_the_table_and_stops_both_servers():
+    result = _run("demo", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "| frame" in out and "edge svlm (latency)" in out and "cloud lvlm (latency)" in out
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        assert name in out
+    assert out.count(" ms)") >= 8  # an edge and a cloud latency per frame
+    assert out.rstrip().endswith("Both servers stopped.")
