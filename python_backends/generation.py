@@ -35,7 +35,7 @@ class GenerationRequest:
 
 @dataclass
 class PreparedRequest:
-    prompt: str
+    prompt_ids: list[int]
     grids: list[tuple[int, int, int]]
     features: list[np.ndarray]
     max_new_tokens: int
@@ -111,12 +111,17 @@ class QwenVLGenerator:
     def prompt_text(self, request: GenerationRequest, image_tokens: list[int]) -> str:
         return build_chat_prompt(request.question, image_tokens, request.history, self.system_prompt)
 
-    def count_prompt_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a full prompt; raises InputError when it is over the configured limit."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) > self.max_prompt_tokens:
+            raise InputError(f"prompt is {len(ids)} tokens with its images, over the limit of {self.max_prompt_tokens}")
+        return ids
 
-    def _run(self, prompts: list[str], max_new_tokens: list[int], **vision_kwargs) -> list[list[int]]:
+    def generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: list[int], **vision_kwargs) -> list[list[int]]:
+        """Greedy generation for a batch of encoded prompts (left-padded together); returns each answer's ids."""
         torch = self._torch
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = self.tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
         input_ids = encoded.input_ids
         mm_token_type_ids = (input_ids == self.image_token_id).int()
         with torch.inference_mode():
@@ -140,19 +145,13 @@ class QwenVLGenerator:
                 return tokens[:index]
         return tokens
 
-    def _check_prompt_length(self, text: str) -> None:
-        count = self.count_prompt_tokens(text)
-        if count > self.max_prompt_tokens:
-            raise InputError(f"prompt is {count} tokens with its images, over the limit of {self.max_prompt_tokens}")
-
     # -- edge: features from the ONNX tower ---------------------------------------------------------------------
 
     def prepare_features(self, request: GenerationRequest) -> PreparedRequest:
         """Validates one edge request (raising InputError) so a bad one can be answered alone."""
         grids = [self._features_grid(f) for f in request.image_features]
         prompt = self.prompt_text(request, [f.shape[0] for f in request.image_features])
-        self._check_prompt_length(prompt)
-        return PreparedRequest(prompt, grids, request.image_features, request.max_new_tokens)
+        return PreparedRequest(self.encode_prompt(prompt), grids, request.image_features, request.max_new_tokens)
 
     def generate_from_features(self, prepared: list[PreparedRequest]) -> list[list[int]]:
         """One batched generate over requests checked by `prepare_features`."""
@@ -167,7 +166,7 @@ class QwenVLGenerator:
         if features:
             kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
             kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
-        return self._run([p.prompt for p in prepared], [p.max_new_tokens for p in prepared], **kwargs)
+        return self.generate_ids([p.prompt_ids for p in prepared], [p.max_new_tokens for p in prepared], **kwargs)
 
     # -- cloud: the whole model in torch ------------------------------------------------------------------------
 
@@ -205,14 +204,12 @@ class QwenVLGenerator:
                 pixel_values.append(processed["pixel_values"])
                 grids.append(grid)
                 tokens.append(grid[0] * grid[1] * grid[2] // self.merge_size**2)
-            prompt = self.prompt_text(request, tokens)
-            self._check_prompt_length(prompt)
-            prompts.append(prompt)
+            prompts.append(self.encode_prompt(self.prompt_text(request, tokens)))
         kwargs = {}
         if pixel_values:
             kwargs["pixel_values"] = torch.from_numpy(np.concatenate(pixel_values, axis=0))
             kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
-        return self._run(prompts, [r.max_new_tokens for r in requests], **kwargs)
+        return self.generate_ids(prompts, [r.max_new_tokens for r in requests], **kwargs)
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -32,8 +32,8 @@ def _reference_tokens(generator, image, question, max_new_tokens):
     """The model's own path: pixels through the torch tower inside generate()."""
     spec = ImageProcessorSpec(image_size=112)
     prompt = generator.prompt_text(GenerationRequest(question, max_new_tokens), [spec.num_image_tokens])
-    return generator._run(
-        [prompt],
+    return generator.generate_ids(
+        [generator.encode_prompt(prompt)],
         [max_new_tokens],
         pixel_values=torch.from_numpy(preprocess(image, spec)),
         image_grid_thw=torch.tensor([spec.grid_thw]),

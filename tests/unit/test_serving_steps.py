@@ -80,8 +80,8 @@ def test_pipeline_matches_the_models_own_generate(steps):
     generator = steps["generate"].generator
     spec = ImageProcessorSpec(image_size=112)
     prompt = generator.prompt_text(GenerationRequest("What is this?", 8), [spec.num_image_tokens])
-    reference = generator._run(
-        [prompt],
+    reference = generator.generate_ids(
+        [generator.encode_prompt(prompt)],
         [8],
         pixel_values=torch.from_numpy(preprocess(frame, spec)),
         image_grid_thw=torch.tensor([spec.grid_thw]),
