@@ -126,6 +126,10 @@ def _compute_alone(item, compute, respond):
         return _failure_response(exc)
 
 
+def response(tensors: list):
+    return _pb().InferenceResponse(output_tensors=tensors)
+
+
 def output_tensor(name: str, array: np.ndarray):
     return _pb().Tensor(name, array)
 

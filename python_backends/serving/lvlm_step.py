@@ -10,15 +10,14 @@ from python_backends.detections import Detection, detections_to_json, parse_dete
 from python_backends.errors import InputError
 from python_backends.image_processing import decode_image_bytes, validate_image_array
 from python_backends.params import get_param, model_parameters
-from python_backends.serving.svlm_steps import (
+from python_backends.serving.request_fields import (
     DEFAULT_MAX_INPUT_PIXELS,
     checkpoint_path,
-    make_response,
     read_max_tokens,
     read_prompt,
 )
 from python_backends.text import clean_text
-from python_backends.triton_io import answer_batch, bytes_tensor, first_item, get_input, unbatch
+from python_backends.triton_io import answer_batch, bytes_tensor, first_item, get_input, response, unbatch
 
 
 def read_image(request, max_pixels: int) -> np.ndarray:
@@ -97,7 +96,7 @@ class LvlmStep:
             requests,
             parse=self._parse,
             compute=self._compute,
-            respond=lambda a: make_response(
+            respond=lambda a: response(
                 [bytes_tensor("TEXT", a.text), bytes_tensor("DETECTIONS", detections_to_json(a.detections))]
             ),
         )

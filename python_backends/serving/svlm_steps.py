@@ -6,52 +6,19 @@ alone (a bad one gets INVALID_ARG), the valid ones are computed together.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from python_backends.generation import check_max_tokens
 from python_backends.image_processing import ImageProcessorSpec, preprocess, validate_image_array
 from python_backends.params import get_param, model_parameters
-from python_backends.prompts import decode_prompt
-from python_backends.text import clean_text
-from python_backends.triton_io import (
-    answer_batch,
-    bytes_tensor,
-    first_item,
-    get_input,
-    int_parameter,
-    output_tensor,
-    request_parameters,
-    unbatch,
+from python_backends.serving.request_fields import (
+    DEFAULT_MAX_INPUT_PIXELS,
+    checkpoint_path,
+    read_max_tokens,
+    read_prompt,
+    version_dir,
 )
-
-DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
-MAX_PROMPT_CHARS = 8192
-
-
-def _version_dir(args: dict) -> Path:
-    return Path(args["model_repository"]) / str(args["model_version"])
-
-
-def checkpoint_path(params: dict[str, str]) -> Path:
-    if "checkpoint" not in params:
-        raise ValueError("model parameter 'checkpoint' is not set; run build_engines.sh to fill the templates")
-    return Path(params["checkpoint"])
-
-
-def read_max_tokens(request, default: int, limit: int) -> int:
-    """MAX_TOKENS input tensor if given, else the `max_tokens` request parameter, else the default."""
-    tensor = get_input(request, "MAX_TOKENS", required=False)
-    if tensor is not None:
-        value = int(first_item(tensor, "MAX_TOKENS"))
-    else:
-        value = int_parameter(request_parameters(request), "max_tokens", default)
-    return check_max_tokens(value, limit)
-
-
-def read_prompt(request) -> str:
-    return decode_prompt(first_item(get_input(request, "PROMPT"), "PROMPT"), MAX_PROMPT_CHARS)
+from python_backends.text import clean_text
+from python_backends.triton_io import answer_batch, bytes_tensor, get_input, output_tensor, response, unbatch
 
 
 class PreprocessStep:
@@ -68,7 +35,7 @@ class PreprocessStep:
             requests,
             parse=lambda r: validate_image_array(unbatch(get_input(r, "IMAGE"), "IMAGE"), self.spec.max_input_pixels),
             compute=lambda images: [preprocess(image, self.spec) for image in images],
-            respond=lambda rows: make_response([output_tensor("PIXEL_VALUES", rows[None])]),
+            respond=lambda rows: response([output_tensor("PIXEL_VALUES", rows[None])]),
         )
 
 
@@ -78,7 +45,7 @@ class VisionStep:
 
         params = model_parameters(args["model_config"])
         self.encoder = OnnxVisionEncoder(
-            _version_dir(args) / params.get("onnx_file", "model.onnx"),
+            version_dir(args) / params.get("onnx_file", "model.onnx"),
             intra_op_threads=get_param(params, "intra_op_threads", 0, int),
             provider=params.get("provider", "auto"),
         )
@@ -92,7 +59,7 @@ class VisionStep:
             requests,
             parse=lambda r: self.encoder.check(unbatch(get_input(r, "PIXEL_VALUES"), "PIXEL_VALUES")),
             compute=compute,
-            respond=lambda features: make_response([output_tensor("IMAGE_FEATURES", features[None])]),
+            respond=lambda features: response([output_tensor("IMAGE_FEATURES", features[None])]),
         )
 
 
@@ -123,7 +90,7 @@ class GenerateStep:
             requests,
             parse=self._parse,
             compute=self.generator.generate_from_features,
-            respond=lambda tokens: make_response([output_tensor("TOKEN_IDS", np.asarray([tokens], dtype=np.int64))]),
+            respond=lambda tokens: response([output_tensor("TOKEN_IDS", np.asarray([tokens], dtype=np.int64))]),
         )
 
 
@@ -141,11 +108,5 @@ class PostprocessStep:
             requests,
             parse=lambda r: unbatch(get_input(r, "TOKEN_IDS"), "TOKEN_IDS").tolist(),
             compute=lambda batch: [clean_text(t) for t in self.tokenizer.decode_batch(batch, skip_special_tokens=True)],
-            respond=lambda text: make_response([bytes_tensor("TEXT", text)]),
+            respond=lambda text: response([bytes_tensor("TEXT", text)]),
         )
-
-
-def make_response(tensors: list):
-    import triton_python_backend_utils as pb_utils
-
-    return pb_utils.InferenceResponse(output_tensors=tensors)
