@@ -20,7 +20,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     http, grpc, metrics = DEFAULT_PORTS[args.side]
     repository = Path(args.repository) if args.repository else REPOSITORIES[args.side]
-    if not any(repository.glob("*/config.pbtxt")):
+    from python_backends.templates import unrendered_templates
+
+    if unrendered_templates(repository) or not any(repository.glob("*/config.pbtxt")):
         print(
             f"spotvlm serve: {repository} has no rendered config.pbtxt; run ./build_engines.sh first", file=sys.stderr
         )

@@ -9,16 +9,13 @@ from pathlib import Path
 from client.frames import SAMPLE_FRAMES, sample_frame
 from client.launcher import TritonServer
 from client.triton_client import VLMClient
+from python_backends.templates import unrendered_templates
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def check_built(repository_root: Path) -> None:
-    missing = [
-        str(p.relative_to(repository_root))
-        for p in sorted(repository_root.glob("*/*/config.pbtxt.template"))
-        if not p.with_name("config.pbtxt").is_file()
-    ]
+    missing = [str(p.relative_to(repository_root)) for p in unrendered_templates(repository_root)]
     if missing:
         raise SystemExit(f"the model repositories are not built ({', '.join(missing)}); run ./build_engines.sh first")
 

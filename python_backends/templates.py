@@ -61,3 +61,8 @@ def render_repository(
         target.write_text(rendered)
         written.append(target)
     return written
+
+
+def unrendered_templates(root: Path) -> list[Path]:
+    """Templates under `root` (one repository or the folder of both) with no rendered config.pbtxt beside them."""
+    return [t for t in sorted(Path(root).rglob(TEMPLATE_NAME)) if not t.with_name("config.pbtxt").is_file()]

@@ -18,17 +18,14 @@ from pathlib import Path
 import pytest
 
 from client.launcher import descendant_pids, find_shm_regions, free_ports
+from python_backends.templates import unrendered_templates
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 240
 
 
 def _require_built() -> None:
-    missing = [
-        p
-        for p in PROJECT_ROOT.glob("model_repository/*/*/config.pbtxt.template")
-        if not p.with_name("config.pbtxt").exists()
-    ]
+    missing = unrendered_templates(PROJECT_ROOT / "model_repository")
     if missing:
         pytest.fail(f"model repositories not built ({missing[0]}); run ./build_engines.sh (make test does)")
 
@@ -51,10 +48,6 @@ class ServeProcess:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.ports[1]}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"127.0.0.1:{self.ports[2]}"
 
     @property
     def server_log(self) -> Path:

@@ -72,3 +72,14 @@ def test_get_param_casts_to_default_type(raw, default, expected):
 def test_get_param_names_the_bad_parameter():
     with pytest.raises(ValueError, match="'k'"):
         get_param({"k": "many"}, "k", 1)
+
+
+def test_unrendered_templates_lists_models_not_yet_built(tmp_path):
+    from python_backends.templates import unrendered_templates
+
+    for side, model in (("edge", "a"), ("edge", "b"), ("cloud", "c")):
+        (tmp_path / side / model).mkdir(parents=True)
+        (tmp_path / side / model / "config.pbtxt.template").write_text("x: ${v}")
+    render_repository(tmp_path / "edge", {"v": 1})
+    assert [p.parent.name for p in unrendered_templates(tmp_path)] == ["c"]
+    assert unrendered_templates(tmp_path / "edge") == []
