@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from python_backends.errors import InputError
@@ -9,6 +10,8 @@ from python_backends.errors import InputError
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IMAGE_PAD = "<|image_pad|>"
 MAX_PROMPT_BYTES = 16384
+MAX_HISTORY_TURNS = 32
+MAX_HISTORY_BYTES = 65536
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,39 @@ def decode_prompt(raw: bytes | str, max_chars: int) -> str:
     if len(text) > max_chars:
         raise InputError(f"PROMPT has {len(text)} characters, over the limit of {max_chars}")
     return text
+
+
+def parse_history(raw: bytes | str) -> list[Turn]:
+    """HISTORY tensor -> turns. It is JSON: `[{"question": "...", "answer": "..."}, ...]`, oldest first."""
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_HISTORY_BYTES:
+            raise InputError(f"HISTORY is {len(raw)} bytes, over the limit of {MAX_HISTORY_BYTES}")
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"HISTORY is not valid UTF-8: {exc}") from exc
+    if not raw.strip():
+        return []
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"HISTORY is not valid JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise InputError("HISTORY must be a JSON list of {question, answer} objects")
+    if len(items) > MAX_HISTORY_TURNS:
+        raise InputError(f"HISTORY has {len(items)} turns, over the limit of {MAX_HISTORY_TURNS}")
+    turns = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not isinstance(
+            item.get("answer"), str
+        ):
+            raise InputError(f"HISTORY item {index} must be an object with string 'question' and 'answer'")
+        turns.append(Turn(item["question"], item["answer"]))
+    return turns
+
+
+def history_json(turns: list[Turn]) -> str:
+    return json.dumps([{"question": t.question, "answer": t.answer} for t in turns], ensure_ascii=False)
 
 
 def image_block(num_image_tokens: int) -> str:

@@ -6,10 +6,13 @@ alone (a bad one gets INVALID_ARG), the valid ones are computed together.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from python_backends.image_processing import ImageProcessorSpec, preprocess, validate_image_array
 from python_backends.params import get_param, model_parameters
+from python_backends.prompts import parse_history
 from python_backends.serving.request_fields import (
     DEFAULT_MAX_INPUT_PIXELS,
     checkpoint_path,
@@ -18,7 +21,15 @@ from python_backends.serving.request_fields import (
     version_dir,
 )
 from python_backends.text import clean_text
-from python_backends.triton_io import answer_batch, bytes_tensor, get_input, output_tensor, response, unbatch
+from python_backends.triton_io import (
+    answer_batch,
+    bytes_tensor,
+    first_item,
+    get_input,
+    output_tensor,
+    response,
+    unbatch,
+)
 
 
 class PreprocessStep:
@@ -77,20 +88,38 @@ class GenerateStep:
     def _parse(self, request):
         from python_backends.generation import GenerationRequest
 
-        features = unbatch(get_input(request, "IMAGE_FEATURES"), "IMAGE_FEATURES")
+        # The frame first, then the focus crop when `svlm_focus` sends one: the prompt gets two images in that order.
+        features = [unbatch(get_input(request, "IMAGE_FEATURES"), "IMAGE_FEATURES")]
+        focus = get_input(request, "FOCUS_FEATURES", required=False)
+        if focus is not None:
+            features.append(unbatch(focus, "FOCUS_FEATURES"))
+        history = get_input(request, "HISTORY", required=False)
         generation = GenerationRequest(
             question=read_prompt(request),
             max_new_tokens=read_max_tokens(request, self.default_max_tokens, self.max_tokens_limit),
-            image_features=[features],
+            image_features=features,
+            history=parse_history(first_item(history, "HISTORY")) if history is not None else [],
         )
         return self.generator.prepare_features(generation)
+
+    def _generate(self, batch: list) -> list[tuple[list[int], float]]:
+        # The batch's wall time is every member's generate time: they ran together.
+        started = time.perf_counter()
+        tokens = self.generator.generate_from_features(batch)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        return [(t, elapsed_ms) for t in tokens]
 
     def execute(self, requests: list) -> list:
         return answer_batch(
             requests,
             parse=self._parse,
-            compute=self.generator.generate_from_features,
-            respond=lambda tokens: response([output_tensor("TOKEN_IDS", np.asarray([tokens], dtype=np.int64))]),
+            compute=self._generate,
+            respond=lambda result: response(
+                [
+                    output_tensor("TOKEN_IDS", np.asarray([result[0]], dtype=np.int64)),
+                    output_tensor("GENERATE_MS", np.asarray([[result[1]]], dtype=np.float32)),
+                ]
+            ),
         )
 
 
