@@ -1,0 +1,1 @@
+"""Context transfer: the per-stream context store, context replacement and visual focus."""

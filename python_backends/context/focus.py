@@ -1,0 +1,205 @@
+"""Visual focus: spend the SVLM's few visual tokens where the LVLM found the objects.
+
+The LVLM's grounded detections for an earlier frame are filtered to those the question is about, mapped to the current
+frame's pixels and widened by a margin that grows with the context's age (the objects have moved since). The SVLM then
+sees a full-resolution crop of that region, alone or beside a downscaled full frame.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+from PIL import Image
+
+from python_backends.detections import Detection
+from python_backends.errors import InputError
+
+
+class FocusMode(str, Enum):
+    OFF = "off"
+    CROP_ONLY = "crop_only"
+    CROP_AND_FRAME = "crop_and_frame"
+
+
+_AUTO = ("", "auto")
+
+
+def parse_focus_mode(value: str | None, default: FocusMode) -> FocusMode:
+    """The `focus` request parameter: None, "" and "auto" mean the model's configured default."""
+    if value is None:
+        return default
+    text = str(value).strip().lower()
+    if text in _AUTO:
+        return default
+    for mode in FocusMode:
+        if text == mode.value:
+            return mode
+    allowed = ", ".join(["auto"] + [m.value for m in FocusMode])
+    raise InputError(f"focus must be one of {allowed}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class FocusConfig:
+    margin: float = 0.10  # base margin, as a fraction of the box's size on each side
+    margin_per_s: float = 0.15  # extra margin fraction per second of context age (objects move)
+    max_margin: float = 1.0
+    min_size: int = 32  # the crop is at least this many pixels on each side (clipped to the image)
+    frame_side: int = 448  # in crop_and_frame, the full frame is downscaled so its longer side is at most this
+
+    def __post_init__(self) -> None:
+        if self.margin < 0 or self.margin_per_s < 0:
+            raise ValueError("margin and margin_per_s must not be negative")
+        if self.max_margin < self.margin:
+            raise ValueError(f"max_margin ({self.max_margin}) must be at least margin ({self.margin})")
+        if self.min_size < 1 or self.frame_side < 1:
+            raise ValueError("min_size and frame_side must be at least 1")
+
+
+@dataclass(frozen=True)
+class FocusPlan:
+    mode: FocusMode  # the mode actually applied (OFF when there is nothing to focus on)
+    box: tuple[int, int, int, int] | None  # x1, y1, x2, y2 in current-frame pixels, x2/y2 exclusive
+    labels: list[str] = field(default_factory=list)  # labels of the detections used
+    images: list[np.ndarray] = field(default_factory=list)  # [frame] | [crop] | [downscaled frame, crop]
+
+
+# Words that say nothing about which object a label names ("cup of coffee" must not match every "of").
+_STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "at", "with", "and", "or", "to", "for"})
+_WORD = re.compile(r"[a-z0-9]+")
+_EPS = 1e-6
+
+
+def _forms(word: str) -> set[str]:
+    """The word and its candidate singulars. Matching on overlapping forms handles "horses"/"horse" as well as
+    "boxes"/"box" and "berries"/"berry" without a stemmer."""
+    forms = {word}
+    if word.endswith("ies") and len(word) > 4:
+        forms.add(word[:-3] + "y")
+    if word.endswith("es") and len(word) > 3:
+        forms.add(word[:-2])
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 2:
+        forms.add(word[:-1])
+    return forms
+
+
+def relevant_detections(detections: Sequence[Detection], question: str) -> list[Detection]:
+    """The detections whose label the question mentions; all of them when it mentions none (a generic question such
+    as "what is happening?" is about the whole scene the LVLM grounded)."""
+    question_forms: set[str] = set()
+    for word in _WORD.findall(question.lower()):
+        question_forms |= _forms(word)
+    matched = []
+    for detection in detections:
+        words = [w for w in _WORD.findall(detection.label.lower()) if w not in _STOPWORDS]
+        if any(_forms(w) & question_forms for w in words):
+            matched.append(detection)
+    return matched if matched else list(detections)
+
+
+def focus_margin(age_ms: float, config: FocusConfig = FocusConfig()) -> float:
+    """Margin fraction for a context `age_ms` old; non-decreasing in age, capped at max_margin."""
+    age_s = max(0.0, float(age_ms)) / 1000.0
+    return min(config.max_margin, config.margin + config.margin_per_s * age_s)
+
+
+def _grow(lo: float, hi: float, size: int, limit: int) -> tuple[float, float]:
+    """Widen [lo, hi) around its centre to `size` (at most `limit`), shifted inward rather than cut at an edge."""
+    size = min(size, limit)
+    if hi - lo >= size:
+        return lo, hi
+    centre = (lo + hi) / 2.0
+    lo, hi = centre - size / 2.0, centre + size / 2.0
+    if lo < 0:
+        lo, hi = 0.0, float(size)
+    elif hi > limit:
+        lo, hi = float(limit - size), float(limit)
+    return lo, hi
+
+
+def focus_box(
+    detections: Sequence[Detection],
+    source_size: tuple[int, int],
+    target_size: tuple[int, int],
+    age_ms: float,
+    config: FocusConfig = FocusConfig(),
+) -> tuple[int, int, int, int] | None:
+    """The region of the current frame to look at: x1, y1, x2, y2 ints, x2/y2 exclusive; None when there is none.
+
+    `source_size` is the (height, width) of the image the LVLM's boxes refer to, `target_size` that of the current
+    frame; the union box is scaled between them, widened by `focus_margin(age_ms)` of its size on each side, grown to
+    `min_size` and clipped to the frame.
+    """
+    if not detections:
+        return None
+    source_h, source_w = source_size
+    target_h, target_w = target_size
+    if min(source_h, source_w, target_h, target_w) <= 0:
+        return None
+    # Multiply before dividing: 56 * 640 / 224 is exactly 160, 56 * (640 / 224) is not.
+    x1 = min(d.bbox[0] for d in detections) * target_w / source_w
+    y1 = min(d.bbox[1] for d in detections) * target_h / source_h
+    x2 = max(d.bbox[2] for d in detections) * target_w / source_w
+    y2 = max(d.bbox[3] for d in detections) * target_h / source_h
+    # Clip first: the margin is a fraction of what is visible, and a box wholly outside the frame points nowhere.
+    x1, x2 = max(0.0, x1), min(float(target_w), x2)
+    y1, y2 = max(0.0, y1), min(float(target_h), y2)
+    if x2 <= x1 or y2 <= y1:
+        return None
+
+    margin = focus_margin(age_ms, config)
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    x1, x2 = max(0.0, x1 - mx), min(float(target_w), x2 + mx)
+    y1, y2 = max(0.0, y1 - my), min(float(target_h), y2 + my)
+    x1, x2 = _grow(x1, x2, config.min_size, target_w)
+    y1, y2 = _grow(y1, y2, config.min_size, target_h)
+    # Outward rounding, so the crop never loses a pixel of the box; the epsilon keeps float noise (143.99999999999997)
+    # from adding one.
+    ix1, iy1 = max(0, math.floor(x1 + _EPS)), max(0, math.floor(y1 + _EPS))
+    ix2, iy2 = min(target_w, math.ceil(x2 - _EPS)), min(target_h, math.ceil(y2 - _EPS))
+    if ix2 <= ix1 or iy2 <= iy1:
+        return None
+    return ix1, iy1, ix2, iy2
+
+
+def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
+    """`image` shrunk (bilinear) so its longer side is at most `max_side`; returned as is when it already fits."""
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    if longest <= max_side:
+        return image
+    scale = max_side / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
+def plan_focus(
+    image: np.ndarray,
+    detections: Sequence[Detection],
+    source_size: tuple[int, int],
+    question: str,
+    age_ms: float,
+    mode: FocusMode,
+    config: FocusConfig = FocusConfig(),
+) -> FocusPlan:
+    """What the SVLM sees for this frame. Falls back to the plain frame (mode OFF) when there is nothing to focus on."""
+    if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"image must be a non-empty H x W (x C) array, got shape {tuple(image.shape)}")
+    plain = FocusPlan(mode=FocusMode.OFF, box=None, labels=[], images=[image])
+    if mode == FocusMode.OFF or not detections:
+        return plain
+    used = relevant_detections(detections, question)
+    box = focus_box(used, source_size, image.shape[:2], age_ms, config)
+    if box is None:
+        return plain
+    x1, y1, x2, y2 = box
+    # Full resolution, and a copy: the crop must not keep the whole frame alive or change if the frame buffer does.
+    crop = np.ascontiguousarray(image[y1:y2, x1:x2]).copy()
+    labels = [d.label for d in used]
+    if mode == FocusMode.CROP_ONLY:
+        return FocusPlan(mode=mode, box=box, labels=labels, images=[crop])
+    return FocusPlan(mode=mode, box=box, labels=labels, images=[downscale(image, config.frame_side), crop])

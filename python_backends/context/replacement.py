@@ -1,0 +1,134 @@
+"""Context replacement: late LVLM answers become the SVLM's history (SpotVLM / edgeVLM, training-free).
+
+The SVLM keeps a multi-turn text history of its own answers. When the cloud's answer for frame k has arrived, it
+replaces the SVLM's answer for frame k, compressed to a token budget and tagged with its age, so the small model reads
+the large model's better description of the recent past before it answers the current frame. Pure functions, no clock:
+the caller passes `now_ms`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from python_backends.context.store import CloudResult, TurnRecord
+from python_backends.prompts import Turn
+
+GENERIC_QUESTION = "What do you see?"
+
+
+class TokenBudget(Protocol):
+    def count(self, text: str) -> int: ...
+
+    def truncate(self, text: str, max_tokens: int) -> str: ...
+
+
+class WordBudget:
+    """Whitespace tokens: a tokenizer-free stand-in that over-counts no model's tokens by much for English text."""
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        words = text.split()
+        if len(words) <= max_tokens:
+            return text
+        return " ".join(words[: max(0, max_tokens)])
+
+
+DEFAULT_BUDGET = WordBudget()  # stateless, so one shared instance is a safe default argument
+
+
+@dataclass(frozen=True)
+class ReplacementConfig:
+    max_turns: int = 4  # K: turns older than the last K are dropped
+    budget_tokens: int = 48  # the tagged LVLM answer is compressed to this many tokens
+    age_tag: str = "[cloud answer, frame {frame_id}, {age_s:.1f} s old]"  # may also use {age_ms}
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 0:
+            raise ValueError(f"max_turns must not be negative, got {self.max_turns}")
+        if self.budget_tokens < 1:
+            raise ValueError(f"budget_tokens must be at least 1, got {self.budget_tokens}")
+        try:
+            self.age_tag.format(frame_id=0, age_s=0.0, age_ms=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"age_tag {self.age_tag!r} is not a valid template: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class ReplacedHistory:
+    turns: list[Turn]  # oldest first, ready for build_chat_prompt
+    replaced_turns: int  # how many SVLM answers were replaced by LVLM answers
+    context_frame: int | None  # frame id of the freshest LVLM answer used (None when there is none)
+    context_age_ms: int | None  # now_ms - that frame's timestamp
+
+
+def _age_ms(result: CloudResult, now_ms: int) -> int:
+    # Clocks of client and edge can disagree by a little; a negative age means "just now".
+    return max(0, int(now_ms) - int(result.frame_timestamp_ms))
+
+
+def tagged_answer(result: CloudResult, now_ms: int, config: ReplacementConfig, budget: TokenBudget) -> str:
+    """The age tag, then as much of the LVLM text as fits the budget. The tag is never cut: the SVLM must know the
+    text is old even when little of it fits."""
+    age_ms = _age_ms(result, now_ms)
+    tag = config.age_tag.format(frame_id=result.frame_id, age_s=age_ms / 1000.0, age_ms=age_ms)
+    text = result.text.strip()
+    if not text:
+        return tag
+    # Tokenizers need not be additive over concatenation, so check the joined string and shrink until it fits.
+    allowance = max(0, config.budget_tokens - budget.count(tag))
+    while True:
+        body = budget.truncate(text, allowance) if allowance > 0 else ""
+        joined = f"{tag} {body}" if body else tag
+        if allowance <= 0 or budget.count(joined) <= config.budget_tokens:
+            return joined
+        allowance -= 1
+
+
+def build_history(
+    turns: Sequence[TurnRecord],
+    cloud_results: Sequence[CloudResult],
+    now_ms: int,
+    config: ReplacementConfig = ReplacementConfig(),
+    budget: TokenBudget = DEFAULT_BUDGET,
+) -> ReplacedHistory:
+    """The last K turns, with every answer the LVLM has given for their frames in place of the SVLM's answer; the
+    freshest LVLM answer is always included, as an extra turn if its frame has left the window."""
+    window = list(turns)[-config.max_turns :] if config.max_turns > 0 else []
+    # Later arrivals win when the cloud answered one frame twice (a retry, or a second producer).
+    by_frame: dict[int, CloudResult] = {}
+    for result in cloud_results:
+        by_frame[result.frame_id] = result
+    freshest = by_frame[max(by_frame)] if by_frame else None
+
+    history: list[Turn] = []
+    replaced = 0
+    for record in window:
+        result = by_frame.get(record.frame_id)
+        if result is None:
+            history.append(Turn(question=record.question, answer=record.answer))
+        else:
+            history.append(Turn(question=record.question, answer=tagged_answer(result, now_ms, config, budget)))
+            replaced += 1
+
+    if freshest is None:
+        return ReplacedHistory(turns=history, replaced_turns=0, context_frame=None, context_age_ms=None)
+
+    if all(record.frame_id != freshest.frame_id for record in window):
+        question = next((r.question for r in reversed(turns) if r.frame_id == freshest.frame_id), GENERIC_QUESTION)
+        extra = Turn(question=question, answer=tagged_answer(freshest, now_ms, config, budget))
+        # Keep the history in frame order: the frame is normally older than the window (prepend), but its turn may
+        # be missing from `turns` altogether while being newer than some of them.
+        position = sum(1 for record in window if record.frame_id < freshest.frame_id)
+        history.insert(position, extra)
+        replaced += 1
+
+    return ReplacedHistory(
+        turns=history,
+        replaced_turns=replaced,
+        context_frame=freshest.frame_id,
+        context_age_ms=_age_ms(freshest, now_ms),
+    )
