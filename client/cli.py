@@ -1,17 +1,20 @@
-"""The `spotvlm` command: serve, ask, demo."""
+"""The `spotvlm` command: serve, ask, demo, stream."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from client.triton_client import DEFAULT_PORTS, ClientError, VLMClient, default_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STREAM_FRAMES = 50
 REPOSITORIES = {side: PROJECT_ROOT / "model_repository" / side for side in ("edge", "cloud")}
 
 
@@ -68,6 +71,132 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(protocol=args.protocol)
 
 
+def _stream_sources(args: argparse.Namespace) -> list:
+    from client.frame_sources import open_source
+
+    if args.video:
+        kind, arg = "video", args.video
+    elif args.images:
+        kind, arg = "images", args.images
+    else:
+        kind, arg = "synthetic", None
+    # One source per stream: each stream reads its own copy of the file, and synthetic streams get distinct scenes.
+    return [open_source(kind, arg, seed=args.seed + i) for i in range(args.streams)]
+
+
+def _start_servers(stack: contextlib.ExitStack) -> tuple[str, str]:
+    """Starts cloud then edge on free ports, the edge's cloud link pointed at this cloud; returns the edge's URLs
+    (http, grpc). The servers stop when `stack` closes."""
+    from client.demo import check_built
+    from client.launcher import TritonServer
+
+    check_built(REPOSITORIES["edge"].parent)
+    for repository in REPOSITORIES.values():
+        if not any(repository.glob("*/config.pbtxt")):
+            raise SystemExit(f"{repository} has no rendered config.pbtxt; run ./build_engines.sh first")
+    print("spotvlm stream: starting the cloud and edge Triton servers on free loopback ports ...", file=sys.stderr)
+    cloud = stack.enter_context(TritonServer(REPOSITORIES["cloud"]))
+    print(f"  cloud ready: http {cloud.http_url}  grpc {cloud.grpc_url}", file=sys.stderr)
+    # The edge model reads its cloud link from SPOTVLM_CLOUD_URL; without it, it would dial the default cloud port.
+    edge = stack.enter_context(TritonServer(REPOSITORIES["edge"], env_overrides={"SPOTVLM_CLOUD_URL": cloud.grpc_url}))
+    print(f"  edge  ready: http {edge.http_url}  grpc {edge.grpc_url}", file=sys.stderr)
+    return edge.http_url, edge.grpc_url
+
+
+def _edge_problem(url: str, protocol: str, model: str) -> str | None:
+    """None when the edge answers and `model` is ready, else what is wrong."""
+    try:
+        with VLMClient(url, protocol, timeout_s=10.0) as client:
+            if not client.is_ready():
+                return "not reachable"
+            try:
+                state = client.model_states().get(model)
+            except Exception:  # noqa: BLE001 - an index the server cannot give must not stop the stream
+                return None
+            if state is not None and state != "READY":
+                return f"up, but its model {model!r} is {state or 'not loaded'}"
+            if state is None:
+                return f"up, but has no model {model!r}"
+    except Exception as exc:  # noqa: BLE001 - e.g. a malformed URL
+        return f"not reachable ({exc})"
+    return None
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from client.streaming import DEFAULT_PROMPT, print_summary, run_streams, summarize
+
+    if args.start and args.url:
+        print("spotvlm stream: --start picks its own ports; drop --url", file=sys.stderr)
+        return 2
+    for name, value in (("--fps", args.fps), ("--streams", args.streams), ("--frames", args.frames)):
+        if value is not None and value <= 0:
+            print(f"spotvlm stream: {name} must be > 0", file=sys.stderr)
+            return 2
+    if args.duration is not None and args.duration <= 0:
+        print("spotvlm stream: --duration must be > 0", file=sys.stderr)
+        return 2
+    frames = args.frames if args.frames is not None or args.duration is not None else DEFAULT_STREAM_FRAMES
+    params: dict[str, object] = {}
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
+    if args.focus is not None:
+        params["focus"] = args.focus
+    if args.no_context:
+        params["use_context"] = False
+    if args.cloud_delay is not None:
+        params["cloud_delay"] = args.cloud_delay
+    try:
+        sources = _stream_sources(args)
+    except (OSError, ValueError) as exc:
+        print(f"spotvlm stream: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        if args.start:
+            from client.launcher import ServerStartError
+
+            try:
+                http_url, grpc_url = _start_servers(stack)
+            except ServerStartError as exc:
+                print(f"spotvlm stream: a server did not start: {exc}", file=sys.stderr)
+                return 1
+            url = http_url if args.protocol == "http" else grpc_url
+        else:
+            url = args.url or default_url("edge", args.protocol)
+            problem = _edge_problem(url, args.protocol, args.model)
+            if problem is not None:
+                print(
+                    f"spotvlm stream: the edge server at {url} ({args.protocol}) is {problem}.\n"
+                    "Start the servers in two shells with `spotvlm serve edge` and `spotvlm serve cloud`,"
+                    " or pass --start to have this command start both.",
+                    file=sys.stderr,
+                )
+                return 2
+        stop = threading.Event()
+        results = run_streams(
+            sources,
+            url=url,
+            protocol=args.protocol,
+            fps=args.fps,
+            frames=frames,
+            duration_s=args.duration,
+            prompt=args.prompt or DEFAULT_PROMPT,
+            params=params,
+            out_path=args.out,
+            progress=sys.stderr,
+            model=args.model,
+            send=args.send,
+            timeout_s=args.timeout,
+            stop=stop,
+        )
+    print()
+    print_summary(summarize(results))
+    if args.out:
+        print(f"\nper-frame results: {args.out}")
+    if stop.is_set():
+        return 130
+    return 0 if results and all(r.error is None for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spotvlm", description="SpotVLM on Triton: cloud-edge real-time VLM serving")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -96,6 +225,56 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start both servers and show answers on sample photos")
     demo.add_argument("--protocol", choices=["http", "grpc"], default="http")
     demo.set_defaults(func=cmd_demo)
+
+    stream = sub.add_parser(
+        "stream",
+        help="send live streams of frames to the edge spotvlm model and summarise latency and cloud context",
+        description="Streams frames to the edge model `spotvlm`, one Triton sequence per stream (sequence id = stream"
+        " id 1..N), at a fixed frame rate, with live progress and a per-stream summary at the end. Exit status: 0 when"
+        " every frame was answered, 1 when some failed, 2 when the edge is not reachable.",
+    )
+    source = stream.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", metavar="FILE", help="stream the frames of a video file (decoded with PyAV)")
+    source.add_argument("--images", metavar="DIR", help="stream the images of a folder in name order, looping")
+    source.add_argument(
+        "--synthetic", action="store_true", help="stream a synthetic scene of moving shapes (car, ball, tree)"
+    )
+    stream.add_argument("--fps", type=float, default=10.0, help="frames per second per stream (default: 10)")
+    stream.add_argument("--streams", type=int, default=1, help="number of concurrent streams (default: 1)")
+    length = stream.add_mutually_exclusive_group()
+    length.add_argument("--frames", type=int, help="frames per stream (default: 50 unless --duration)")
+    length.add_argument("--duration", type=float, metavar="S", help="seconds per stream (frames = S x fps)")
+    stream.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="Triton protocol (default: grpc)")
+    stream.add_argument("--url", help="edge host:port (default: the edge's default port for the protocol)")
+    stream.add_argument("--prompt", default=None, help="the question asked of every frame")
+    stream.add_argument(
+        "--cloud-delay",
+        metavar="SPEC",
+        help="extra delay the edge injects on its cloud link, in ms: '1500', '2000+-1000' or 'uniform:1000:3000'",
+    )
+    stream.add_argument(
+        "--focus",
+        choices=["auto", "off", "crop_only", "crop_and_frame"],
+        help="visual focus on the cloud's boxes (default: the server's setting)",
+    )
+    stream.add_argument("--no-context", action="store_true", help="ask the edge not to use cloud context")
+    stream.add_argument("--max-tokens", type=int, help="answer length limit in tokens (default: the server's)")
+    stream.add_argument(
+        "--send",
+        choices=["raw", "jpeg"],
+        default="raw",
+        help="send frames as raw RGB (IMAGE) or JPEG-encoded (IMAGE_BYTES) (default: raw)",
+    )
+    stream.add_argument("--out", metavar="FILE", help="write one JSON line per frame result to FILE")
+    stream.add_argument("--seed", type=int, default=0, help="synthetic scene seed; stream k uses seed+k (default: 0)")
+    stream.add_argument(
+        "--start",
+        action="store_true",
+        help="start the cloud and edge servers for this run (free ports, edge linked to that cloud), stop them after",
+    )
+    stream.add_argument("--model", default="spotvlm", help=argparse.SUPPRESS)
+    stream.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default: 60)")
+    stream.set_defaults(func=cmd_stream)
     return parser
 
 
