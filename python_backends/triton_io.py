@@ -74,6 +74,17 @@ def int_parameter(params: dict[str, Any], key: str, default: int) -> int:
         raise InputError(f"request parameter {key} must be an integer, got {value!r}") from exc
 
 
+def bool_parameter(params: dict[str, Any], key: str, default: bool) -> bool:
+    value = params.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
+        return value.strip().lower() in {"true", "1", "yes", "on"}
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise InputError(f"request parameter {key} must be a boolean, got {value!r}")
+
+
 def answer_batch(
     requests: Sequence[Any],
     parse: Callable[[Any], P],

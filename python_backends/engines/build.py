@@ -213,6 +213,12 @@ def template_values(args: argparse.Namespace, edge: Path, cloud: Path, image_siz
         "max_tokens_limit": 512,
         "max_input_pixels": 4096 * 4096,
         "cloud_url": args.cloud_url,
+        "cloud_delay": args.cloud_delay,
+        "spotvlm_instances": args.spotvlm_instances,
+        "streams_per_instance": args.streams_per_instance,
+        "sequence_idle_us": int(args.sequence_idle_s * 1_000_000),
+        "sequence_idle_s": args.sequence_idle_s,
+        "focus_mode": args.focus_mode,
     }
 
 
@@ -242,7 +248,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--intra-op-threads", type=int, default=1, help="torch/ORT threads per model instance (0 = library default)"
     )
     parser.add_argument("--default-max-tokens", type=int, default=24)
-    parser.add_argument("--cloud-url", default="127.0.0.1:8101", help="gRPC address of the cloud Triton")
+    parser.add_argument(
+        "--cloud-url",
+        default="127.0.0.1:8101",
+        help="gRPC address of the cloud Triton ('off' disables the cloud link; env SPOTVLM_CLOUD_URL overrides it)",
+    )
+    parser.add_argument(
+        "--cloud-delay",
+        default="0",
+        help="extra delay injected on the cloud link, for experiments: 1500, 2000+-1000, "
+        "uniform:1000:3000 or trace:FILE.csv (ms)",
+    )
+    parser.add_argument(
+        "--spotvlm-instances",
+        type=int,
+        default=4,
+        help="instances of the spotvlm model: an instance runs one batch at a time, so size it to the streams expected",
+    )
+    parser.add_argument(
+        "--streams-per-instance", type=int, default=16, help="sequence slots (max_candidate_sequences) per instance"
+    )
+    parser.add_argument(
+        "--sequence-idle-s", type=float, default=10.0, help="Triton drops a stream idle for this long (and its context)"
+    )
+    parser.add_argument(
+        "--focus-mode",
+        choices=["crop_and_frame", "crop_only", "off"],
+        default="crop_and_frame",
+        help="visual focus when a request says focus=auto",
+    )
     parser.add_argument("--build-dir", type=Path, default=PROJECT_ROOT / "build")
     parser.add_argument("--repository-root", type=Path, default=PROJECT_ROOT / "model_repository")
     parser.add_argument("--no-tensorrt", action="store_true", help="keep ONNX Runtime even where TensorRT exists")

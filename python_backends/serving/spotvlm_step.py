@@ -1,0 +1,478 @@
+"""The public edge model `spotvlm`: the SVLM's answer to every frame, improved by the cloud LVLM's late answers.
+
+Per request (a frame of a stream; the stream is the Triton sequence):
+1. dispatch the frame to the cloud when the link allows it (never waiting for the cloud);
+2. read the stream's context: its recent turns and the LVLM answers that have arrived;
+3. context replacement (LVLM answers replace the SVLM's in the history) and visual focus (a crop where the LVLM
+   found the objects the question is about);
+4. ask `svlm` (or `svlm_focus` for frame + crop) over BLS, all requests of the batch concurrently;
+5. answer TEXT and a CONTEXT JSON saying which context was used and where the time went.
+
+`context_ingest` requests arrive here too (input INGEST): Triton routes them by correlation id to the instance that
+owns the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from python_backends.cloud.breaker import CircuitBreaker
+from python_backends.cloud.delay import DelayInjector, parse_delay_spec
+from python_backends.cloud.link import CloudJob, CloudLink, CloudReply
+from python_backends.context.focus import FocusConfig, FocusMode, FocusPlan, parse_focus_mode, plan_focus
+from python_backends.context.replacement import ReplacedHistory, ReplacementConfig, WordBudget, build_history
+from python_backends.context.store import CloudResult, ContextStore, StoreLimits, TurnRecord
+from python_backends.context.token_budget import TokenizerBudget
+from python_backends.errors import InputError
+from python_backends.params import get_param, model_parameters
+from python_backends.prompts import history_json
+from python_backends.serving.ingest import IngestRecord, parse_ingest_json
+from python_backends.serving.lvlm_step import read_image
+from python_backends.serving.request_fields import DEFAULT_MAX_INPUT_PIXELS, read_max_tokens, read_prompt
+from python_backends.triton_io import (
+    bool_parameter,
+    bytes_tensor,
+    error_response,
+    first_item,
+    get_input,
+    request_parameters,
+    response,
+)
+
+log = logging.getLogger("spotvlm.spotvlm")
+
+SEQUENCE_START = 1
+SEQUENCE_END = 2
+CLOUD_OFF = {"", "off", "none", "disabled"}
+
+
+def _pb():
+    import triton_python_backend_utils as pb_utils
+
+    return pb_utils
+
+
+@dataclass
+class FrameRequest:
+    stream_id: int
+    start: bool
+    end: bool
+    image: np.ndarray
+    image_bytes: bytes | None  # kept so the cloud gets the client's own JPEG, not a re-encoding
+    prompt: str
+    timestamp_ms: int
+    max_tokens: int
+    focus: FocusMode
+    use_context: bool
+    cloud_delay: DelayInjector | None
+    received: float  # perf_counter when parsing began
+
+
+@dataclass
+class PreparedFrame:
+    frame: FrameRequest
+    frame_id: int
+    dispatch: str
+    history: ReplacedHistory
+    plan: FocusPlan
+    model: str
+    inputs: list = field(default_factory=list)
+    prepare_ms: float = 0.0
+
+
+@dataclass
+class SvlmReply:
+    text: str
+    generate_ms: float
+    svlm_ms: float
+
+
+class SvlmError(RuntimeError):
+    def __init__(self, message: str, invalid_arg: bool) -> None:
+        super().__init__(message)
+        self.invalid_arg = invalid_arg
+
+
+class SpotVLMStep:
+    def __init__(self, args: dict, pb_utils: Any = None) -> None:
+        pb = pb_utils or _pb()
+        self._pb_utils = pb
+        params = model_parameters(args["model_config"])
+        self.model_name = args.get("model_name", "spotvlm")
+        self.default_max_tokens = get_param(params, "default_max_tokens", 24, int)
+        self.max_tokens_limit = get_param(params, "max_tokens_limit", 256, int)
+        self.max_input_pixels = get_param(params, "max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, int)
+        self.max_context_age_ms = get_param(params, "max_context_age_ms", 30000.0, float)
+        self.default_focus = parse_focus_mode(params.get("focus_mode"), FocusMode.CROP_AND_FRAME)
+        self.focus_config = FocusConfig(
+            margin=get_param(params, "focus_margin", FocusConfig.margin, float),
+            margin_per_s=get_param(params, "focus_margin_per_s", FocusConfig.margin_per_s, float),
+            max_margin=get_param(params, "focus_max_margin", FocusConfig.max_margin, float),
+            min_size=get_param(params, "focus_min_size", FocusConfig.min_size, int),
+            frame_side=get_param(params, "focus_frame_side", FocusConfig.frame_side, int),
+        )
+        self.replacement = ReplacementConfig(
+            max_turns=get_param(params, "context_turns", ReplacementConfig.max_turns, int),
+            budget_tokens=get_param(params, "context_budget_tokens", ReplacementConfig.budget_tokens, int),
+        )
+        self.budget = _token_budget(params)
+        self.store = ContextStore(
+            StoreLimits(
+                max_streams=get_param(params, "store_max_streams", StoreLimits.max_streams, int),
+                ttl_s=get_param(params, "store_ttl_s", StoreLimits.ttl_s, float),
+                max_turns=max(self.replacement.max_turns, get_param(params, "store_turns", StoreLimits.max_turns, int)),
+            )
+        )
+        self._lock = threading.Lock()  # guards the two dicts below; the cloud thread reads them
+        self._next_frame: dict[int, int] = {}
+        self._epochs: dict[int, int] = {}  # bumped at every sequence start: late replies of an old run are dropped
+        self._dispatched: dict[tuple[int, int], int] = {}  # (stream, frame) -> epoch, while in flight
+        self._delays: dict[str, DelayInjector] = {}
+        self.cloud_max_tokens = get_param(params, "cloud_max_tokens", 48, int)
+        self.link = self._start_cloud_link(params)
+        try:
+            from python_backends.serving.metrics import SpotMetrics
+
+            self.metrics = SpotMetrics(pb, self.model_name)
+        except Exception:  # noqa: BLE001 - metrics are an aid; a server without them still answers
+            log.warning("custom metrics unavailable", exc_info=True)
+            self.metrics = None
+
+    # -- cloud link ---------------------------------------------------------------------------------------------
+
+    def _start_cloud_link(self, params: dict[str, str]) -> CloudLink | None:
+        url = os.environ.get("SPOTVLM_CLOUD_URL", params.get("cloud_url", "")).strip()
+        if url.lower() in CLOUD_OFF:
+            log.info("cloud link off")
+            return None
+        breaker = CircuitBreaker(
+            failure_threshold=get_param(params, "cloud_failure_threshold", 3, int),
+            backoff_s=get_param(params, "cloud_backoff_ms", 1000.0, float) / 1000.0,
+            max_backoff_s=get_param(params, "cloud_max_backoff_ms", 5000.0, float) / 1000.0,
+            slow_ms=get_param(params, "cloud_slow_ms", 3000.0, float),
+        )
+        link = CloudLink(
+            url,
+            model=get_param(params, "cloud_model", "lvlm"),
+            deadline_s=get_param(params, "cloud_deadline_ms", 10000.0, float) / 1000.0,
+            jpeg_quality=get_param(params, "cloud_jpeg_quality", 85, int),
+            max_side=get_param(params, "cloud_max_side", 0, int),
+            max_inflight=get_param(params, "cloud_max_inflight", 1, int),
+            breaker=breaker,
+            delay=self._delay(os.environ.get("SPOTVLM_CLOUD_DELAY", params.get("cloud_delay", "0"))),
+            on_reply=self._on_cloud_reply,
+            on_error=self._on_cloud_error,
+        )
+        link.start()
+        log.info("cloud link to %s started", url)
+        return link
+
+    def _delay(self, spec: str | None) -> DelayInjector | None:
+        spec = (spec or "").strip()
+        if spec in ("", "0"):
+            return None
+        if spec not in self._delays:
+            if len(self._delays) >= 32:  # per-request specs: keep the cache bounded
+                self._delays.clear()
+            self._delays[spec] = parse_delay_spec(spec)
+        return self._delays[spec]
+
+    def _on_cloud_reply(self, reply: CloudReply) -> None:
+        """Runs on the cloud link's thread: file the LVLM answer under its stream, unless that run has ended."""
+        job = reply.job
+        with self._lock:
+            epoch = self._dispatched.pop((job.stream_id, job.frame_id), None)
+            current = self._epochs.get(job.stream_id)
+        if epoch is None or epoch != current:
+            return
+        self.store.add_cloud_result(
+            job.stream_id,
+            CloudResult(
+                frame_id=job.frame_id,
+                frame_timestamp_ms=job.frame_timestamp_ms,
+                sent_s=reply.sent_s,
+                arrived_s=reply.arrived_s,
+                text=reply.text,
+                detections=tuple(reply.detections),
+                frame_size=reply.frame_size,
+            ),
+        )
+
+    def _on_cloud_error(self, job: CloudJob, kind: str) -> None:
+        with self._lock:
+            self._dispatched.pop((job.stream_id, job.frame_id), None)
+        log.debug("cloud request for stream %d frame %d failed: %s", job.stream_id, job.frame_id, kind)
+
+    def _dispatch(self, frame: FrameRequest, frame_id: int) -> str:
+        if self.link is None:
+            return "off"
+        with self._lock:
+            epoch = self._epochs.get(frame.stream_id, 0)
+            self._dispatched[(frame.stream_id, frame_id)] = epoch
+        job = CloudJob(
+            stream_id=frame.stream_id,
+            frame_id=frame_id,
+            frame_timestamp_ms=frame.timestamp_ms,
+            prompt=frame.prompt,
+            max_tokens=self.cloud_max_tokens,
+            image=None if frame.image_bytes is not None else frame.image,
+            image_bytes=frame.image_bytes,
+            delay=frame.cloud_delay,
+        )
+        outcome = self.link.submit(job)
+        if outcome != "sent":
+            with self._lock:
+                self._dispatched.pop((frame.stream_id, frame_id), None)
+        return outcome
+
+    # -- reading requests ---------------------------------------------------------------------------------------
+
+    def _parse(self, request) -> FrameRequest | IngestRecord:
+        received = time.perf_counter()
+        stream_id = read_stream_id(request)
+        flags = int(request.flags())
+        ingest = get_input(request, "INGEST", required=False)
+        if ingest is not None:
+            return parse_ingest_json(stream_id, first_item(ingest, "INGEST"))
+        params = request_parameters(request)
+        image = read_image(request, self.max_input_pixels)
+        encoded = get_input(request, "IMAGE_BYTES", required=False)
+        timestamp = get_input(request, "TIMESTAMP_MS", required=False)
+        delay_spec = params.get("cloud_delay")
+        try:
+            delay = self._delay(str(delay_spec)) if delay_spec is not None else None
+        except ValueError as exc:
+            raise InputError(f"request parameter cloud_delay: {exc}") from exc
+        return FrameRequest(
+            stream_id=stream_id,
+            start=bool(flags & SEQUENCE_START),
+            end=bool(flags & SEQUENCE_END),
+            image=image,
+            image_bytes=bytes(first_item(encoded, "IMAGE_BYTES")) if encoded is not None else None,
+            prompt=read_prompt(request),
+            timestamp_ms=int(first_item(timestamp, "TIMESTAMP_MS")) if timestamp is not None else now_ms(),
+            max_tokens=read_max_tokens(request, self.default_max_tokens, self.max_tokens_limit),
+            focus=parse_focus_mode(params.get("focus"), self.default_focus),
+            use_context=bool_parameter(params, "use_context", True),
+            cloud_delay=delay,
+            received=received,
+        )
+
+    # -- one frame ----------------------------------------------------------------------------------------------
+
+    def _prepare(self, frame: FrameRequest) -> PreparedFrame:
+        stream = frame.stream_id
+        with self._lock:
+            if frame.start or stream not in self._next_frame:
+                self._epochs[stream] = self._epochs.get(stream, 0) + 1
+                self._next_frame[stream] = 0
+            frame_id = self._next_frame[stream]
+            self._next_frame[stream] = frame_id + 1
+        if frame.start:
+            self.store.start_stream(stream)
+
+        dispatch = self._dispatch(frame, frame_id)
+
+        snapshot = self.store.snapshot(stream) if frame.use_context else None
+        history = ReplacedHistory(turns=[], replaced_turns=0, context_frame=None, context_age_ms=None)
+        latest = None
+        if snapshot is not None:
+            results = [
+                r
+                for r in snapshot.cloud_results
+                if frame.timestamp_ms - r.frame_timestamp_ms <= self.max_context_age_ms
+            ]
+            history = build_history(snapshot.turns, results, frame.timestamp_ms, self.replacement, self.budget)
+            # Same choice as build_history: the newest frame, and for one frame the later arrival.
+            latest = max(results, key=lambda r: (r.frame_id, r.arrived_s)) if results else None
+
+        if latest is not None and latest.detections and frame.focus is not FocusMode.OFF:
+            age_ms = max(0, frame.timestamp_ms - latest.frame_timestamp_ms)
+            plan = plan_focus(
+                frame.image, latest.detections, latest.frame_size, frame.prompt, age_ms, frame.focus, self.focus_config
+            )
+        else:
+            plan = FocusPlan(mode=FocusMode.OFF, box=None, labels=[], images=[frame.image])
+
+        pb = self._pb_utils
+        model = "svlm_focus" if len(plan.images) == 2 else "svlm"
+        inputs = [
+            pb.Tensor("IMAGE", np.ascontiguousarray(plan.images[0])[None]),
+            pb.Tensor("PROMPT", np.array([[frame.prompt.encode("utf-8")]], dtype=np.object_)),
+            pb.Tensor("MAX_TOKENS", np.array([[frame.max_tokens]], dtype=np.int32)),
+        ]
+        if model == "svlm_focus":
+            inputs.append(pb.Tensor("FOCUS_IMAGE", np.ascontiguousarray(plan.images[1])[None]))
+        if history.turns:
+            inputs.append(pb.Tensor("HISTORY", np.array([[history_json(history.turns).encode("utf-8")]], np.object_)))
+        return PreparedFrame(frame, frame_id, dispatch, history, plan, model, inputs)
+
+    async def _ask_svlm(self, prepared: PreparedFrame) -> SvlmReply:
+        pb = self._pb_utils
+        request = pb.InferenceRequest(
+            model_name=prepared.model, inputs=prepared.inputs, requested_output_names=["TEXT", "GENERATE_MS"]
+        )
+        started = time.perf_counter()
+        reply = await request.async_exec()
+        svlm_ms = (time.perf_counter() - started) * 1000.0
+        if reply.has_error():
+            error = reply.error()
+            invalid = error.code() == pb.TritonError.INVALID_ARG if hasattr(error, "code") else False
+            raise SvlmError(f"{prepared.model}: {error.message()}", invalid_arg=invalid)
+        text = pb.get_output_tensor_by_name(reply, "TEXT").as_numpy().reshape(-1)[0]
+        generate = pb.get_output_tensor_by_name(reply, "GENERATE_MS")
+        generate_ms = float(generate.as_numpy().reshape(-1)[0]) if generate is not None else 0.0
+        text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+        return SvlmReply(text=text, generate_ms=generate_ms, svlm_ms=svlm_ms)
+
+    def _finish(self, prepared: PreparedFrame, outcome: SvlmReply | BaseException):
+        frame = prepared.frame
+        try:
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, SvlmError):
+                    return error_response(str(outcome), invalid_arg=outcome.invalid_arg)
+                log.error("svlm call failed", exc_info=outcome)
+                return error_response(f"internal error: {outcome}", invalid_arg=False)
+            self.store.add_turn(
+                frame.stream_id, TurnRecord(prepared.frame_id, frame.timestamp_ms, frame.prompt, outcome.text)
+            )
+            history = prepared.history
+            context = {
+                "stream_id": frame.stream_id,
+                "frame_id": prepared.frame_id,
+                "context_frame": history.context_frame,
+                "context_age_ms": history.context_age_ms,
+                "cloud_state": self.link.state.value if self.link is not None else "off",
+                "cloud_dispatch": prepared.dispatch,
+                "focus_mode": prepared.plan.mode.value,
+                "focus_box": list(prepared.plan.box) if prepared.plan.box is not None else None,
+                "focus_labels": prepared.plan.labels,
+                "replaced_turns": history.replaced_turns,
+                "history_turns": len(history.turns),
+                "svlm_model": prepared.model,
+                "latency_ms": _latency(prepared, outcome),
+            }
+            if self.metrics is not None:
+                self.metrics.record_frame(history.context_age_ms, prepared.plan.mode.value)
+            return response([bytes_tensor("TEXT", outcome.text), bytes_tensor("CONTEXT", json.dumps(context))])
+        finally:
+            if frame.end:
+                self._end_stream(frame.stream_id)
+
+    def _end_stream(self, stream: int) -> None:
+        with self._lock:
+            self._next_frame.pop(stream, None)
+            self._epochs.pop(stream, None)
+        self.store.end_stream(stream)
+
+    # -- context ingest -----------------------------------------------------------------------------------------
+
+    def _ingest(self, record: IngestRecord):
+        snapshot = self.store.snapshot(record.stream_id)
+        if snapshot is None:
+            return error_response(f"stream {record.stream_id} has no context on this edge: it has not sent a frame yet")
+        timestamp = next((t.timestamp_ms for t in snapshot.turns if t.frame_id == record.frame_id), None)
+        if timestamp is None:
+            timestamp = record.frame_timestamp_ms if record.frame_timestamp_ms is not None else now_ms()
+        arrived = time.monotonic()
+        stored = self.store.add_cloud_result(
+            record.stream_id,
+            CloudResult(
+                frame_id=record.frame_id,
+                frame_timestamp_ms=timestamp,
+                sent_s=arrived,
+                arrived_s=arrived,
+                text=record.text,
+                detections=tuple(record.detections),
+                frame_size=record.frame_size,
+            ),
+        )
+        if not stored:
+            return error_response(f"stream {record.stream_id} has ended on this edge")
+        status = {"stream_id": record.stream_id, "frame_id": record.frame_id, "stored": True}
+        return response([bytes_tensor("CONTEXT", json.dumps(status))])
+
+    # -- the batch ----------------------------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        for stream in self.store.purge_expired():
+            with self._lock:
+                self._next_frame.pop(stream, None)
+                self._epochs.pop(stream, None)
+        if self.metrics is not None and self.link is not None:
+            try:
+                self.metrics.record_cloud(self.link.drain_stats(), self.link.stats().get("inflight", 0))
+            except Exception:  # noqa: BLE001
+                log.warning("metrics update failed", exc_info=True)
+
+    async def execute(self, requests: list) -> list:
+        self._housekeeping()
+        responses: list[Any] = [None] * len(requests)
+        prepared: list[tuple[int, PreparedFrame]] = []
+        for index, request in enumerate(requests):
+            try:
+                item = self._parse(request)
+                if isinstance(item, IngestRecord):
+                    responses[index] = self._ingest(item)
+                    continue
+                frame_prepared = self._prepare(item)
+                frame_prepared.prepare_ms = (time.perf_counter() - item.received) * 1000.0
+                prepared.append((index, frame_prepared))
+            except InputError as exc:
+                responses[index] = error_response(str(exc))
+            except Exception as exc:  # noqa: BLE001 - one broken request must not fail its neighbours
+                log.exception("request %d failed", index)
+                responses[index] = error_response(f"internal error: {exc}", invalid_arg=False)
+        if prepared:
+            outcomes = await asyncio.gather(*(self._ask_svlm(p) for _, p in prepared), return_exceptions=True)
+            for (index, item), outcome in zip(prepared, outcomes, strict=True):
+                responses[index] = self._finish(item, outcome)
+        assert all(r is not None for r in responses), "every request must get exactly one response"
+        return responses
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+
+
+def _latency(prepared: PreparedFrame, reply: SvlmReply) -> dict[str, float]:
+    """Where the frame's time went. `vision` is the svlm time outside the language model: image preprocessing,
+    the vision encoder, detokenising and the ensemble's hops; `preprocess` is this model's own work before it."""
+    total = (time.perf_counter() - prepared.frame.received) * 1000.0
+    return {
+        "preprocess": round(prepared.prepare_ms, 2),
+        "vision": round(max(0.0, reply.svlm_ms - reply.generate_ms), 2),
+        "generate": round(reply.generate_ms, 2),
+        "total": round(total, 2),
+    }
+
+
+def _token_budget(params: dict[str, str]):
+    checkpoint = params.get("checkpoint")
+    if checkpoint and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
+        return TokenizerBudget.from_file(os.path.join(checkpoint, "tokenizer.json"))
+    return WordBudget()
+
+
+def read_stream_id(request) -> int:
+    stream = request.correlation_id()
+    if isinstance(stream, str):
+        if not stream.isdigit():
+            raise InputError(f"sequence id must be an unsigned integer (the stream id), got {stream!r}")
+        stream = int(stream)
+    if not stream:
+        raise InputError("missing sequence id: every frame must carry its stream id as the sequence id")
+    return int(stream)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
