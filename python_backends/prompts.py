@@ -61,8 +61,10 @@ def parse_history(raw: bytes | str) -> list[Turn]:
         raise InputError(f"HISTORY has {len(items)} turns, over the limit of {MAX_HISTORY_TURNS}")
     turns = []
     for index, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not isinstance(
-            item.get("answer"), str
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("question"), str)
+            or not isinstance(item.get("answer"), str)
         ):
             raise InputError(f"HISTORY item {index} must be an object with string 'question' and 'answer'")
         turns.append(Turn(item["question"], item["answer"]))
