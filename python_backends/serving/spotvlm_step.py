@@ -15,6 +15,7 @@ owns the stream.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -132,10 +133,14 @@ class SpotVLMStep:
                 max_turns=max(self.replacement.max_turns, get_param(params, "store_turns", StoreLimits.max_turns, int)),
             )
         )
-        self._lock = threading.Lock()  # guards the two dicts below; the cloud thread reads them
+        self._lock = threading.Lock()  # guards the dicts below; the cloud thread reads them
         self._next_frame: dict[int, int] = {}
-        self._epochs: dict[int, int] = {}  # bumped at every sequence start: late replies of an old run are dropped
-        self._dispatched: dict[tuple[int, int], int] = {}  # (stream, frame) -> epoch, while in flight
+        self._epochs: dict[int, int] = {}  # new at every sequence start: late replies of an old run are dropped
+        # Epochs are never reused, not even after END or expiry, when a stream's entry is forgotten.
+        self._epoch_counter = itertools.count(1)
+        # job -> epoch, while in flight. Keyed by the job itself (CloudJob compares by identity), not (stream, frame):
+        # frame ids restart with every run, so a new run's frame would collide with an old run's in-flight job.
+        self._dispatched: dict[CloudJob, int] = {}
         self._delays: dict[str, DelayInjector] = {}
         self.cloud_max_tokens = get_param(params, "cloud_max_tokens", 48, int)
         self.link = self._start_cloud_link(params)
@@ -190,7 +195,7 @@ class SpotVLMStep:
         """Runs on the cloud link's thread: file the LVLM answer under its stream, unless that run has ended."""
         job = reply.job
         with self._lock:
-            epoch = self._dispatched.pop((job.stream_id, job.frame_id), None)
+            epoch = self._dispatched.pop(job, None)
             current = self._epochs.get(job.stream_id)
         if epoch is None or epoch != current:
             return
@@ -209,15 +214,12 @@ class SpotVLMStep:
 
     def _on_cloud_error(self, job: CloudJob, kind: str) -> None:
         with self._lock:
-            self._dispatched.pop((job.stream_id, job.frame_id), None)
+            self._dispatched.pop(job, None)
         log.debug("cloud request for stream %d frame %d failed: %s", job.stream_id, job.frame_id, kind)
 
     def _dispatch(self, frame: FrameRequest, frame_id: int) -> str:
         if self.link is None:
             return "off"
-        with self._lock:
-            epoch = self._epochs.get(frame.stream_id, 0)
-            self._dispatched[(frame.stream_id, frame_id)] = epoch
         job = CloudJob(
             stream_id=frame.stream_id,
             frame_id=frame_id,
@@ -228,10 +230,12 @@ class SpotVLMStep:
             image_bytes=frame.image_bytes,
             delay=frame.cloud_delay,
         )
+        with self._lock:  # before submit: the reply may come back on the link's thread before submit returns
+            self._dispatched[job] = self._epochs.get(frame.stream_id, 0)
         outcome = self.link.submit(job)
         if outcome != "sent":
             with self._lock:
-                self._dispatched.pop((frame.stream_id, frame_id), None)
+                self._dispatched.pop(job, None)
         return outcome
 
     # -- reading requests ---------------------------------------------------------------------------------------
@@ -273,7 +277,7 @@ class SpotVLMStep:
         stream = frame.stream_id
         with self._lock:
             if frame.start or stream not in self._next_frame:
-                self._epochs[stream] = self._epochs.get(stream, 0) + 1
+                self._epochs[stream] = next(self._epoch_counter)
                 self._next_frame[stream] = 0
             frame_id = self._next_frame[stream]
             self._next_frame[stream] = frame_id + 1
