@@ -36,8 +36,10 @@ class ServeProcess:
 
     side: str
     log_dir: Path
+    repository: Path | None = None  # default: model_repository/<side>
+    env: dict[str, str] = field(default_factory=dict)  # e.g. SPOTVLM_CLOUD_URL for the edge's cloud link
     process: subprocess.Popen | None = None
-    ports: list[int] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)  # kept across stop/start, so a restarted server has the same URL
     shm_regions: set[Path] = field(default_factory=set)
     server_pids: set[int] = field(default_factory=set)
 
@@ -71,7 +73,16 @@ class ServeProcess:
         return "\n".join(parts)
 
     def start(self) -> ServeProcess:
-        self.ports = free_ports(3)
+        # A free port can be taken between picking it and the server binding it (client sockets draw from the same
+        # ephemeral range): picked ports get a fresh pick and another try. Ports given by the caller do not.
+        picked = not self.ports
+        for attempt in range(3):
+            self.ports = free_ports(3) if picked else self.ports
+            if self._launch(final=attempt == 2 or not picked):
+                return self
+        raise AssertionError("unreachable")
+
+    def _launch(self, final: bool) -> bool:
         spotvlm = Path(sys.executable).with_name("spotvlm")
         command = [
             str(spotvlm),
@@ -88,15 +99,22 @@ class ServeProcess:
             "--ready-timeout",
             str(READY_TIMEOUT_S),
         ]
-        with open(self.cli_log, "w") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        if self.repository is not None:
+            command += ["--repository", str(self.repository)]
+        with open(self.cli_log, "a") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env={**os.environ, **self.env}
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"spotvlm serve {self.side} exited with {self.process.returncode}\n{self.logs()}")
+                logs = self.logs()
+                if not final and "held by another process" in logs:
+                    return False
+                pytest.fail(f"spotvlm serve {self.side} exited with {self.process.returncode}\n{logs}")
             if self._ready():
                 self.record_resources()
-                return self
+                return True
             time.sleep(0.5)
         self.stop()
         pytest.fail(f"spotvlm serve {self.side} not ready in {READY_TIMEOUT_S} s\n{self.logs()}")
@@ -133,9 +151,9 @@ class ServeProcess:
             pytest.fail(f"spotvlm serve {self.side} did not stop within {timeout_s} s\n{self.logs()}")
 
 
-def _start(side: str, tmp_path_factory) -> ServeProcess:
+def _start(side: str, tmp_path_factory, **options) -> ServeProcess:
     _require_built()
-    return ServeProcess(side, tmp_path_factory.mktemp(f"{side}_logs")).start()
+    return ServeProcess(side, tmp_path_factory.mktemp(f"{side}_logs"), **options).start()
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +165,8 @@ def cloud_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def edge_server(tmp_path_factory):
-    server = _start("edge", tmp_path_factory)
+    # The shared edge has no cloud link: tests of context transfer start their own linked pair.
+    server = _start("edge", tmp_path_factory, env={"SPOTVLM_CLOUD_URL": "off"})
     yield server
     server.stop()
 
