@@ -40,10 +40,12 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
     check_built(repository_root)
     print("Starting the cloud and edge Triton servers on free loopback ports ...", flush=True)
     cloud = TritonServer(repository_root / "cloud")
-    edge = TritonServer(repository_root / "edge")
+    edge = None
     try:
         cloud.start()
         print(f"  cloud ready: http {cloud.http_url}  grpc {cloud.grpc_url}", flush=True)
+        # The edge's spotvlm sends frames to this cloud.
+        edge = TritonServer(repository_root / "edge", env_overrides={"SPOTVLM_CLOUD_URL": cloud.grpc_url})
         edge.start()
         print(f"  edge  ready: http {edge.http_url}  grpc {edge.grpc_url}", flush=True)
         pick = (lambda s: s.http_url) if protocol == "http" else (lambda s: s.grpc_url)
@@ -75,8 +77,49 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
             "\nThe default models are tiny random-weight checkpoints: the answers show the full path works,"
             " not what the models know. Use ./build_engines.sh --edge-checkpoint/--cloud-checkpoint for real ones."
         )
+        stream_demo(edge.grpc_url)
     finally:
-        edge.stop()
+        if edge is not None:
+            edge.stop()
         cloud.stop()
     print("Both servers stopped.")
     return 0
+
+
+def stream_demo(edge_grpc_url: str, seconds: float = 6.0, fps: float = 5.0, delay_ms: int = 1500) -> None:
+    """Context transfer on two synthetic streams, with the cloud's answers held back by `delay_ms`."""
+    import io
+
+    from client.frame_sources import SyntheticSource
+    from client.streaming import print_summary, run_streams, summarize
+
+    print(
+        f"\nContext transfer: 2 streams at {fps:g} fps for {seconds:g} s to `spotvlm`; the cloud's answers arrive"
+        f" {delay_ms} ms late (injected) and become context for later frames ...",
+        flush=True,
+    )
+    results = run_streams(
+        [SyntheticSource(seed=1), SyntheticSource(seed=2)],
+        url=edge_grpc_url,
+        protocol="grpc",
+        fps=fps,
+        duration_s=seconds,
+        prompt="Where is the car?",
+        params={"cloud_delay": str(delay_ms)},
+        progress=io.StringIO(),
+    )
+    print("\nstream 1, frame by frame:")
+    print("frame  latency ms  cloud dispatch  context frame  context age ms  replaced turns  cloud")
+    for r in (r for r in results if r.stream_id == 1):
+        c = r.context
+        print(
+            f"{c.get('frame_id', r.frame_index):>5}  {r.latency_ms:>10.1f}  {c.get('cloud_dispatch', '-'):>14}"
+            f"  {_dash(c.get('context_frame')):>13}  {_dash(c.get('context_age_ms')):>14}"
+            f"  {c.get('replaced_turns', 0):>14}  {c.get('cloud_state', '-')}"
+        )
+    print()
+    print_summary(summarize(results))
+
+
+def _dash(value) -> str:
+    return "-" if value is None else str(value)
