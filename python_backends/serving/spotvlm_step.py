@@ -372,6 +372,14 @@ class SpotVLMStep:
             if frame.end:
                 self._end_stream(frame.stream_id)
 
+    def _end_if_last(self, request) -> None:
+        """A refused frame that carried END still ends its sequence in Triton: drop the stream's state now."""
+        try:
+            if int(request.flags()) & SEQUENCE_END:
+                self._end_stream(read_stream_id(request))
+        except Exception:  # noqa: BLE001 - no stream id: nothing to drop
+            pass
+
     def _end_stream(self, stream: int) -> None:
         with self._lock:
             self._next_frame.pop(stream, None)
@@ -433,9 +441,11 @@ class SpotVLMStep:
                 prepared.append((index, frame_prepared))
             except InputError as exc:
                 responses[index] = error_response(str(exc))
+                self._end_if_last(request)
             except Exception as exc:  # noqa: BLE001 - one broken request must not fail its neighbours
                 log.exception("request %d failed", index)
                 responses[index] = error_response(f"internal error: {exc}", invalid_arg=False)
+                self._end_if_last(request)
         if prepared:
             outcomes = await asyncio.gather(*(self._ask_svlm(p) for _, p in prepared), return_exceptions=True)
             for (index, item), outcome in zip(prepared, outcomes, strict=True):

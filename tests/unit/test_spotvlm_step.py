@@ -244,6 +244,14 @@ def test_end_purges_the_stream(make_step, calls):
     assert context(again)["frame_id"] == 0 and context(again)["history_turns"] == 0
 
 
+def test_a_refused_last_frame_still_purges_the_stream(make_step, calls):
+    step = make_step()
+    run(step, [frame(1, flags=START)])
+    (refused,) = run(step, [frame(1, prompt="", flags=END)])
+    assert refused.error is not None and "PROMPT is empty" in refused.error.message()
+    assert not step.store.has_stream(1) and 1 not in step._next_frame
+
+
 def test_end_purges_the_stream_even_when_svlm_fails(make_step):
     async def fail(call):
         return pb.bls_error("out of memory")
