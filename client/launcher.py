@@ -623,6 +623,8 @@ class TritonServer:
         if _option_disabled(extra_args, "--allow-http"):
             raise ValueError("TritonServer waits for readiness over HTTP; --allow-http=false is not supported")
         wanted = [p for p in (http_port, grpc_port, metrics_port) if p is None]
+        # Ports we picked may be re-picked if another process takes one before the server binds it.
+        self._auto_ports = (http_port is None, grpc_port is None, metrics_port is None)
         picked = iter(free_ports(len(wanted)))
         self.http_port = http_port if http_port is not None else next(picked)
         self.grpc_port = grpc_port if grpc_port is not None else next(picked)
@@ -712,12 +714,40 @@ class TritonServer:
 
     # ---- lifecycle ------------------------------------------------------------------
 
-    def start(self, ready_timeout_s: float = 120) -> TritonServer:
+    def start(self, ready_timeout_s: float = 120, port_attempts: int = 3) -> TritonServer:
         """Start the server and block until ``/v2/health/ready`` answers 200.
 
         Raises :class:`ServerStartError` (after cleaning up) if the process
         exits first or readiness takes longer than ``ready_timeout_s``.
+
+        A free port is only reserved once the server binds it, and Triton binds
+        its metrics port after the models load (seconds later). When another
+        process takes a port that this object picked itself in that window, the
+        start is tried again on freshly picked ports, up to ``port_attempts``.
         """
+        for attempt in range(1, port_attempts + 1):
+            try:
+                return self._start_once(ready_timeout_s)
+            except ServerStartError as exc:
+                lost_port = "held by another process" in str(exc) or "already in use" in str(exc)
+                if attempt == port_attempts or not lost_port or not any(self._auto_ports):
+                    raise
+                logger.warning("a picked port was taken by another process; retrying on new ports: %s", exc)
+                self._repick_ports()
+        raise AssertionError("unreachable")
+
+    def _repick_ports(self) -> None:
+        with self._lock:
+            self._proc = None
+            self._finished = False
+            self._command = []
+        fresh = iter(free_ports(sum(self._auto_ports)))
+        http_auto, grpc_auto, metrics_auto = self._auto_ports
+        self.http_port = next(fresh) if http_auto else self.http_port
+        self.grpc_port = next(fresh) if grpc_auto else self.grpc_port
+        self.metrics_port = next(fresh) if metrics_auto else self.metrics_port
+
+    def _start_once(self, ready_timeout_s: float) -> TritonServer:
         with self._lock:
             if self._proc is not None:
                 raise RuntimeError(f"{self!r} was already started; create a new TritonServer")

@@ -205,7 +205,7 @@ def template_values(args: argparse.Namespace, edge: Path, cloud: Path, image_siz
         "max_queue_delay_us": args.max_queue_delay_us,
         "preprocess_instances": args.instances,
         "vision_instances": args.instances,
-        "generate_instances": args.instances,
+        "generate_instances": args.generate_instances or args.instances,
         "lvlm_instances": args.lvlm_instances,
         "intra_op_threads": args.intra_op_threads,
         "default_max_tokens": args.default_max_tokens,
@@ -243,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="dynamic batcher wait for more requests; 0 batches what is already queued (lowest latency)",
     )
     parser.add_argument("--instances", type=int, default=1, help="instances of each edge model step")
+    parser.add_argument(
+        "--generate-instances",
+        type=int,
+        default=2,
+        help="instances of svlm_generate, the edge's heaviest step: streams that overlap in time need more than one "
+        "(4 streams at 10 fps with 24 tokens need 2; see load_tests/stream_isolation.py); 0 = --instances",
+    )
     parser.add_argument("--lvlm-instances", type=int, default=1)
     parser.add_argument(
         "--intra-op-threads", type=int, default=1, help="torch/ORT threads per model instance (0 = library default)"
