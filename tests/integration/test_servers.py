@@ -14,7 +14,16 @@ from client.triton_client import ClientError, VLMClient, text_tensor
 
 pytestmark = pytest.mark.integration
 
-EDGE_MODELS = {"svlm", "svlm_preprocess", "svlm_vision", "svlm_generate", "svlm_postprocess"}
+EDGE_MODELS = [
+    "spotvlm",
+    "context_ingest",
+    "svlm",
+    "svlm_focus",
+    "svlm_preprocess",
+    "svlm_vision",
+    "svlm_generate",
+    "svlm_postprocess",
+]
 
 
 @pytest.fixture(scope="module")
