@@ -143,6 +143,11 @@ class SpotVLMStep:
         self._dispatched: dict[CloudJob, int] = {}
         self._delays: dict[str, DelayInjector] = {}
         self.cloud_max_tokens = get_param(params, "cloud_max_tokens", 48, int)
+        # What the LVLM is asked. Real Qwen2.5-VL checkpoints return boxes when told to, e.g.
+        # "{question} Outline the position of each object it asks about and output all the coordinates in JSON format."
+        self.cloud_prompt = get_param(params, "cloud_prompt", "{question}")
+        if "{question}" not in self.cloud_prompt:
+            raise ValueError(f"model parameter cloud_prompt must contain {{question}}, got {self.cloud_prompt!r}")
         self.link = self._start_cloud_link(params)
         try:
             from python_backends.serving.metrics import SpotMetrics
@@ -224,7 +229,7 @@ class SpotVLMStep:
             stream_id=frame.stream_id,
             frame_id=frame_id,
             frame_timestamp_ms=frame.timestamp_ms,
-            prompt=frame.prompt,
+            prompt=self.cloud_prompt.replace("{question}", frame.prompt),
             max_tokens=self.cloud_max_tokens,
             image=None if frame.image_bytes is not None else frame.image,
             image_bytes=frame.image_bytes,

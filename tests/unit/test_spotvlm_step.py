@@ -735,3 +735,17 @@ def test_a_server_without_custom_metrics_still_answers(make_step, calls, monkeyp
     assert step.metrics is None
     (response,) = run(step, [frame(1, flags=START)])
     assert text(response) == "svlm: Where is the car?"
+
+
+def test_the_cloud_is_asked_the_question_through_the_configured_prompt(make_step, calls):
+    step = make_step(cloud_url="cloud.test:8001", cloud_prompt="{question} Output the boxes in JSON.")
+    run(step, [frame(1, prompt="Where is the car?", flags=START)])
+    assert step.link.jobs[0].prompt == "Where is the car? Output the boxes in JSON."
+    plain = make_step(cloud_url="cloud.test:8001")
+    run(plain, [frame(1, prompt="Where is the car?", flags=START)])
+    assert plain.link.jobs[0].prompt == "Where is the car?"
+
+
+def test_a_cloud_prompt_without_the_question_is_refused(make_step):
+    with pytest.raises(ValueError, match="cloud_prompt"):
+        make_step(cloud_url="cloud.test:8001", cloud_prompt="Describe the frame.")
