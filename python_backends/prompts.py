@@ -22,17 +22,21 @@ class Turn:
     answer: str
 
 
+def decode_text(raw: bytes | str, name: str, max_bytes: int) -> str:
+    """A BYTES tensor item -> text; raises InputError naming the tensor when it is too long or not UTF-8."""
+    if not isinstance(raw, bytes):
+        return str(raw)
+    if len(raw) > max_bytes:
+        raise InputError(f"{name} is {len(raw)} bytes, over the limit of {max_bytes}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not valid UTF-8: {exc}") from exc
+
+
 def decode_prompt(raw: bytes | str, max_chars: int) -> str:
     """PROMPT tensor bytes -> text; raises InputError for empty, non-UTF-8 or too long prompts."""
-    if isinstance(raw, bytes):
-        if len(raw) > MAX_PROMPT_BYTES:
-            raise InputError(f"PROMPT is {len(raw)} bytes, over the limit of {MAX_PROMPT_BYTES}")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"PROMPT is not valid UTF-8: {exc}") from exc
-    else:
-        text = str(raw)
+    text = decode_text(raw, "PROMPT", MAX_PROMPT_BYTES)
     if not text.strip():
         raise InputError("PROMPT is empty")
     if len(text) > max_chars:
@@ -42,13 +46,7 @@ def decode_prompt(raw: bytes | str, max_chars: int) -> str:
 
 def parse_history(raw: bytes | str) -> list[Turn]:
     """HISTORY tensor -> turns. It is JSON: `[{"question": "...", "answer": "..."}, ...]`, oldest first."""
-    if isinstance(raw, bytes):
-        if len(raw) > MAX_HISTORY_BYTES:
-            raise InputError(f"HISTORY is {len(raw)} bytes, over the limit of {MAX_HISTORY_BYTES}")
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"HISTORY is not valid UTF-8: {exc}") from exc
+    raw = decode_text(raw, "HISTORY", MAX_HISTORY_BYTES)
     if not raw.strip():
         return []
     try:

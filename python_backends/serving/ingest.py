@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from python_backends.detections import Detection, detections_from_json
 from python_backends.errors import InputError
+from python_backends.prompts import decode_text
 
 MAX_TEXT_BYTES = 65536
 MAX_DETECTIONS = 256
@@ -35,15 +36,8 @@ class IngestRecord:
         )
 
 
-def _text(raw: bytes | str, name: str, limit: int = MAX_TEXT_BYTES) -> str:
-    if isinstance(raw, str):
-        return raw
-    if len(raw) > limit:
-        raise InputError(f"{name} is {len(raw)} bytes, over the limit of {limit}")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{name} is not valid UTF-8: {exc}") from exc
+def _text(raw: bytes | str, name: str) -> str:
+    return decode_text(raw, name, MAX_TEXT_BYTES)
 
 
 def check_frame_size(values) -> tuple[int, int]:
