@@ -69,9 +69,10 @@ class SpotMetrics:
         if focus_mode in self.focus_applied:
             self.focus_applied[focus_mode].increment(1)
 
-    def record_cloud(self, delta: dict[str, Any], inflight: int) -> None:
-        """Pushes the counts the cloud link gathered since the last call (CloudLink.drain_stats)."""
-        self.cloud_inflight.set(float(inflight))
+    def record_cloud(self, delta: dict[str, Any]) -> None:
+        """Pushes the counts the cloud link gathered since the last call, and its current in-flight count
+        (CloudLink.drain_stats)."""
+        self.cloud_inflight.set(float(delta.get("inflight", 0)))
         _increment(self.cloud_requests, delta.get("sent", 0))
         for kind, count in delta.get("errors_by_kind", {}).items():
             if kind in self.cloud_errors:

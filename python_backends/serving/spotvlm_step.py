@@ -427,7 +427,7 @@ class SpotVLMStep:
                 self._epochs.pop(stream, None)
         if self.metrics is not None and self.link is not None:
             try:
-                self.metrics.record_cloud(self.link.drain_stats(), self.link.stats().get("inflight", 0))
+                self.metrics.record_cloud(self.link.drain_stats())
             except Exception:  # noqa: BLE001
                 log.warning("metrics update failed", exc_info=True)
 

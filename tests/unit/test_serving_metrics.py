@@ -86,9 +86,9 @@ def test_record_cloud_pushes_the_deltas(metrics):
         "skipped_down": 1,
         "errors_by_kind": {"timeout": 2, "server": 1, "client": 5},  # client errors have no series
         "rtt_ms": [120.0, 3400.5],
-        "inflight": 9,  # the current value comes as an argument, not from the delta
+        "inflight": 2,  # a current value, not a delta
     }
-    metrics.record_cloud(delta, inflight=2)
+    metrics.record_cloud(delta)
     assert metrics.cloud_inflight.sets == [2.0]
     assert metrics.cloud_requests.increments == [3.0]
     assert {kind: m.value() for kind, m in metrics.cloud_errors.items()} == {
@@ -102,8 +102,8 @@ def test_record_cloud_pushes_the_deltas(metrics):
 
 
 def test_record_cloud_with_nothing_new_only_sets_the_gauge(metrics):
-    metrics.record_cloud({"sent": 0, "errors_by_kind": {"timeout": 0}, "rtt_ms": []}, inflight=0)
-    metrics.record_cloud({}, inflight=1)
+    metrics.record_cloud({"sent": 0, "errors_by_kind": {"timeout": 0}, "rtt_ms": [], "inflight": 0})
+    metrics.record_cloud({"inflight": 1})
     assert metrics.cloud_inflight.sets == [0.0, 1.0]
     assert all(
         m.increments == [] and m.observations == [] for m in _all_series(metrics) if m is not metrics.cloud_inflight
@@ -112,6 +112,6 @@ def test_record_cloud_with_nothing_new_only_sets_the_gauge(metrics):
 
 def test_record_cloud_accumulates_over_calls(metrics):
     for sent in (1, 2, 3):
-        metrics.record_cloud({"sent": sent, "rtt_ms": [float(sent)]}, inflight=sent)
+        metrics.record_cloud({"sent": sent, "rtt_ms": [float(sent)], "inflight": sent})
     assert metrics.cloud_requests.value() == 6 and metrics.cloud_inflight.value() == 3
     assert metrics.cloud_rtt_ms.observations == [1.0, 2.0, 3.0]

@@ -128,7 +128,7 @@ class FakeCloudLink:
 
     def drain_stats(self) -> dict:
         drained, self.next_drain = self.next_drain, {}
-        return drained
+        return {**drained, "inflight": self.inflight}
 
 
 @pytest.fixture
