@@ -386,10 +386,13 @@ class SpotVLMStep:
             pass
 
     def _end_stream(self, stream: int) -> None:
+        self._forget_counters(stream)
+        self.store.end_stream(stream)
+
+    def _forget_counters(self, stream: int) -> None:
         with self._lock:
             self._next_frame.pop(stream, None)
             self._epochs.pop(stream, None)
-        self.store.end_stream(stream)
 
     # -- context ingest -----------------------------------------------------------------------------------------
 
@@ -422,9 +425,7 @@ class SpotVLMStep:
 
     def _housekeeping(self) -> None:
         for stream in self.store.purge_expired():
-            with self._lock:
-                self._next_frame.pop(stream, None)
-                self._epochs.pop(stream, None)
+            self._forget_counters(stream)
         if self.metrics is not None and self.link is not None:
             try:
                 self.metrics.record_cloud(self.link.drain_stats())
