@@ -88,6 +88,8 @@ class PreparedFrame:
     model: str
     inputs: list = field(default_factory=list)
     prepare_ms: float = 0.0
+    context_rtt_ms: float | None = None  # the cloud round trip of the freshest LVLM answer used
+    context_detections: int | None = None  # how many boxes that answer carried (0: text only, no focus)
 
 
 @dataclass
@@ -323,7 +325,11 @@ class SpotVLMStep:
             inputs.append(pb.Tensor("FOCUS_IMAGE", np.ascontiguousarray(plan.images[1])[None]))
         if history.turns:
             inputs.append(pb.Tensor("HISTORY", np.array([[history_json(history.turns).encode("utf-8")]], np.object_)))
-        return PreparedFrame(frame, frame_id, dispatch, history, plan, model, inputs)
+        prepared = PreparedFrame(frame, frame_id, dispatch, history, plan, model, inputs)
+        if latest is not None:
+            prepared.context_rtt_ms = round(latest.rtt_ms, 1)
+            prepared.context_detections = len(latest.detections)
+        return prepared
 
     async def _ask_svlm(self, prepared: PreparedFrame) -> SvlmReply:
         pb = self._pb_utils
@@ -360,6 +366,8 @@ class SpotVLMStep:
                 "frame_id": prepared.frame_id,
                 "context_frame": history.context_frame,
                 "context_age_ms": history.context_age_ms,
+                "context_rtt_ms": prepared.context_rtt_ms,
+                "context_detections": prepared.context_detections,
                 "cloud_state": self.link.state.value if self.link is not None else "off",
                 "cloud_dispatch": prepared.dispatch,
                 "focus_mode": prepared.plan.mode.value,

@@ -320,6 +320,7 @@ def test_first_frame_asks_plain_svlm_without_history(make_step, calls):
     assert call.inputs["MAX_TOKENS"].tolist() == [[5]] and call.inputs["MAX_TOKENS"].dtype == np.int32
     ctx = context(response)
     assert ctx["context_frame"] is None and ctx["context_age_ms"] is None and ctx["replaced_turns"] == 0
+    assert ctx["context_rtt_ms"] is None and ctx["context_detections"] is None
     assert ctx["cloud_state"] == "off" and ctx["cloud_dispatch"] == "off"
     assert ctx["focus_mode"] == "off" and ctx["focus_box"] is None and ctx["svlm_model"] == "svlm"
     assert set(ctx["latency_ms"]) == {"preprocess", "vision", "generate", "total"}
@@ -365,6 +366,7 @@ def test_a_late_cloud_answer_focuses_and_replaces_the_next_frame(cloud_step, cal
     assert set(call.inputs) == {"IMAGE", "PROMPT", "MAX_TOKENS", "FOCUS_IMAGE", "HISTORY"}
     ctx = context(response)
     assert ctx["context_frame"] == 0 and ctx["context_age_ms"] == 750
+    assert ctx["context_detections"] == 2 and ctx["context_rtt_ms"] == 500.0
     assert ctx["replaced_turns"] >= 1 and ctx["cloud_state"] == "ok" and ctx["svlm_model"] == "svlm_focus"
     assert ctx["focus_mode"] == "crop_and_frame" and ctx["focus_labels"] == ["car"], "the tree is not asked about"
     x1, y1, x2, y2 = ctx["focus_box"]
