@@ -327,6 +327,19 @@ def test_first_frame_asks_plain_svlm_without_history(make_step, calls):
     assert ctx["latency_ms"]["generate"] == 5.0 and ctx["latency_ms"]["vision"] >= 0.0
 
 
+def test_the_unchanged_frame_is_forwarded_as_the_requests_own_tensor_not_a_copy(make_step, calls):
+    request = frame(1, flags=START)
+    run(make_step(), [request])
+    (call,) = calls
+    assert call.inputs["IMAGE"] is request.inputs["IMAGE"], "a new tensor would copy the frame into shared memory again"
+
+
+def test_a_decoded_frame_is_a_new_tensor(make_step, calls):
+    run(make_step(), [frame(1, flags=START, image=None, image_bytes=_png(FRAME))])
+    (call,) = calls
+    assert np.array_equal(call.inputs["IMAGE"], FRAME[None])
+
+
 def test_later_frames_carry_the_svlms_own_turns_as_history(make_step, calls):
     step = make_step()
     run(step, [frame(1, flags=START, prompt="What is this?")])
@@ -587,6 +600,7 @@ def _prepared(prepare_ms: float) -> PreparedFrame:
         end=False,
         image=FRAME,
         image_bytes=None,
+        image_tensor=None,
         prompt="q",
         timestamp_ms=0,
         max_tokens=4,
