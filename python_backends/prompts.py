@@ -9,6 +9,8 @@ from python_backends.errors import InputError
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IMAGE_PAD = "<|image_pad|>"
+# Placeholders the model fills with visual features: one more in the text than features sent fails generation.
+FEATURE_PLACEHOLDERS = (IMAGE_PAD, "<|video_pad|>")
 MAX_PROMPT_BYTES = 16384
 MAX_HISTORY_TURNS = 32
 MAX_HISTORY_BYTES = 65536
@@ -41,6 +43,9 @@ def decode_prompt(raw: bytes | str, max_chars: int) -> str:
         raise InputError("PROMPT is empty")
     if len(text) > max_chars:
         raise InputError(f"PROMPT has {len(text)} characters, over the limit of {max_chars}")
+    for placeholder in FEATURE_PLACEHOLDERS:
+        if placeholder in text:
+            raise InputError(f"PROMPT must not contain {placeholder}: the model reserves it for visual features")
     return text
 
 
@@ -86,7 +91,15 @@ def build_chat_prompt(
     """The full model input: system, earlier turns (text only), then the images and the question."""
     parts = [f"<|im_start|>system\n{system}<|im_end|>\n"]
     for turn in history or []:
-        parts.append(f"<|im_start|>user\n{turn.question}<|im_end|>\n<|im_start|>assistant\n{turn.answer}<|im_end|>\n")
+        # History also holds model answers and ingested texts, which no PROMPT check saw.
+        asked, answered = _without_placeholders(turn.question), _without_placeholders(turn.answer)
+        parts.append(f"<|im_start|>user\n{asked}<|im_end|>\n<|im_start|>assistant\n{answered}<|im_end|>\n")
     images = "".join(image_block(n) for n in image_tokens)
     parts.append(f"<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n")
     return "".join(parts)
+
+
+def _without_placeholders(text: str) -> str:
+    for placeholder in FEATURE_PLACEHOLDERS:
+        text = text.replace(placeholder, "")
+    return text

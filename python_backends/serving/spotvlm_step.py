@@ -115,6 +115,7 @@ class SpotVLMStep:
         self.default_max_tokens = get_param(params, "default_max_tokens", 24, int)
         self.max_tokens_limit = get_param(params, "max_tokens_limit", 256, int)
         self.max_input_pixels = get_param(params, "max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, int)
+        self.max_prompt_tokens = get_param(params, "max_prompt_tokens", 1024, int)
         self.max_context_age_ms = get_param(params, "max_context_age_ms", 30000.0, float)
         self.default_focus = parse_focus_mode(params.get("focus_mode"), FocusMode.CROP_AND_FRAME)
         self.focus_config = FocusConfig(
@@ -271,7 +272,7 @@ class SpotVLMStep:
             image=image,
             image_bytes=bytes(first_item(encoded, "IMAGE_BYTES")) if encoded is not None else None,
             image_tensor=self._pb_utils.get_input_tensor_by_name(request, "IMAGE"),
-            prompt=read_prompt(request),
+            prompt=self._read_prompt(request),
             timestamp_ms=int(first_item(timestamp, "TIMESTAMP_MS")) if timestamp is not None else now_ms(),
             max_tokens=read_max_tokens(request, self.default_max_tokens, self.max_tokens_limit),
             focus=parse_focus_mode(params.get("focus"), self.default_focus),
@@ -279,6 +280,15 @@ class SpotVLMStep:
             cloud_delay=delay,
             received=received,
         )
+
+    def _read_prompt(self, request) -> str:
+        # svlm refuses a prompt over its token limit, but its error reaches a BLS caller as INTERNAL, whatever its code
+        # was: refuse a question too long to ever fit here, in the edge tokenizer's tokens, as the client's error.
+        prompt = read_prompt(request)
+        tokens = self.budget.count(prompt)
+        if tokens > self.max_prompt_tokens:
+            raise InputError(f"PROMPT is {tokens} tokens, over the limit of {self.max_prompt_tokens}")
+        return prompt
 
     # -- one frame ----------------------------------------------------------------------------------------------
 
@@ -504,8 +514,9 @@ def _token_budget(params: dict[str, str]):
 def read_stream_id(request) -> int:
     stream = request.correlation_id()
     if isinstance(stream, str):
-        if not stream.isdigit():
-            raise InputError(f"sequence id must be an unsigned integer (the stream id), got {stream!r}")
+        # isdigit() alone admits "²", which int() refuses; an id over 64 bits could not be a UINT64 STREAM_ID.
+        if not (stream.isascii() and stream.isdigit() and len(stream) <= 20) or int(stream) >= 2**64:
+            raise InputError(f"sequence id must be an unsigned integer below 2**64 (the stream id), got {stream!r}")
         stream = int(stream)
     if not stream:
         raise InputError("missing sequence id: every frame must carry its stream id as the sequence id")
