@@ -44,6 +44,9 @@ DEFAULT_BUDGET = WordBudget()  # stateless, so one shared instance is a safe def
 class ReplacementConfig:
     max_turns: int = 4  # K: turns older than the last K are dropped
     budget_tokens: int = 48  # the tagged LVLM answer is compressed to this many tokens
+    # The whole history, questions included: oldest turns go first, so K long questions cannot push the SVLM's prompt
+    # past its context limit. The freshest LVLM answer stays.
+    history_tokens: int = 1024
     age_tag: str = "[cloud answer, frame {frame_id}, {age_s:.1f} s old]"  # may also use {age_ms}
 
     def __post_init__(self) -> None:
@@ -51,6 +54,10 @@ class ReplacementConfig:
             raise ValueError(f"max_turns must not be negative, got {self.max_turns}")
         if self.budget_tokens < 1:
             raise ValueError(f"budget_tokens must be at least 1, got {self.budget_tokens}")
+        if self.history_tokens < self.budget_tokens:
+            raise ValueError(
+                f"history_tokens ({self.history_tokens}) must be at least budget_tokens ({self.budget_tokens})"
+            )
         try:
             self.age_tag.format(frame_id=0, age_s=0.0, age_ms=0)
         except (KeyError, IndexError, ValueError) as exc:
@@ -104,31 +111,49 @@ def build_history(
         by_frame[result.frame_id] = result
     freshest = by_frame[max(by_frame)] if by_frame else None
 
-    history: list[Turn] = []
-    replaced = 0
+    # (turn, replaced, the freshest LVLM answer) in frame order
+    entries: list[tuple[Turn, bool, bool]] = []
     for record in window:
         result = by_frame.get(record.frame_id)
         if result is None:
-            history.append(Turn(question=record.question, answer=record.answer))
+            entries.append((Turn(question=record.question, answer=record.answer), False, False))
         else:
-            history.append(Turn(question=record.question, answer=tagged_answer(result, now_ms, config, budget)))
-            replaced += 1
+            turn = Turn(question=record.question, answer=tagged_answer(result, now_ms, config, budget))
+            entries.append((turn, True, result is freshest))
 
-    if freshest is None:
-        return ReplacedHistory(turns=history, replaced_turns=0, context_frame=None, context_age_ms=None)
-
-    if all(record.frame_id != freshest.frame_id for record in window):
+    if freshest is not None and all(record.frame_id != freshest.frame_id for record in window):
         question = next((r.question for r in reversed(turns) if r.frame_id == freshest.frame_id), GENERIC_QUESTION)
         extra = Turn(question=question, answer=tagged_answer(freshest, now_ms, config, budget))
         # Keep the history in frame order: the frame is normally older than the window (prepend), but its turn may
         # be missing from `turns` altogether while being newer than some of them.
         position = sum(1 for record in window if record.frame_id < freshest.frame_id)
-        history.insert(position, extra)
-        replaced += 1
+        entries.insert(position, (extra, True, True))
 
+    entries = _fit_history(entries, config.history_tokens, budget)
+    history = [turn for turn, _, _ in entries]
+    replaced = sum(1 for _, was_replaced, _ in entries if was_replaced)
+    if freshest is None:
+        return ReplacedHistory(turns=history, replaced_turns=0, context_frame=None, context_age_ms=None)
     return ReplacedHistory(
         turns=history,
         replaced_turns=replaced,
         context_frame=freshest.frame_id,
         context_age_ms=_age_ms(freshest, now_ms),
     )
+
+
+def _fit_history(entries: list[tuple[Turn, bool, bool]], max_tokens: int, budget: TokenBudget) -> list:
+    """Drops the oldest turns until the history fits `max_tokens`, never the freshest LVLM answer's turn (whose
+    question alone may still be too long: the caller's prompt limit bounds that)."""
+    sizes = [budget.count(turn.question) + budget.count(turn.answer) for turn, _, _ in entries]
+    total = sum(sizes)
+    kept = list(zip(entries, sizes))
+    index = 0
+    while total > max_tokens and index < len(kept):
+        (entry, size) = kept[index]
+        if entry[2]:
+            index += 1
+            continue
+        del kept[index]
+        total -= size
+    return [entry for entry, _ in kept]

@@ -128,6 +128,7 @@ class SpotVLMStep:
         self.replacement = ReplacementConfig(
             max_turns=get_param(params, "context_turns", ReplacementConfig.max_turns, int),
             budget_tokens=get_param(params, "context_budget_tokens", ReplacementConfig.budget_tokens, int),
+            history_tokens=get_param(params, "context_history_tokens", ReplacementConfig.history_tokens, int),
         )
         self.budget = _token_budget(params)
         self.store = ContextStore(
@@ -261,6 +262,9 @@ class SpotVLMStep:
         encoded = get_input(request, "IMAGE_BYTES", required=False)
         timestamp = get_input(request, "TIMESTAMP_MS", required=False)
         delay_spec = params.get("cloud_delay")
+        if delay_spec is not None and str(delay_spec).strip().startswith("trace:"):
+            # A trace names a file on the server: only the config or the environment may choose one.
+            raise InputError("request parameter cloud_delay: trace: specs are accepted only in the model config")
         try:
             delay = self._delay(str(delay_spec)) if delay_spec is not None else None
         except ValueError as exc:

@@ -274,3 +274,31 @@ def test_pure_function_does_not_mutate_inputs():
     ts_copy, rs_copy = list(ts), list(rs)
     build_history(ts, rs, now_ms=4000)
     assert ts == ts_copy and rs == rs_copy
+
+
+# -- the whole history's token budget ------------------------------------------------------------------------------
+
+
+def test_long_questions_drop_the_oldest_turns_until_the_history_fits():
+    long_question = " ".join(["word"] * 40)
+    turns = [TurnRecord(i, 1000 * i, long_question, "an answer") for i in range(4)]
+    config = ReplacementConfig(max_turns=4, budget_tokens=8, history_tokens=100)
+    history = build_history(turns, [], now_ms=5000, config=config)
+    assert [t.question for t in history.turns] == [long_question] * 2, "42 tokens per turn: two fit in 100"
+    assert sum(len(t.question.split()) + len(t.answer.split()) for t in history.turns) <= 100
+
+
+def test_the_freshest_cloud_answer_survives_the_history_budget():
+    long_question = " ".join(["word"] * 40)
+    turns = [TurnRecord(i, 1000 * i, long_question, "an answer") for i in range(4)]
+    result = CloudResult(0, 0, 0.0, 1.0, "a red car", (), (10, 10))
+    config = ReplacementConfig(max_turns=4, budget_tokens=16, history_tokens=60)
+    history = build_history(turns, [result], now_ms=5000, config=config)
+    assert history.context_frame == 0 and history.replaced_turns == 1
+    assert any("a red car" in t.answer for t in history.turns)
+    assert len(history.turns) == 1, "only the cloud answer's turn fits"
+
+
+def test_history_budget_below_the_answer_budget_is_refused():
+    with pytest.raises(ValueError, match="history_tokens"):
+        ReplacementConfig(budget_tokens=48, history_tokens=10)
