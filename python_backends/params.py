@@ -28,6 +28,18 @@ def model_parameters(model_config: str | Mapping[str, Any]) -> dict[str, str]:
     return {key: value for key in parameters if (value := _raw(parameters, key)) is not None}
 
 
+def with_env_overrides(
+    params: Mapping[str, str], environ: Mapping[str, str], prefix: str = "SPOTVLM_"
+) -> dict[str, str]:
+    """`params` with every `<prefix><KEY>` environment variable in place of parameter `key` (e.g. SPOTVLM_CLOUD_URL
+    for cloud_url): one rendered repository serves many deployments, set per container or per test server."""
+    merged = dict(params)
+    for name, value in environ.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            merged[name[len(prefix) :].lower()] = value
+    return merged
+
+
 def get_param(params: Mapping[str, str], key: str, default: T, cast: Callable[[str], T] | None = None) -> T:
     """A typed parameter with a default; bools accept true/false/1/0/yes/no."""
     value = params.get(key)

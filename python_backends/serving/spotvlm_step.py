@@ -34,7 +34,7 @@ from python_backends.context.replacement import ReplacedHistory, ReplacementConf
 from python_backends.context.store import CloudResult, ContextStore, StoreLimits, TurnRecord
 from python_backends.context.token_budget import TokenizerBudget
 from python_backends.errors import InputError
-from python_backends.params import get_param, model_parameters
+from python_backends.params import get_param, model_parameters, with_env_overrides
 from python_backends.prompts import history_json
 from python_backends.serving.ingest import IngestRecord, parse_ingest_json
 from python_backends.serving.lvlm_step import read_image
@@ -110,7 +110,8 @@ class SpotVLMStep:
     def __init__(self, args: dict, pb_utils: Any = None) -> None:
         pb = pb_utils or _pb()
         self._pb_utils = pb
-        params = model_parameters(args["model_config"])
+        # Environment variables SPOTVLM_<PARAMETER> override the config (SPOTVLM_CLOUD_URL=off, ...).
+        params = with_env_overrides(model_parameters(args["model_config"]), os.environ)
         self.model_name = args.get("model_name", "spotvlm")
         self.default_max_tokens = get_param(params, "default_max_tokens", 24, int)
         self.max_tokens_limit = get_param(params, "max_tokens_limit", 256, int)
@@ -165,7 +166,7 @@ class SpotVLMStep:
     # -- cloud link ---------------------------------------------------------------------------------------------
 
     def _start_cloud_link(self, params: dict[str, str]) -> CloudLink | None:
-        url = os.environ.get("SPOTVLM_CLOUD_URL", params.get("cloud_url", "")).strip()
+        url = params.get("cloud_url", "").strip()
         if url.lower() in CLOUD_OFF:
             log.info("cloud link off")
             return None
@@ -183,7 +184,7 @@ class SpotVLMStep:
             max_side=get_param(params, "cloud_max_side", 0, int),
             max_inflight=get_param(params, "cloud_max_inflight", 1, int),
             breaker=breaker,
-            delay=self._delay(os.environ.get("SPOTVLM_CLOUD_DELAY", params.get("cloud_delay", "0"))),
+            delay=self._delay(params.get("cloud_delay", "0")),
             on_reply=self._on_cloud_reply,
             on_error=self._on_cloud_error,
         )

@@ -531,6 +531,13 @@ def test_the_environment_overrides_the_cloud_url(make_step, monkeypatch):
     assert make_step(cloud_url="cloud.test:8001").link is None
 
 
+def test_any_parameter_can_come_from_the_environment(make_step, monkeypatch):
+    monkeypatch.setenv("SPOTVLM_CLOUD_MAX_INFLIGHT", "12")
+    monkeypatch.setenv("SPOTVLM_DEFAULT_MAX_TOKENS", "7")
+    step = make_step(cloud_url="cloud.test:8001", default_max_tokens="24")
+    assert step.link.kwargs["max_inflight"] == 12 and step.default_max_tokens == 7
+
+
 def test_frames_and_cloud_counts_reach_the_metrics(cloud_step, calls):
     cloud_step.link.next_drain = {"sent": 2, "errors_by_kind": {"timeout": 1}, "rtt_ms": [120.0]}
     cloud_step.link.inflight = 1

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from python_backends.params import get_param, model_parameters
+from python_backends.params import get_param, model_parameters, with_env_overrides
 from python_backends.templates import TemplateError, fill_template, placeholders, render_repository
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -83,3 +83,11 @@ def test_unrendered_templates_lists_models_not_yet_built(tmp_path):
     render_repository(tmp_path / "edge", {"v": 1})
     assert [p.parent.name for p in unrendered_templates(tmp_path)] == ["c"]
     assert unrendered_templates(tmp_path / "edge") == []
+
+
+def test_environment_variables_override_parameters_by_name():
+    params = {"cloud_url": "cloud:8001", "focus_mode": "off"}
+    environ = {"SPOTVLM_CLOUD_URL": "off", "SPOTVLM_CLOUD_MAX_INFLIGHT": "4", "SPOTVLM_": "x", "PATH": "/bin"}
+    merged = with_env_overrides(params, environ)
+    assert merged == {"cloud_url": "off", "focus_mode": "off", "cloud_max_inflight": "4"}
+    assert params["cloud_url"] == "cloud:8001", "the config's own mapping is not changed"
