@@ -166,10 +166,37 @@ def _first_text(result: Any, name: str) -> str:
     return str(value)
 
 
+# gRPC's reconnect backoff to a cloud that went away, capped at about the breaker's probe interval. gRPC's default
+# grows to 120 s, and while it waits every call fails at once without trying: the edge would stay down for up to two
+# minutes after the cloud is back.
+RECONNECT_BACKOFF_MS = 1000
+
+
+def cloud_channel_args() -> list[tuple[str, int]]:
+    """tritonclient's default channel options (passing any replaces them all), plus a short reconnect backoff and a
+    subchannel pool of the channel's own: channels to one address share a process-wide subchannel by default, with its
+    backoff, so the client recreated after an unavailable streak would inherit the old one's wait."""
+    from tritonclient.grpc import KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    max_message = 2**31 - 1  # tritonclient's MAX_GRPC_MESSAGE_SIZE
+    return [
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(keepalive.keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS // 2),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+    ]
+
+
 def _default_client_factory(url: str) -> Any:
     import tritonclient.grpc.aio as grpcclient
 
-    return grpcclient.InferenceServerClient(url)
+    return grpcclient.InferenceServerClient(url, channel_args=cloud_channel_args())
 
 
 def _build_request(job: CloudJob, jpeg: bytes) -> tuple[list, list]:
@@ -372,7 +399,15 @@ class CloudLink:
         except Exception as exc:
             kind = classify_error(exc)
             log = logger.exception if kind == "client" else logger.warning
-            log("cloud call for stream %s frame %s failed (%s): %r", job.stream_id, job.frame_id, kind, exc)
+            # The type and str(): repr() of tritonclient's InferenceServerException drops its message and status.
+            log(
+                "cloud call for stream %s frame %s failed (%s): %s: %s",
+                job.stream_id,
+                job.frame_id,
+                kind,
+                type(exc).__name__,
+                exc,
+            )
         finally:
             # Always free the slot and tell the breaker, whatever happened, or the stream would stay busy forever.
             self.policy.release(job.stream_id)

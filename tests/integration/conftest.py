@@ -150,6 +150,24 @@ class ServeProcess:
             self.process.wait(timeout=10)
             pytest.fail(f"spotvlm serve {self.side} did not stop within {timeout_s} s\n{self.logs()}")
 
+    def kill(self, timeout_s: float = 60) -> int:
+        """A crash: SIGKILL to the tritonserver and backend stubs under our CLI (the live ones, found now, so no old
+        PID that may have been reused is signalled). The CLI sees its server die, cleans up and exits; its code is
+        returned. `start()` then brings the server back on the same ports."""
+        assert self.process is not None and self.process.poll() is None, f"spotvlm serve {self.side} is not running"
+        self.record_resources()
+        for pid in descendant_pids(self.process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            pytest.fail(f"spotvlm serve {self.side} did not exit within {timeout_s} s of its server's kill")
+
 
 def _start(side: str, tmp_path_factory, **options) -> ServeProcess:
     _require_built()

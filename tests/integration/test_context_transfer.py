@@ -7,7 +7,6 @@ test does not wait long. The cloud-restart test stops and restarts this module's
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 import threading
@@ -15,16 +14,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import np_to_triton_dtype
 
 from client.frame_sources import SyntheticSource
 from client.streaming import FrameResult, StreamSession, run_streams
 from python_backends.context.focus import focus_box
 from python_backends.detections import Detection
 from tests.integration.conftest import PROJECT_ROOT, ServeProcess, _require_built
+from tests.integration.streams_helpers import ingest as _ingest
+from tests.integration.streams_helpers import ingest_tensors as _ingest_tensors
 
 IDLE_S = 3.0
 CLOUD_DELAY_MS = 1500
@@ -70,28 +68,6 @@ def linked_edge(tmp_path_factory, linked_cloud, short_idle_edge_repository):
 
 def _by_frame(results: list[FrameResult]) -> dict[int, FrameResult]:
     return {r.context["frame_id"]: r for r in results}
-
-
-def _ingest_tensors(url: str, stream_id: int, frame_id: int, detections: bytes, frame_size, text: str):
-    tensors = {
-        "STREAM_ID": np.array([[stream_id]], dtype=np.uint64),
-        "FRAME_ID": np.array([[frame_id]], dtype=np.int64),
-        "TEXT": np.array([[text.encode()]], dtype=np.object_),
-        "DETECTIONS": np.array([[detections]], dtype=np.object_),
-        "FRAME_SIZE": np.array([list(frame_size)], dtype=np.int32),
-    }
-    inputs = []
-    for name, array in tensors.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    with grpcclient.InferenceServerClient(url) as client:
-        return client.infer("context_ingest", inputs).as_numpy("STATUS").reshape(-1)[0]
-
-
-def _ingest(url: str, stream_id: int, frame_id: int, detections: list[dict], frame_size: tuple[int, int], text: str):
-    """Pushes an LVLM result through `context_ingest`, as a replay tool would."""
-    return json.loads(_ingest_tensors(url, stream_id, frame_id, json.dumps(detections).encode(), frame_size, text))
 
 
 def test_two_streams_get_their_own_delayed_context(linked_edge, tmp_path):

@@ -22,7 +22,14 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 
 from python_backends.cloud.breaker import CircuitBreaker, CloudState
 from python_backends.cloud.delay import ConstantDelay, NoDelay
-from python_backends.cloud.link import CloudJob, CloudLink, CloudReply, classify_error
+from python_backends.cloud.link import (
+    RECONNECT_BACKOFF_MS,
+    CloudJob,
+    CloudLink,
+    CloudReply,
+    _default_client_factory,
+    classify_error,
+)
 from python_backends.detections import Detection
 
 WAIT_S = 10.0
@@ -298,6 +305,21 @@ def test_server_error_kind(make_link):
     assert recorder.errors[0][1] == "server"
 
 
+def test_failure_log_names_the_clouds_error(make_link, caplog):
+    async def refused(call: FakeCall) -> FakeResult:
+        raise InferenceServerException(
+            msg="max_tokens 48 is over the limit of 16", status="StatusCode.INVALID_ARGUMENT"
+        )
+
+    link, _, recorder = make_link(refused)
+    with caplog.at_level("WARNING", logger="spotvlm.cloud"):
+        link.submit(job(stream=3, frame=7))
+        recorder.wait(errors=1)
+    message = "\n".join(r.getMessage() for r in caplog.records)
+    assert "stream 3 frame 7 failed (server)" in message
+    assert "InferenceServerException: [StatusCode.INVALID_ARGUMENT] max_tokens 48 is over the limit of 16" in message
+
+
 @pytest.mark.parametrize(
     "outputs",
     [
@@ -478,6 +500,24 @@ def test_classify_error(exc, kind):
 def test_bad_jobs_fail_where_made(kwargs):
     with pytest.raises(ValueError):
         job(**kwargs)
+
+
+def test_default_client_reconnects_soon_on_its_own_subchannel(monkeypatch):
+    # gRPC's default reconnect backoff grows to 120 s and is shared by every channel to the same address: a cloud that
+    # came back would stay unreachable that long, even through a recreated client.
+    import tritonclient.grpc.aio as grpc_aio
+
+    made: list[dict] = []
+    monkeypatch.setattr(grpc_aio, "InferenceServerClient", lambda url, **kwargs: made.append({"url": url, **kwargs}))
+    _default_client_factory("cloud.invalid:8001")
+    assert made[0]["url"] == "cloud.invalid:8001"
+    args = dict(made[0]["channel_args"])
+    assert args["grpc.use_local_subchannel_pool"] == 1
+    assert args["grpc.max_reconnect_backoff_ms"] == RECONNECT_BACKOFF_MS <= 2000
+    assert args["grpc.initial_reconnect_backoff_ms"] <= RECONNECT_BACKOFF_MS
+    # Passing channel_args replaces tritonclient's defaults: they must be there too.
+    assert args["grpc.max_receive_message_length"] == args["grpc.max_send_message_length"] == 2**31 - 1
+    assert "grpc.keepalive_time_ms" in args and "grpc.http2.max_pings_without_data" in args
 
 
 def _closed_port() -> int:
