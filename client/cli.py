@@ -71,6 +71,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(protocol=args.protocol)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from load_tests.bench import run_from_args
+
+    return run_from_args(args)
+
+
 def _stream_sources(args: argparse.Namespace) -> list:
     from client.frame_sources import open_source
 
@@ -197,6 +203,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0 if results and all(r.error is None for r in results) else 1
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from load_tests.load_run import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spotvlm", description="SpotVLM on Triton: cloud-edge real-time VLM serving")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -225,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start both servers and show answers on sample photos")
     demo.add_argument("--protocol", choices=["http", "grpc"], default="http")
     demo.set_defaults(func=cmd_demo)
+
+    from load_tests.bench import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="start the servers, measure svlm alone against spotvlm (cloud off, cloud fast, cloud 2 s late); JSON out",
+        description="Four phases on the same frames: svlm alone, spotvlm with the cloud off, and spotvlm linked to a"
+        " cloud with cloud_delay 0 and uniform:1000:3000; plus the context store's memory per stream. Goals are"
+        " reported, not asserted.",
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
 
     stream = sub.add_parser(
         "stream",
@@ -275,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--model", default="spotvlm", help=argparse.SUPPRESS)
     stream.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default: 60)")
     stream.set_defaults(func=cmd_stream)
+
+    from load_tests.load_run import add_arguments as add_load_arguments
+
+    load = sub.add_parser(
+        "load",
+        help="locust load test of the edge spotvlm model: N streams at a fixed fps, CSV/HTML reports",
+        description="Starts both servers (or uses --url), runs locust headless with one Triton sequence per user, and"
+        " writes locust's CSV and HTML reports and the cloud-context statistics under --out. Exit status: 0 when every"
+        " request succeeded, 1 on any failed request or a server that did not start, 2 for an unreachable --url.",
+    )
+    add_load_arguments(load)
+    load.set_defaults(func=cmd_load)
     return parser
 
 
