@@ -9,7 +9,9 @@ phases, one after the other (nothing else is measured while a phase runs):
   edge with its cloud link off (SPOTVLM_CLOUD_URL=off)
     svlm               the plain SVLM ensemble `svlm`: IMAGE, PROMPT, MAX_TOKENS; no sequence, no context
     spotvlm_cloud_off  `spotvlm`, the whole edge path, with no cloud to hear from
-  cloud (model_repository/cloud) + edge linked to it (SPOTVLM_CLOUD_URL=<the cloud's gRPC>)
+  cloud (model_repository/cloud) + edge linked to it (SPOTVLM_CLOUD_URL=<the cloud's gRPC>), with enough cloud
+  requests in flight per stream to send every frame (SPOTVLM_CLOUD_MAX_INFLIGHT, --cloud-max-inflight), so both linked
+  phases give the cloud the same work and only the delay differs
     spotvlm_delay0     request parameter cloud_delay "0": the cloud answers as fast as it can
     spotvlm_delay2000  cloud_delay "uniform:1000:3000": every cloud round trip 2000 +- 1000 ms later
 
@@ -31,6 +33,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import sys
 import threading
 import time
@@ -63,6 +66,8 @@ DEFAULT_PLOT = PROJECT_ROOT / "build" / "bench.png"
 
 DEFAULT_MAX_TOKENS = 24  # spotvlm's and svlm_generate's default_max_tokens
 DELAY2000_SPEC = "uniform:1000:3000"
+# The longest round trip the delay2000 phase can take: its injected maximum plus the LVLM's own time.
+LONGEST_RTT_S = 3.0 + 1.0
 GOAL_OVERHEAD_RATIO_P50 = 1.05
 GOAL_HIDING_RATIO_P99 = 1.05
 STORE_STREAMS = 10_000
@@ -352,13 +357,27 @@ class BenchConfig:
     prompt: str = DEFAULT_PROMPT
     store_streams: int = STORE_STREAMS
     ready_timeout: float = 180.0
+    cloud_max_inflight: int = 0  # the linked edge's per-stream cloud requests in flight; 0 = full_rate_inflight(fps)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["cloud_max_inflight"] = self.linked_inflight
         out["cloud_delays"] = {p.name: p.cloud_delay for p in PHASES}
         out["protocol"] = "grpc"
         out["frames"] = "SyntheticSource 320x240 RGB, seed k for stream k, sent raw"
         return out
+
+    @property
+    def linked_inflight(self) -> int:
+        return self.cloud_max_inflight or full_rate_inflight(self.fps)
+
+
+def full_rate_inflight(fps: float, longest_rtt_s: float = LONGEST_RTT_S) -> int:
+    """Cloud requests in flight per stream so that every frame can go to the cloud even at the longest round trip.
+    With 1 (spotvlm's default) an answer is reused until the next one comes back a round trip later, so the median
+    context age is about 1.5 round trips by construction; with every frame sent, the freshest answer is at most a
+    frame interval older than its round trip, which is what the context-age goal asks."""
+    return max(1, math.ceil(fps * longest_rtt_s))
 
 
 def resolve_config(args: argparse.Namespace) -> BenchConfig:
@@ -379,6 +398,7 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
         prompt=args.prompt if args.prompt is not None else DEFAULT_PROMPT,
         store_streams=args.store_streams if args.store_streams is not None else STORE_STREAMS,
         ready_timeout=args.ready_timeout,
+        cloud_max_inflight=0 if getattr(args, "cloud_max_inflight", None) is None else args.cloud_max_inflight,
     )
     if config.streams < 1:
         raise ValueError(f"--streams must be >= 1, got {config.streams}")
@@ -390,6 +410,8 @@ def resolve_config(args: argparse.Namespace) -> BenchConfig:
         )
     if config.max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {config.max_tokens}")
+    if getattr(args, "cloud_max_inflight", None) is not None and config.cloud_max_inflight < 1:
+        raise ValueError(f"--cloud-max-inflight must be >= 1, got {config.cloud_max_inflight}")
     if config.store_streams < 1:
         raise ValueError(f"--store-streams must be >= 1, got {config.store_streams}")
     if not config.prompt.strip():
@@ -590,7 +612,13 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
         if stop.is_set():
             return _report(config, phases, servers, wall_started, store), samples
         cloud = TritonServer(cloud_repository)
-        edge = TritonServer(edge_repository, env_overrides={"SPOTVLM_CLOUD_URL": cloud.grpc_url})
+        edge = TritonServer(
+            edge_repository,
+            env_overrides={
+                "SPOTVLM_CLOUD_URL": cloud.grpc_url,
+                "SPOTVLM_CLOUD_MAX_INFLIGHT": str(config.linked_inflight),
+            },
+        )
         try:
             start([("cloud", cloud), ("edge (linked to the cloud)", edge)])
             for thread in stoppers:  # the cloud-off edge must be gone before anything is measured again
@@ -796,6 +824,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--prompt", help="the question asked of every frame (default: the stream client's)")
     parser.add_argument(
         "--store-streams", type=int, help=f"streams in the context store memory measurement (default: {STORE_STREAMS})"
+    )
+    parser.add_argument(
+        "--cloud-max-inflight",
+        type=int,
+        help="the linked edge's cloud requests in flight per stream (default: enough to send every frame at a"
+        f" {LONGEST_RTT_S:g} s round trip; 1 is spotvlm's own default)",
     )
     parser.add_argument("--plot", type=Path, help="the latency plot (default: next to --json, else build/bench.png)")
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for each server")

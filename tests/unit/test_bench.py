@@ -351,6 +351,8 @@ def test_quick_defaults_and_overrides():
     assert (shortened.seconds, shortened.warmup, shortened.max_tokens, shortened.streams) == (6.0, 1.0, 8, 2)
     full = bench.resolve_config(_args())
     assert not full.quick and full.seconds == 60.0 and full.seconds > quick.seconds
+    assert quick.linked_inflight == 20 and quick.to_json()["cloud_max_inflight"] == 20
+    assert bench.resolve_config(_args("--quick", "--cloud-max-inflight", "1")).linked_inflight == 1
 
 
 @pytest.mark.parametrize(
@@ -363,6 +365,7 @@ def test_quick_defaults_and_overrides():
         (["--max-tokens", "0"], "--max-tokens"),
         (["--store-streams", "0"], "--store-streams"),
         (["--prompt", "  "], "--prompt"),
+        (["--cloud-max-inflight", "0"], "--cloud-max-inflight"),
     ],
 )
 def test_bad_options(argv, message):
@@ -426,3 +429,8 @@ def test_plot_is_written(tmp_path):
 def test_no_plot_without_latencies(tmp_path):
     assert "no phase" in bench.write_plot(_report(), {}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_full_rate_inflight_sends_every_frame_at_the_longest_round_trip():
+    assert bench.full_rate_inflight(5.0) == 20 and bench.full_rate_inflight(5.0, longest_rtt_s=0.1) == 1
+    assert bench.full_rate_inflight(7.5, longest_rtt_s=4.0) == 30
