@@ -3,12 +3,14 @@
     spotvlm bench [--quick] [--json FILE] [--streams N] [--fps F] [--seconds S] [--warmup W] [--max-tokens N]
     python -m load_tests.bench ...                                  (the same options)
 
-It starts its own servers on free loopback ports (client.launcher.TritonServer), one setup at a time, and runs four
+It starts its own servers on free loopback ports (client.launcher.TritonServer), one setup at a time, and runs five
 phases, one after the other (nothing else is measured while a phase runs):
 
   edge with its cloud link off (SPOTVLM_CLOUD_URL=off)
     svlm               the plain SVLM ensemble `svlm`: IMAGE, PROMPT, MAX_TOKENS; no sequence, no context
     spotvlm_cloud_off  `spotvlm`, the whole edge path, with no cloud to hear from
+    spotvlm_no_history the same with use_context false: no text history in the SVLM's prompt, so the plugin's own
+                       hops show apart from the history's extra prefill
   cloud (model_repository/cloud) + edge linked to it (SPOTVLM_CLOUD_URL=<the cloud's gRPC>), with enough cloud
   requests in flight per stream to send every frame (SPOTVLM_CLOUD_MAX_INFLIGHT, --cloud-max-inflight), so both linked
   phases give the cloud the same work and only the delay differs
@@ -20,6 +22,8 @@ fixed fps over gRPC, each stream paced by client.streaming.run_streams (its own 
 flight). The first --warmup seconds of each phase are left out. Latencies are the client's round trips.
 
 Headline keys: `<phase>_p50_ms` / `<phase>_p99_ms`, overhead_ratio_p50 (spotvlm_cloud_off p50 / svlm p50),
+overhead_ratio_no_history_p50 (spotvlm_no_history p50 / svlm p50), context_lag_p50_ms (an answer's age at its first
+use minus its round trip: how long the edge takes to use an answer after it arrives),
 hiding_ratio_p99 (spotvlm_delay2000 p99 / spotvlm_delay0 p99), context_age_p50_ms and cloud_rtt_p50_ms (delay2000
 phase; the round trip is CONTEXT.context_rtt_ms, counted once per LVLM answer, not once per frame that used it), and
 store_bytes_per_stream: a ContextStore filled with 10,000 streams at full history, measured with tracemalloc. The goals
@@ -84,11 +88,21 @@ class Phase:
     model: str  # "svlm" or "spotvlm"
     edge: str  # "cloud_off" or "linked"
     cloud_delay: str | None = None
+    use_context: bool = True
 
 
 PHASES = (
     Phase("svlm", "svlm ensemble alone (cloud-off edge)", "svlm", "cloud_off"),
     Phase("spotvlm_cloud_off", "spotvlm, cloud link off", "spotvlm", "cloud_off"),
+    # The same without the stream's text history: splits the overhead into the plugin's own hops and the history's
+    # extra prefill in the SVLM (its own last turns, which context replacement works on).
+    Phase(
+        "spotvlm_no_history",
+        "spotvlm, cloud link off, use_context false (no history)",
+        "spotvlm",
+        "cloud_off",
+        use_context=False,
+    ),
     Phase("spotvlm_delay0", "spotvlm linked, cloud_delay 0", "spotvlm", "linked", "0"),
     Phase("spotvlm_delay2000", f"spotvlm linked, cloud_delay {DELAY2000_SPEC}", "spotvlm", "linked", DELAY2000_SPEC),
 )
@@ -161,6 +175,16 @@ def distinct_context_rtts(results: Iterable[FrameResult]) -> list[float]:
     return [v for r in first_uses(results) if (v := _number(r.context.get("context_rtt_ms"))) is not None]
 
 
+def context_lags(results: Iterable[FrameResult]) -> list[float]:
+    """context_age_ms - context_rtt_ms of each frame that used cloud context."""
+    lags = []
+    for r in results:
+        age, rtt = _number(r.context.get("context_age_ms")), _number(r.context.get("context_rtt_ms"))
+        if age is not None and rtt is not None:
+            lags.append(age - rtt)
+    return lags
+
+
 def context_stats(answered: Sequence[FrameResult], warmup: Sequence[FrameResult] = ()) -> dict[str, Any]:
     """Cloud context of a phase's answered (measured) frames: share with context, its age, and the LVLMs' round
     trips. `warmup`: the phase's answered warm-up frames, so an answer first used there has no later "first use"."""
@@ -179,6 +203,10 @@ def context_stats(answered: Sequence[FrameResult], warmup: Sequence[FrameResult]
         "context_age_first_use": latency_summary(
             [v for r in first if (v := _number(r.context.get("context_age_ms"))) is not None]
         ),
+        # At each answer's first use: how much older it is than its round trip, i.e. how long the edge took to use
+        # an answer after it arrived (the wait for the stream's next frame, plus the edge's own share). Later frames
+        # reuse an answer until a fresher one arrives, which depends on the injected delays, not on the edge.
+        "context_lag": latency_summary(context_lags(first)),
         "cloud_answers_used": len(first_uses(answered)),
         "cloud_rtt": latency_summary(distinct_context_rtts(answered)),
         "cloud_states": dict(sorted(states.items())),
@@ -229,11 +257,13 @@ def headline_keys(phases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         keys[f"{name}_p50_ms"] = summary.get("p50_ms")
         keys[f"{name}_p99_ms"] = summary.get("p99_ms")
     keys["overhead_ratio_p50"] = ratio(keys["spotvlm_cloud_off_p50_ms"], keys["svlm_p50_ms"])
+    keys["overhead_ratio_no_history_p50"] = ratio(keys["spotvlm_no_history_p50_ms"], keys["svlm_p50_ms"])
     keys["hiding_ratio_p99"] = ratio(keys["spotvlm_delay2000_p99_ms"], keys["spotvlm_delay0_p99_ms"])
     delayed = phases.get("spotvlm_delay2000") or {}
     keys["context_age_p50_ms"] = (delayed.get("context_age") or {}).get("p50_ms")
     keys["context_age_first_use_p50_ms"] = (delayed.get("context_age_first_use") or {}).get("p50_ms")
     keys["cloud_rtt_p50_ms"] = (delayed.get("cloud_rtt") or {}).get("p50_ms")
+    keys["context_lag_p50_ms"] = (delayed.get("context_lag") or {}).get("p50_ms")
     keys["frames"] = sum(int((phases.get(name) or {}).get("frames", 0)) for name in PHASE_NAMES)
     keys["errors"] = sum(int((phases.get(name) or {}).get("errors_total", 0)) for name in PHASE_NAMES)
     keys["context_share"] = {name: (phases.get(name) or {}).get("context_share") for name in PHASE_NAMES}
@@ -443,6 +473,8 @@ def run_phase(
     params: dict[str, Any] = {"max_tokens": config.max_tokens}
     if phase.cloud_delay is not None:
         params["cloud_delay"] = phase.cloud_delay
+    if not phase.use_context:
+        params["use_context"] = False
     factory: Callable[[int], StreamSession] | None = None
     if phase.model == "svlm":
 
@@ -706,12 +738,16 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines.append(
         f"overhead_ratio_p50  {_fmt(report.get('overhead_ratio_p50'), '{:.3f}')}  ({met('overhead_ratio_p50')})"
     )
+    lines.append(
+        f"  without history   {_fmt(report.get('overhead_ratio_no_history_p50'), '{:.3f}')}  (the plugin's own hops)"
+    )
     lines.append(f"hiding_ratio_p99    {_fmt(report.get('hiding_ratio_p99'), '{:.3f}')}  ({met('hiding_ratio_p99')})")
     age = goals.get("context_age_p50") or {}
     lines.append(
         f"context age p50 {_fmt(report.get('context_age_p50_ms'), '{:.0f}')} ms, cloud rtt p50"
         f" {_fmt(report.get('cloud_rtt_p50_ms'), '{:.0f}')} ms: gap {_fmt(age.get('value'), '{:.0f}')} ms"
-        f" (goal gap <= {age.get('limit')} ms: {'met' if age.get('met') else 'not met'})"
+        f" (goal gap <= {age.get('limit')} ms: {'met' if age.get('met') else 'not met'});"
+        f" answers used {_fmt(report.get('context_lag_p50_ms'), '{:.0f}')} ms after arrival (p50)"
     )
     store = report.get("store")
     if store and "store_bytes_per_stream" in store:

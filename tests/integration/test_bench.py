@@ -36,7 +36,8 @@ def bench_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path
 def test_every_headline_key_is_a_positive_number(bench_run):
     _, report, _ = bench_run
     keys = [f"{phase}_{q}_ms" for phase in PHASE_NAMES for q in ("p50", "p99")]
-    keys += ["overhead_ratio_p50", "hiding_ratio_p99", "context_age_p50_ms", "cloud_rtt_p50_ms"]
+    keys += ["overhead_ratio_p50", "overhead_ratio_no_history_p50", "hiding_ratio_p99"]
+    keys += ["context_age_p50_ms", "cloud_rtt_p50_ms"]
     keys += ["store_bytes_per_stream", "store_memory_bytes_estimate_per_stream"]
     for key in keys:
         assert isinstance(report[key], (int, float)) and report[key] > 0, (key, report[key])
@@ -49,6 +50,10 @@ def test_ratios_are_the_quotients_of_their_parts(bench_run):
     assert report["overhead_ratio_p50"] == pytest.approx(
         report["spotvlm_cloud_off_p50_ms"] / report["svlm_p50_ms"], abs=1e-3
     )
+    assert report["overhead_ratio_no_history_p50"] == pytest.approx(
+        report["spotvlm_no_history_p50_ms"] / report["svlm_p50_ms"], abs=1e-3
+    )
+    assert isinstance(report["context_lag_p50_ms"], (int, float))
     assert report["hiding_ratio_p99"] == pytest.approx(
         report["spotvlm_delay2000_p99_ms"] / report["spotvlm_delay0_p99_ms"], abs=1e-3
     )

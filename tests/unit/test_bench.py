@@ -58,6 +58,8 @@ def test_rtt_is_counted_once_per_lvlm_answer_not_per_frame():
         _result(3, 5, 0, 50, context_frame=3, rtt=9999.0, error="UNAVAILABLE: boom"),  # failed frames never count
     ]
     assert bench.distinct_context_rtts(results) == [2000.0, 2400.0, 1500.0]
+    # the lag is per frame, age minus round trip, for every answered frame with both numbers
+    assert sorted(bench.context_lags(r for r in results if r.ok)) == [-100.0, 100.0, 200.0, 200.0, 400.0, 600.0]
     first = bench.first_uses(results)
     assert [(r.stream_id, r.frame_index) for r in first] == [(1, 5), (1, 8), (2, 2), (2, 4)]
     stats = bench.context_stats([r for r in results if r.ok])
@@ -125,6 +127,7 @@ def _phase(p50: float, p99: float, frames: int = 100, errors: int = 0, share: fl
 MADE_UP_PHASES = {
     "svlm": _phase(50.0, 80.0),
     "spotvlm_cloud_off": _phase(51.0, 82.0, frames=98),
+    "spotvlm_no_history": _phase(50.5, 81.0, frames=99),
     "spotvlm_delay0": _phase(60.0, 100.0, errors=1, share=1.0),
     "spotvlm_delay2000": _phase(
         52.0,
@@ -134,6 +137,7 @@ MADE_UP_PHASES = {
         context_age={"p50_ms": 2150.0},
         context_age_first_use={"p50_ms": 2090.0},
         cloud_rtt={"p50_ms": 2000.0},
+        context_lag={"p50_ms": 110.0},
     ),
 }
 
@@ -145,13 +149,16 @@ def test_headline_keys_from_phase_results():
     assert keys["spotvlm_delay0_p50_ms"] == 60.0 and keys["spotvlm_delay0_p99_ms"] == 100.0
     assert keys["spotvlm_delay2000_p50_ms"] == 52.0 and keys["spotvlm_delay2000_p99_ms"] == 99.0
     assert keys["overhead_ratio_p50"] == pytest.approx(51.0 / 50.0)
+    assert keys["overhead_ratio_no_history_p50"] == pytest.approx(50.5 / 50.0)
+    assert keys["context_lag_p50_ms"] == 110.0
     assert keys["hiding_ratio_p99"] == pytest.approx(99.0 / 100.0)
     assert keys["context_age_p50_ms"] == 2150.0 and keys["cloud_rtt_p50_ms"] == 2000.0
     assert keys["context_age_first_use_p50_ms"] == 2090.0
-    assert keys["frames"] == 395 and keys["errors"] == 1
+    assert keys["frames"] == 494 and keys["errors"] == 1
     assert keys["context_share"] == {
         "svlm": 0.0,
         "spotvlm_cloud_off": 0.0,
+        "spotvlm_no_history": 0.0,
         "spotvlm_delay0": 1.0,
         "spotvlm_delay2000": 0.8,
     }
@@ -319,11 +326,19 @@ def test_phase_stream_ids_differ_between_phases():
 
 
 def test_phases_share_prompt_and_delays():
-    assert bench.PHASE_NAMES == ("svlm", "spotvlm_cloud_off", "spotvlm_delay0", "spotvlm_delay2000")
+    assert bench.PHASE_NAMES == (
+        "svlm",
+        "spotvlm_cloud_off",
+        "spotvlm_no_history",
+        "spotvlm_delay0",
+        "spotvlm_delay2000",
+    )
+    assert [p.name for p in bench.PHASES if not p.use_context] == ["spotvlm_no_history"]
     delays = {p.name: p.cloud_delay for p in bench.PHASES}
     assert delays == {
         "svlm": None,
         "spotvlm_cloud_off": None,
+        "spotvlm_no_history": None,
         "spotvlm_delay0": "0",
         "spotvlm_delay2000": "uniform:1000:3000",
     }
@@ -404,7 +419,7 @@ def test_table_shows_phases_goals_and_store():
         assert name in table
     assert "overhead_ratio_p50  1.020  (goal <= 1.05: met)" in table
     assert "gap 150 ms (goal gap <= 200.0 ms: met)" in table
-    assert "68000 bytes per stream" in table and "395 frames, 1 errors" in table
+    assert "68000 bytes per stream" in table and "494 frames, 1 errors" in table
 
 
 def test_table_of_an_unfinished_run():
