@@ -20,7 +20,7 @@ from python_backends.detections import Detection
 from python_backends.errors import InputError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no per-instance dict: a full store holds ~300 of these per stream
 class TurnRecord:
     """One SVLM exchange: the question asked about a frame and the edge's answer."""
 
@@ -30,7 +30,7 @@ class TurnRecord:
     answer: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no per-instance dict: a full store holds ~300 of these per stream
 class CloudResult:
     """One LVLM answer, which arrives after the edge has already answered that frame."""
 
