@@ -800,22 +800,15 @@ def write_plot(
     ages, rtts = delayed.get("context_age_ms") or [], delayed.get("cloud_rtt_ms") or []
     if ages or rtts:
         bins = np.linspace(0, (max([*ages, *rtts]) or 1.0) * 1.05, 30)
-        if ages:
-            age_ax.hist(
-                ages,
-                bins=bins,
-                weights=np.full(len(ages), 1 / len(ages)),
-                alpha=0.6,
-                label=f"context age per frame (p50 {percentile(ages, 50):.0f})",
-            )
-        if rtts:
-            age_ax.hist(
-                rtts,
-                bins=bins,
-                weights=np.full(len(rtts), 1 / len(rtts)),
-                alpha=0.6,
-                label=f"LVLM round trip per answer (p50 {percentile(rtts, 50):.0f})",
-            )
+        for values, what in ((ages, "context age per frame"), (rtts, "LVLM round trip per answer")):
+            if values:
+                age_ax.hist(
+                    values,
+                    bins=bins,
+                    weights=np.full(len(values), 1 / len(values)),
+                    alpha=0.6,
+                    label=f"{what} (p50 {percentile(values, 50):.0f})",
+                )
         age_ax.legend(fontsize=8)
     else:
         age_ax.text(0.5, 0.5, "no cloud context", ha="center", va="center", transform=age_ax.transAxes)
