@@ -1,0 +1,188 @@
+"""Questions with exact answers about one frame's ground truth, for the benchmark's tasks.
+
+- recognition: "What colour is the square?" -> "red"; "What shape is the blue object?" -> "circle".
+- localisation: "Where is the red circle?" -> a cell of a 3x3 grid over the frame ("top left" ... "bottom right").
+- grounding (localisation answered with a box): "Locate the red circle ..." -> [x1, y1, x2, y2] in frame pixels.
+- counting: "How many triangles are there?" -> "2" (0 when there are none).
+
+A question is only asked when its answer is certain:
+- the object it names is the only one that matches the description among all objects with a visible pixel, and it is
+  present (at least half visible, scenes.PRESENT_FRACTION);
+- a count is only asked when no matching object is partly hidden (it would be unclear whether to count it);
+- a region is only asked when the object's centre is not within REGION_MARGIN of a grid line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from python_backends.evaluation.scenes import COLOURS, SHAPES, ObjectTruth
+
+TASKS = ("recognition", "localisation", "grounding", "counting")
+ANSWER_TYPES = {"recognition": "text", "localisation": "region", "grounding": "box", "counting": "number"}
+# Rows top/middle/bottom, columns left/center/right; the middle cell is "center".
+REGIONS = (
+    "top left",
+    "top center",
+    "top right",
+    "middle left",
+    "center",
+    "middle right",
+    "bottom left",
+    "bottom center",
+    "bottom right",
+)
+# Centres this close to a grid line (as a fraction of the frame's side) are too close to call: no region question.
+REGION_MARGIN = 0.03
+DEFAULT_TASK_MIX = {"recognition": 1.0, "localisation": 1.0, "grounding": 1.0, "counting": 1.0}
+
+
+@dataclass(frozen=True)
+class Question:
+    task: str
+    question: str
+    answer: str | tuple[int, int, int, int]  # a box for grounding, text otherwise
+    target_ids: tuple[int, ...] = ()  # the objects the answer is about (for focus crops and analysis)
+
+    @property
+    def answer_type(self) -> str:
+        return ANSWER_TYPES[self.task]
+
+
+@dataclass(frozen=True)
+class QuestionConfig:
+    """Which frames get questions, how many, and in which task proportions."""
+
+    per_frame: int = 1
+    every_k_frames: int = 1
+    task_mix: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_MIX))
+
+    def __post_init__(self) -> None:
+        if self.per_frame < 1:
+            raise ValueError(f"per_frame must be >= 1, got {self.per_frame}")
+        if self.every_k_frames < 1:
+            raise ValueError(f"every_k_frames must be >= 1, got {self.every_k_frames}")
+        unknown = set(self.task_mix) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown task(s) {sorted(unknown)} in task_mix; tasks are {TASKS}")
+        if any(w < 0 for w in self.task_mix.values()) or not any(w > 0 for w in self.task_mix.values()):
+            raise ValueError(f"task_mix weights must be >= 0 with at least one > 0, got {dict(self.task_mix)}")
+
+
+def plural(shape: str) -> str:
+    return shape + "s"
+
+
+def region_of(box: Sequence[float], width: int, height: int, margin: float = REGION_MARGIN) -> str | None:
+    """The 3x3 grid cell holding the box's centre; None when the centre is within `margin` of a grid line."""
+    x1, y1, x2, y2 = box
+    column = _third((x1 + x2) / 2 / width, margin)
+    row = _third((y1 + y2) / 2 / height, margin)
+    if column is None or row is None:
+        return None
+    return REGIONS[row * 3 + column]
+
+
+def _third(position: float, margin: float) -> int | None:
+    for line in (1 / 3, 2 / 3):
+        if abs(position - line) < margin:
+            return None
+    return min(2, max(0, int(position * 3)))
+
+
+def candidate_questions(
+    truth: Sequence[ObjectTruth],
+    width: int,
+    height: int,
+    shapes: Sequence[str] = SHAPES,
+    colours: Sequence[str] = tuple(COLOURS),
+) -> dict[str, list[Question]]:
+    """Every question with a certain answer about this frame, per task, in a fixed order.
+
+    `shapes` and `colours` are the vocabulary counting questions range over (a shape absent from the frame gives a
+    count of 0).
+    """
+    by_task: dict[str, list[Question]] = {task: [] for task in TASKS}
+
+    def only(matches: list[ObjectTruth]) -> ObjectTruth | None:
+        return matches[0] if len(matches) == 1 and matches[0].present else None
+
+    for shape in shapes:
+        target = only([o for o in truth if o.shape == shape])
+        if target:
+            by_task["recognition"].append(
+                Question("recognition", f"What colour is the {shape}?", target.colour, (target.object_id,))
+            )
+    for colour in colours:
+        target = only([o for o in truth if o.colour == colour])
+        if target:
+            by_task["recognition"].append(
+                Question("recognition", f"What shape is the {colour} object?", target.shape, (target.object_id,))
+            )
+    for colour in colours:
+        for shape in shapes:
+            target = only([o for o in truth if o.colour == colour and o.shape == shape])
+            if not target:
+                continue
+            ids = (target.object_id,)
+            region = region_of(target.box, width, height)
+            if region:
+                by_task["localisation"].append(Question("localisation", f"Where is the {target.label}?", region, ids))
+            by_task["grounding"].append(
+                Question("grounding", f"Locate the {target.label} and give its bbox_2d in JSON.", target.box, ids)
+            )
+
+    def count(description: str, matches: list[ObjectTruth]) -> None:
+        if all(o.present for o in matches):
+            ids = tuple(o.object_id for o in matches)
+            by_task["counting"].append(Question("counting", f"How many {description} are there?", str(len(ids)), ids))
+
+    for shape in shapes:
+        count(plural(shape), [o for o in truth if o.shape == shape])
+    for colour in colours:
+        count(f"{colour} objects", [o for o in truth if o.colour == colour])
+    count("objects", list(truth))
+    return by_task
+
+
+def frame_questions(
+    truth: Sequence[ObjectTruth],
+    width: int,
+    height: int,
+    seed: int,
+    frame_index: int,
+    config: QuestionConfig | None = None,
+    shapes: Sequence[str] = SHAPES,
+    colours: Sequence[str] = tuple(COLOURS),
+) -> list[Question]:
+    """The questions asked about one frame: `config.per_frame` of them (fewer when fewer exist), none on frames that
+    are not a multiple of `every_k_frames`.
+
+    Each pick draws a task by the mix's weights among the tasks that still have candidates, then a question of that
+    task; counting questions are drawn answer first, so that the many zero counts do not crowd out the others. The
+    draw depends only on (seed, frame_index), never on other frames.
+    """
+    config = config or QuestionConfig()
+    if frame_index % config.every_k_frames:
+        return []
+    rng = np.random.default_rng([seed, frame_index])
+    pool = candidate_questions(truth, width, height, shapes, colours)
+    chosen: list[Question] = []
+    for _ in range(config.per_frame):
+        tasks = [t for t in TASKS if config.task_mix.get(t, 0.0) > 0 and pool[t]]
+        if not tasks:
+            break
+        weights = np.array([config.task_mix[t] for t in tasks], dtype=np.float64)
+        task = tasks[int(rng.choice(len(tasks), p=weights / weights.sum()))]
+        candidates = pool[task]
+        if task == "counting":
+            answers = sorted({q.answer for q in candidates}, key=lambda a: int(a))
+            answer = answers[int(rng.integers(len(answers)))]
+            candidates = [q for q in candidates if q.answer == answer]
+        question = candidates[int(rng.integers(len(candidates)))]
+        pool[task].remove(question)
+        chosen.append(question)
+    return chosen
