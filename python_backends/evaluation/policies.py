@@ -11,13 +11,13 @@ text context (the stream's history, with the LVLM's answers replacing the SVLM's
 
 `focus` is named explicitly rather than "auto", so results do not depend on the server's default focus mode.
 
-`focus_only` needs one request parameter that `spotvlm` does not have yet (today it ignores unknown parameters, so
-without it `focus_only` silently runs as `context_transfer`; `policy_violations` catches that from CONTEXT):
+`focus_only` relies on spotvlm's request parameter `text_context` (a spotvlm without it ignores the unknown parameter
+and silently runs `focus_only` as `context_transfer`; `policy_violations` catches that from CONTEXT):
 
     text_context  bool, default true. false: spotvlm sends the SVLM no HISTORY at all, neither the LVLM's answers
                   nor the SVLM's own earlier turns, but still reads the stream's LVLM results (use_context true) and
                   plans the focus crop from the newest one as today. CONTEXT then says "history_turns": 0 and
-                  "replaced_turns": 0; it should still give context_frame / context_age_ms of the LVLM result the
+                  "replaced_turns": 0; it still gives context_frame / context_age_ms of the LVLM result the
                   focus came from. With use_context false it changes nothing. Turns are still recorded in the store.
 
 Why no history at all rather than the SVLM's own unreplaced turns: `edge_only` has no history, so `focus_only` then
@@ -49,7 +49,7 @@ POLICIES: tuple[str, ...] = (EDGE_ONLY, CLOUD_STALE, REPLACEMENT_ONLY, FOCUS_ONL
 SPOTVLM_POLICIES: tuple[str, ...] = (EDGE_ONLY, REPLACEMENT_ONLY, FOCUS_ONLY, CONTEXT_TRANSFER)
 CLIENT_POLICIES: tuple[str, ...] = (CLOUD_STALE,)
 
-TEXT_CONTEXT = "text_context"  # the request parameter focus_only needs spotvlm to accept (module docstring)
+TEXT_CONTEXT = "text_context"  # spotvlm's switch for the text history alone (module docstring)
 
 # The one place where policies meet spotvlm's request parameters.
 _REQUEST_PARAMETERS: dict[str, dict[str, Any]] = {

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,7 @@ class FrameRequest:
     max_tokens: int
     focus: FocusMode
     use_context: bool
+    text_context: bool  # false: no HISTORY for the SVLM, while the cloud's answers still plan the focus
     cloud_delay: DelayInjector | None
     received: float  # perf_counter when parsing began
 
@@ -282,6 +283,7 @@ class SpotVLMStep:
             max_tokens=read_max_tokens(request, self.default_max_tokens, self.max_tokens_limit),
             focus=parse_focus_mode(params.get("focus"), self.default_focus),
             use_context=bool_parameter(params, "use_context", True),
+            text_context=bool_parameter(params, "text_context", True),
             cloud_delay=delay,
             received=received,
         )
@@ -322,6 +324,9 @@ class SpotVLMStep:
             history = build_history(snapshot.turns, results, frame.timestamp_ms, self.replacement, self.budget)
             # Same choice as build_history: the newest frame, and for one frame the later arrival.
             latest = max(results, key=lambda r: (r.frame_id, r.arrived_s)) if results else None
+            if not frame.text_context:
+                # Focus alone (the evaluation's focus_only): CONTEXT still names the cloud answer in use.
+                history = replace(history, turns=[], replaced_turns=0)
 
         if latest is not None and latest.detections and frame.focus is not FocusMode.OFF:
             age_ms = max(0, frame.timestamp_ms - latest.frame_timestamp_ms)

@@ -244,6 +244,9 @@ CASES: dict[str, Case] = {
     "use_context not a bool": Case(
         lambda e, n: bad_frame(parameters={"use_context": "maybe"}), "use_context must be a boolean, got 'maybe'"
     ),
+    "text_context not a bool": Case(
+        lambda e, n: bad_frame(parameters={"text_context": "maybe"}), "text_context must be a boolean, got 'maybe'"
+    ),
 }
 
 

@@ -167,6 +167,9 @@ BAD: dict[str, Case] = {
         lambda: bad_frame(use_context="maybe"), "request parameter use_context must be a boolean, got 'maybe'"
     ),
     "use_context a number": Case(lambda: bad_frame(use_context=7), "use_context must be a boolean, got 7"),
+    "text_context not a bool": Case(
+        lambda: bad_frame(text_context="maybe"), "request parameter text_context must be a boolean, got 'maybe'"
+    ),
     # TIMESTAMP_MS
     "two timestamps": Case(
         lambda: with_inputs(TIMESTAMP_MS=np.array([[1, 2]], np.int64)), "TIMESTAMP_MS must hold exactly one value"
@@ -365,7 +368,7 @@ PARAMETER_VALUES = st.one_of(
         ["auto", "off", "crop_only", "crop_and_frame", "true", "0", "1500", "10+-5", "uniform:1:2", "trace:/dev/zero"]
     ),
 )
-PARAMETER_NAMES = ("max_tokens", "focus", "use_context", "cloud_delay")
+PARAMETER_NAMES = ("max_tokens", "focus", "use_context", "text_context", "cloud_delay")
 
 
 @FUZZ

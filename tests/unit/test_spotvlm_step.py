@@ -187,6 +187,7 @@ BAD_REQUESTS = {
     "unknown focus mode": (lambda: frame(5, focus="sideways"), "focus must be one of"),
     "bad cloud_delay": (lambda: frame(5, cloud_delay="soon"), "request parameter cloud_delay"),
     "bad use_context": (lambda: frame(5, use_context="maybe"), "use_context must be a boolean"),
+    "bad text_context": (lambda: frame(5, text_context="maybe"), "text_context must be a boolean"),
     "max_tokens 0": (lambda: frame(5, max_tokens=0), "max_tokens must be >= 1, got 0"),
     "max_tokens over limit": (lambda: frame(5, max_tokens=10_000), "over the limit of 256"),
     "INGEST not JSON": (_bad_ingest, "INGEST is not valid JSON"),
@@ -418,6 +419,35 @@ def test_request_parameters_choose_the_context_used(cloud_step, calls, params, m
         assert np.array_equal(call.inputs["IMAGE"][0], FRAME[y1:y2, x1:x2]), "the crop instead of the frame"
 
 
+@pytest.mark.parametrize("value", [False, "false"])
+def test_without_text_context_the_svlm_gets_the_focus_crop_but_no_history(cloud_step, calls, value):
+    _with_cloud_answer(cloud_step, calls)
+    (response,) = run(cloud_step, [frame(1, timestamp=10_750, focus="crop_and_frame", text_context=value)])
+    (call,) = calls
+    assert call.model_name == "svlm_focus"
+    assert set(call.inputs) == {"IMAGE", "PROMPT", "MAX_TOKENS", "FOCUS_IMAGE"}, "no HISTORY at all"
+    ctx = context(response)
+    assert ctx["history_turns"] == 0 and ctx["replaced_turns"] == 0
+    assert ctx["focus_mode"] == "crop_and_frame" and ctx["focus_labels"] == ["car"]
+    # CONTEXT still names the cloud answer the crop came from.
+    assert ctx["context_frame"] == 0 and ctx["context_age_ms"] == 750
+    assert ctx["context_rtt_ms"] == 500.0 and ctx["context_detections"] == 2
+
+    calls.clear()
+    run(cloud_step, [frame(1, prompt="And now?", timestamp=11_000)])
+    turns = history_of(calls[0])
+    assert [t["question"] for t in turns] == ["Where is the car?", "Where is the car?"]
+    assert turns[1]["answer"] == "svlm: Where is the car?", "the frame without text context still left its turn"
+
+
+def test_text_context_changes_nothing_without_use_context(cloud_step, calls):
+    _with_cloud_answer(cloud_step, calls)
+    (response,) = run(cloud_step, [frame(1, timestamp=10_750, use_context=False, text_context=False)])
+    ctx = context(response)
+    assert calls[0].model_name == "svlm" and "HISTORY" not in calls[0].inputs
+    assert ctx["context_frame"] is None and ctx["focus_mode"] == "off" and ctx["history_turns"] == 0
+
+
 def test_the_model_default_focus_mode_applies_to_auto(make_step, calls):
     step = make_step(cloud_url="cloud.test:8001", focus_mode="crop_only")
     _with_cloud_answer(step, calls)
@@ -613,6 +643,7 @@ def _prepared(prepare_ms: float) -> PreparedFrame:
         max_tokens=4,
         focus=FocusMode.OFF,
         use_context=True,
+        text_context=True,
         cloud_delay=None,
         received=time.perf_counter(),
     )
