@@ -719,6 +719,13 @@ def test_tokenizer_budget_counts_and_cuts_at_token_ends(tokenizer_budget):
         assert text.startswith(cut) and 0 < tokenizer_budget.count(cut) <= limit
 
 
+def test_tokenizer_budget_remembers_counts_of_repeated_texts(tokenizer_budget):
+    text = "A question every frame asks again."
+    first = tokenizer_budget.count(text)
+    hits = tokenizer_budget.count.cache_info().hits
+    assert tokenizer_budget.count(text) == first and tokenizer_budget.count.cache_info().hits == hits + 1
+
+
 def test_the_checkpoints_tokenizer_is_the_context_budget(make_step, tiny_edge_checkpoint, tmp_path):
     assert isinstance(make_step(checkpoint=tiny_edge_checkpoint).budget, TokenizerBudget)
     assert isinstance(make_step(checkpoint=tmp_path).budget, WordBudget), "no tokenizer.json: words"
