@@ -1,4 +1,4 @@
-"""The `spotvlm` command: serve, ask, demo, stream."""
+"""The `spotvlm` command: serve, ask, demo, stream, bench, load, eval."""
 
 from __future__ import annotations
 
@@ -73,6 +73,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from load_tests.bench import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from load_tests.eval_run import run_from_args
 
     return run_from_args(args)
 
@@ -311,6 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_load_arguments(load)
     load.set_defaults(func=cmd_load)
+
+    from load_tests.eval_run import add_arguments as add_eval_arguments
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="replay the benchmark's test split through both servers under each cloud latency and policy; report",
+        description="Starts the cloud and a linked edge (or uses --edge-url/--cloud-url), asks every question of the"
+        " test split (or --dataset) under each cloud latency and policy (edge_only, cloud_stale, replacement_only,"
+        " focus_only, context_transfer) plus the cloud at 0 delay, and writes report.md, results.csv and PNG plots"
+        " to --out. Accuracy is reported, not asserted.",
+    )
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

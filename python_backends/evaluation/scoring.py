@@ -193,7 +193,8 @@ def accuracy_with_ci(correct_flags: Iterable[bool], z: float = Z_95) -> tuple[fl
     denominator = 1 + z2 / n
     centre = (p + z2 / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    # The interval always holds p; clamping keeps float error (a low of 2.8e-17 at p = 0) from putting it outside.
+    return p, max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 __all__ = [

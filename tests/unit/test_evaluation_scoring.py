@@ -216,3 +216,10 @@ def test_wilson_interval_with_no_answers_and_narrowing() -> None:
     _, low_large, high_large = accuracy_with_ci([True, False] * 1000)
     assert high_large - low_large < high_small - low_small
     assert accuracy_with_ci(iter([1, 0, 0, 0]))[0] == 0.25  # any iterable of truthy values
+
+
+@pytest.mark.parametrize("n", [1, 6, 7, 100, 1000])
+def test_the_interval_always_holds_the_accuracy(n):
+    for correct in (0, n):
+        acc, low, high = accuracy_with_ci([True] * correct + [False] * (n - correct))
+        assert low <= acc <= high
