@@ -338,3 +338,16 @@ def test_trace_mean_of_a_hand_made_trace(tmp_path):
 def test_bad_trace_config_is_refused():
     with pytest.raises(ValueError):
         TraceConfig(spike_ms=(3000.0, 1000.0))
+
+
+@pytest.mark.parametrize("n", [6, 100])
+def test_plots_draw_a_trace_setting_answered_all_wrong_or_all_right(tmp_path, n):
+    # Error bars are drawn for the trace; at 0 % or 100 % the interval must not poke past the accuracy.
+    settings = latency_settings(ensure_default_trace(tmp_path))
+    records = []
+    for task in TASKS:
+        for policy in POLICIES:
+            for setting in settings:
+                records += _records(task, policy, setting.name, 0 if policy != "context_transfer" else n, n)
+    files = write_report(records, tmp_path / "report", settings)
+    assert files.accuracy_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
