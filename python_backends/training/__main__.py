@@ -1,0 +1,37 @@
+"""python -m python_backends.training --model edge|cloud --minutes M --out DIR"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from python_backends.training.pipeline import DEFAULT_OUT, recipe, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m python_backends.training",
+        description="Train a default tiny checkpoint on the benchmark's train split and report test accuracy.",
+    )
+    parser.add_argument("--model", choices=("edge", "cloud"), required=True)
+    parser.add_argument("--minutes", type=float, required=True, help="wall-time training budget")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="cache folder (data and checkpoints)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
+    parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
+    args = parser.parse_args(argv)
+    if args.minutes <= 0:
+        parser.error("--minutes must be > 0")
+    run(
+        recipe(args.model, args.minutes, args.seed, args.batch_size, args.lr),
+        args.out,
+        args.threads,
+        args.eval_limit,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Training and evaluation examples from a generated split: what a model sees, reads and should answer.
+
+Each dataset question becomes one example: the frame as the model sees it (views.ModelView), the chat history, the
+question, and the target text. Targets are what the served model must emit: the colour/shape word, the grid cell,
+the count, or Qwen2.5-VL grounding JSON in the model's input pixels on the coarse bin grid (tokens.py).
+
+The edge model's mix (issue 5) adds, per example, at most one of:
+- text history: one cloud answer about an earlier frame, tagged with its age exactly as context replacement tags it.
+  The age is a cloud latency drawn from the benchmark's settings plus up to one frame interval, so the answer is stale
+  (no longer right) as often as the scenes make it at those delays. Most of the time the turn asks the same question,
+  otherwise another question about that frame;
+- a focus crop (recognition only): the current frame cropped around where the target was `age` ago, with the serving
+  path's own age-dependent margin (context.focus.focus_box).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from python_backends.context.focus import focus_box
+from python_backends.context.replacement import ReplacementConfig
+from python_backends.detections import Detection
+from python_backends.evaluation.dataset import Example, load_frame
+from python_backends.evaluation.questions import candidate_questions
+from python_backends.evaluation.scenes import ObjectTruth
+from python_backends.evaluation.scoring import box_iou
+from python_backends.prompts import Turn
+from python_backends.training.tokens import binned_box, grounding_answer, scale_box
+from python_backends.training.views import ModelView
+
+# Cloud latencies of the benchmark (issue 5), in seconds: context ages are drawn from these.
+BENCHMARK_LATENCIES_S = (0.5, 1.0, 2.0, 4.0, 9.0)
+_GROUNDING_LABEL = re.compile(r"^Locate the (.+?) and give")
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """The share of examples with each kind of context (edge); all zero gives plain frame + question (cloud)."""
+
+    history_fraction: float = 0.0
+    focus_fraction: float = 0.0  # of recognition examples
+    same_question_fraction: float = 0.75  # history turns that asked the current question
+    latencies_s: tuple[float, ...] = BENCHMARK_LATENCIES_S
+    coordinate_bin: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("history_fraction", "focus_fraction", "same_question_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.coordinate_bin < 1:
+            raise ValueError(f"coordinate_bin must be >= 1, got {self.coordinate_bin}")
+
+
+# Bins of 2 px keep every edge box target at IoU >= 0.5 in its 112 px view (4 px bins lose 10 % of them).
+EDGE_MIX = MixConfig(history_fraction=0.4, focus_fraction=0.3, coordinate_bin=2)
+CLOUD_MIX = MixConfig()
+
+
+@dataclass
+class ModelExample:
+    """One example as a model sees it."""
+
+    example_id: str
+    task: str
+    question: str
+    target: str  # the text the model should answer
+    images: list[np.ndarray]  # UINT8, already resized to what the vision tower sees
+    history: list[Turn] = field(default_factory=list)
+    context: str = "none"  # "none", "history" or "focus"
+    context_age_s: float | None = None
+    context_stale: bool | None = None  # history only: whether the earlier answer is wrong for this frame
+    source: Example | None = None  # the dataset example, for scoring
+    seen_size: tuple[int, int] = (0, 0)  # (height, width) of the full frame as the model sees it
+
+
+class TruthIndex:
+    """truth.jsonl of each video: the objects of every frame, for answers at earlier frames and focus crops."""
+
+    def __init__(self) -> None:
+        self._videos: dict[str, list[list[ObjectTruth]]] = {}
+
+    def frames(self, video: str) -> list[list[ObjectTruth]]:
+        if video not in self._videos:
+            rows = []
+            for line in (Path(video) / "truth.jsonl").read_text().splitlines():
+                record = json.loads(line)
+                rows.append(
+                    [
+                        ObjectTruth(
+                            o["id"], o["shape"], o["colour"], tuple(o["box"]), o["visible_fraction"], o["small"]
+                        )
+                        for o in record["objects"]
+                    ]
+                )
+            self._videos[video] = rows
+        return self._videos[video]
+
+
+def answer_text(example_task: str, answer, question: str, seen_size: tuple[int, int], frame_size, coordinate_bin: int):
+    """The target text for an answer: grounding boxes go to the model's input pixels, on the bin grid."""
+    if example_task != "grounding":
+        return str(answer)
+    match = _GROUNDING_LABEL.match(question)
+    label = match.group(1) if match else "object"
+    box = binned_box(scale_box(answer, frame_size, seen_size), seen_size, coordinate_bin)
+    return grounding_answer(box, label)
+
+
+def _earlier_answer(question: str, truth: list[ObjectTruth], width: int, height: int):
+    """The answer the same question had on an earlier frame, or None when it was not answerable there."""
+    for task_questions in candidate_questions(truth, width, height).values():
+        for candidate in task_questions:
+            if candidate.question == question:
+                return candidate
+    return None
+
+
+def _is_stale(task: str, earlier, now) -> bool:
+    if task == "grounding":
+        return box_iou(earlier, now) < 0.5
+    return earlier != now
+
+
+def _draw_age(rng: np.random.Generator, mix: MixConfig) -> float:
+    """A cloud latency of the benchmark plus the wait for the next frame's question (up to one frame at 10 fps)."""
+    return float(rng.choice(mix.latencies_s)) + float(rng.uniform(0.0, 0.1))
+
+
+def _add_context(item, example, frame, earlier_index, age, wants_history, fixed_age_s, mix, rng, truth, seen):
+    """Fills `item`'s history (or picks its focus crop) from the frame `age` earlier; returns the image to show."""
+    height, width = frame.shape[:2]
+    earlier_truth = truth.frames(example.video)[earlier_index]
+    if not wants_history:
+        targets = [o for o in earlier_truth if o.object_id in example.meta.get("target_ids", [])]
+        detections = [Detection(o.label, tuple(float(v) for v in o.box)) for o in targets]
+        box = focus_box(detections, (height, width), (height, width), age * 1000)
+        if box is None:
+            return frame
+        x1, y1, x2, y2 = box
+        item.context, item.context_age_s = "focus", age
+        return np.ascontiguousarray(frame[y1:y2, x1:x2])
+    same = fixed_age_s is not None or rng.random() < mix.same_question_fraction
+    earlier = _earlier_answer(example.question, earlier_truth, width, height) if same else None
+    if earlier is None and not same:
+        pool = [q for qs in candidate_questions(earlier_truth, width, height).values() for q in qs]
+        earlier = pool[int(rng.integers(len(pool)))] if pool else None
+    if earlier is None:
+        return frame
+    text = answer_text(earlier.task, earlier.answer, earlier.question, seen, (height, width), mix.coordinate_bin)
+    tag = ReplacementConfig().age_tag.format(frame_id=earlier_index, age_s=age, age_ms=int(age * 1000))
+    item.history = [Turn(earlier.question, f"{tag} {text}")]
+    item.context, item.context_age_s = "history", age
+    if earlier.question == example.question:
+        item.context_stale = _is_stale(example.task, earlier.answer, example.answer)
+    return frame
+
+
+def build_examples(
+    dataset: list[Example],
+    view: ModelView,
+    mix: MixConfig,
+    seed: int,
+    fixed_age_s: float | None = None,
+    truth: TruthIndex | None = None,
+) -> list[ModelExample]:
+    """Model examples for `dataset`, deterministic for a seed. `fixed_age_s` gives every example a same-question
+    history turn of that age (where the question was answerable then): the evaluation of context's effect."""
+    rng = np.random.default_rng(seed)
+    truth = truth or TruthIndex()
+    # Questions of one frame are consecutive: keeping only the last frame decoded bounds memory.
+    last_key, frame = None, None
+    result = []
+    for example in dataset:
+        key = (example.video, example.frame_index)
+        if key != last_key:
+            last_key, frame = key, load_frame(example)
+        height, width = frame.shape[:2]
+        seen = view.seen_size(height, width)
+        target = answer_text(example.task, example.answer, example.question, seen, (height, width), mix.coordinate_bin)
+        item = ModelExample(
+            example.id, example.task, example.question, target, [], source=example, seen_size=tuple(seen)
+        )
+        draw = rng.random()
+        wants_history = fixed_age_s is not None or draw < mix.history_fraction
+        wants_focus = (
+            fixed_age_s is None
+            and example.task == "recognition"
+            and mix.history_fraction <= draw < mix.history_fraction + mix.focus_fraction
+        )
+        image = frame
+        if wants_history or wants_focus:
+            age = fixed_age_s if fixed_age_s is not None else _draw_age(rng, mix)
+            # The first frame has no earlier one; otherwise the frame interval follows from the frame's time.
+            earlier_index = -1
+            if example.frame_index > 0:
+                frame_step_s = example.time_s / example.frame_index
+                earlier_index = example.frame_index - int(round(age / frame_step_s))
+            # Before the video had run for `age`, no cloud answer that old exists: the frame stays without context.
+            if earlier_index >= 0:
+                image = _add_context(item, example, frame, earlier_index, age, wants_history, fixed_age_s, mix, rng,
+                                     truth, seen)  # fmt: skip
+        item.images = [view.resize(image)]
+        result.append(item)
+    return result

@@ -1,0 +1,225 @@
+"""The training pipeline of one default model: data, examples, training, evaluation, cached by a hash of its inputs.
+
+`run(recipe, minutes, out_root)` generates (or reuses) the train and test splits under `out_root/data/`, trains the
+checkpoint into `out_root/<model>-<key>/`, evaluates it on the test split at zero delay (no context) and writes
+`training.json` there with the per-task accuracies. A second run with the same inputs finds the folder and only
+reports: the key hashes the generator version, the scene/question configs, seeds, sizes, mix and budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from python_backends.engines.tiny_checkpoint import TinyVLMSpec
+from python_backends.evaluation.dataset import default_seeds, generate_split, load_dataset
+from python_backends.evaluation.questions import QuestionConfig
+from python_backends.evaluation.scenes import GENERATOR_VERSION, SceneConfig
+from python_backends.training.examples import CLOUD_MIX, EDGE_MIX, MixConfig, build_examples
+from python_backends.training.tokens import DEFAULT_MAX_NUMBER
+from python_backends.training.trainer import TrainConfig, build_model, encode, save_checkpoint, train
+from python_backends.training.views import ModelView
+
+# Bumped whenever the same inputs would train a different model (examples, targets, trainer).
+PIPELINE_VERSION = 1
+DEFAULT_OUT = Path("build/training")
+CONTEXT_AGES_S = (0.5, 2.0, 9.0)
+CONTEXT_EVAL_QUESTIONS = 400
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_videos: int = 40
+    test_videos: int = 10
+    seconds: float = 20.0
+    train_questions: QuestionConfig = QuestionConfig(per_frame=2, every_k_frames=2)
+    test_questions: QuestionConfig = QuestionConfig(per_frame=1, every_k_frames=2)
+    scene: SceneConfig = SceneConfig()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    spec: TinyVLMSpec
+    view: ModelView
+    mix: MixConfig
+    train: TrainConfig
+    data: DataConfig = DataConfig()
+    max_number: int = DEFAULT_MAX_NUMBER
+
+    def key(self) -> str:
+        """Hash of every input that decides the trained weights and the reported numbers."""
+        payload = {
+            "pipeline": PIPELINE_VERSION,
+            "generator": GENERATOR_VERSION,
+            "recipe": asdict(self),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+EDGE_TRAINED_SPEC = TinyVLMSpec(
+    name="tiny-qwen2.5-vl-edge-trained",
+    text_hidden=128,
+    text_layers=3,
+    text_heads=4,
+    text_kv_heads=2,
+    text_intermediate=256,
+    mrope_section=(4, 6, 6),
+    vision_hidden=96,
+    vision_depth=3,
+    vision_heads=4,
+    vision_intermediate=192,
+    fullatt_block_indexes=(2,),
+    image_size=112,
+    seed=1234,
+)
+CLOUD_TRAINED_SPEC = TinyVLMSpec(
+    name="tiny-qwen2.5-vl-cloud-trained",
+    text_hidden=192,
+    text_layers=4,
+    text_heads=6,
+    text_kv_heads=2,
+    text_intermediate=384,
+    mrope_section=(4, 6, 6),
+    vision_hidden=128,
+    vision_depth=4,
+    vision_heads=4,
+    vision_intermediate=256,
+    fullatt_block_indexes=(1, 3),
+    image_size=224,
+    seed=5678,
+)
+
+
+def recipe(
+    model: str, minutes: float, seed: int = 0, batch_size: int | None = None, peak_lr: float | None = None
+) -> Recipe:
+    if model == "edge":
+        return Recipe(
+            "edge",
+            EDGE_TRAINED_SPEC,
+            ModelView(112, keep_aspect=False),
+            EDGE_MIX,
+            TrainConfig(minutes=float(minutes), batch_size=batch_size or 32, peak_lr=peak_lr or 2e-3, seed=seed),
+        )
+    if model == "cloud":
+        return Recipe(
+            "cloud",
+            CLOUD_TRAINED_SPEC,
+            ModelView(224, keep_aspect=True),
+            CLOUD_MIX,
+            TrainConfig(minutes=float(minutes), batch_size=batch_size or 16, peak_lr=peak_lr or 1.5e-3, seed=seed),
+        )
+    raise ValueError(f"model must be edge or cloud, got {model!r}")
+
+
+def plain_mix(mix: MixConfig) -> MixConfig:
+    """The same targets, without random context: evaluation examples."""
+    return replace(mix, history_fraction=0.0, focus_fraction=0.0)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def split_path(split: str, data: DataConfig, root: Path) -> Path:
+    """Generate the split once per data config (cached under root/data/<hash>/)."""
+    count = data.train_videos if split == "train" else data.test_videos
+    questions = data.train_questions if split == "train" else data.test_questions
+    payload = json.dumps(
+        {"generator": GENERATOR_VERSION, "split": split, "count": count, "seconds": data.seconds,
+         "questions": asdict(questions), "scene": asdict(data.scene)},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    folder = root / "data" / f"{split}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+    path = folder / f"{split}.jsonl"
+    if not path.is_file():
+        _say(f"generating the {split} split ({count} videos of {data.seconds:.0f} s) in {folder}")
+        scene = replace(data.scene, seconds=data.seconds)
+        generate_split(split, default_seeds(split, count), folder, scene, questions)
+    return path
+
+
+def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_limit: int | None = None) -> dict:
+    """Train (or reuse) and evaluate one model; returns the contents of its training.json."""
+    import torch
+
+    from python_backends.training.evaluate import evaluate, summarise
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    out_root = Path(out_root)
+    key = recipe.key()
+    folder = out_root / f"{recipe.model}-{key}"
+    info_path = folder / "training.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        _say(f"{recipe.model}: up to date in {folder} (key {key})")
+        print_report(info)
+        return info
+
+    started = time.monotonic()
+    train_set = load_dataset(split_path("train", recipe.data, out_root))
+    test_set = load_dataset(split_path("test", recipe.data, out_root))
+    if eval_limit is not None:
+        test_set = test_set[:eval_limit]
+    model, tokenizer = build_model(recipe.spec, recipe.max_number)
+    parameters = sum(p.numel() for p in model.parameters())
+    _say(f"{recipe.model}: {parameters / 1e6:.2f} M parameters, building {len(train_set)} training examples")
+    examples = build_examples(train_set, recipe.view, recipe.mix, seed=recipe.train.seed)
+    encoded = [encode(tokenizer, e) for e in examples]
+    ready_s = time.monotonic() - started
+    _say(f"{recipe.model}: training for {recipe.train.minutes:g} min (examples ready in {ready_s:.0f} s)")
+    result = train(model, tokenizer, encoded, recipe.train, progress=lambda m: _say(f"{recipe.model}: {m}"))
+    _say(f"{recipe.model}: {result.steps} steps in {result.seconds:.0f} s; evaluating on {len(test_set)} questions")
+    test_examples = build_examples(test_set, recipe.view, plain_mix(recipe.mix), seed=0)
+    summary = summarise(evaluate(model, tokenizer, test_examples))
+    context = evaluate_with_context(model, tokenizer, recipe, test_set) if recipe.mix.history_fraction > 0 else {}
+    info = {
+        "key": key,
+        "model": recipe.model,
+        "recipe": json.loads(json.dumps(asdict(recipe), default=str)),
+        "parameters": parameters,
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "examples": len(encoded),
+        "final_loss": sum(result.losses[-20:]) / max(1, len(result.losses[-20:])),
+        "test_zero_delay": summary,
+        "test_with_context": context,
+    }
+    save_checkpoint(model, tokenizer, recipe.spec, folder, key, info)
+    print_report(info)
+    return info
+
+
+def print_report(info: dict) -> None:
+    from python_backends.training.evaluate import format_summary
+
+    print(f"{info['model']} on the test split at zero delay (accuracy [95% CI]):")
+    print(format_summary(info["test_zero_delay"]))
+    for age, rows in info.get("test_with_context", {}).items():
+        print(f"{info['model']} with the right answer {age} old in its history (stale: no longer right now):")
+        print(format_summary(rows))
+
+
+def evaluate_with_context(model, tokenizer, recipe: Recipe, test_set, limit: int = CONTEXT_EVAL_QUESTIONS) -> dict:
+    """Accuracy when the history holds the right answer to the same question `age` ago (a perfect cloud at that
+    delay), per task and by whether that answer is stale now: how much the model trusts old text over the image."""
+    from python_backends.training.evaluate import evaluate, summarise
+
+    results = {}
+    for age in CONTEXT_AGES_S:
+        examples = build_examples(test_set[:limit], recipe.view, plain_mix(recipe.mix), seed=0, fixed_age_s=age)
+
+        def group(prediction) -> str:
+            example = prediction.example
+            state = "no context" if example.context_stale is None else ("stale" if example.context_stale else "fresh")
+            return f"{example.task} / {state}"
+
+        results[f"{age:g} s"] = summarise(evaluate(model, tokenizer, examples), group)
+        _say(f"{recipe.model}: context evaluation at {age:g} s done")
+    return results

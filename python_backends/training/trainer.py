@@ -1,0 +1,208 @@
+"""Training a tiny Qwen2.5-VL checkpoint on CPU within a wall-time budget.
+
+The learning rate follows a short linear warm-up, then a cosine from the peak to 10 % of it over the *wall-time*
+budget rather than a step count, so a run ends on time whatever the machine's speed (PLATFORM.md). Loss is on the
+answer tokens only (and the closing <|im_end|>): the prompt is context, not something to imitate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from python_backends.engines.tiny_checkpoint import BUILD_INFO_FILE, TinyVLMSpec, train_tokenizer
+from python_backends.prompts import build_chat_prompt
+from python_backends.training.examples import ModelExample
+from python_backends.training.tokens import add_number_tokens
+from python_backends.training.views import image_tokens, pixel_rows
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    minutes: float
+    batch_size: int = 32
+    peak_lr: float = 2e-3
+    final_lr_fraction: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    seed: int = 0
+    max_steps: int | None = None  # a cap for tests; the wall-time budget always applies
+    log_every_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.minutes <= 0:
+            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    answer_start: int  # index of the first answer token
+    image: np.ndarray  # UINT8, as the tower sees it
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    examples_seen: int
+    losses: list[float] = field(default_factory=list)  # one per step
+
+
+def lr_factor(elapsed_fraction: float, step: int, warmup_steps: int, final_fraction: float) -> float:
+    """Multiplier of the peak LR: linear warm-up over the first steps, then cosine to `final_fraction` at the end of
+    the wall-time budget."""
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    progress = min(1.0, max(0.0, elapsed_fraction))
+    cosine = final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+    return warm * cosine
+
+
+def build_model(spec: TinyVLMSpec, max_number: int):
+    """A fresh model and tokenizer of `spec`'s architecture, the tokenizer with single-token numbers."""
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    # The private builder keeps the config identical to the default checkpoints' (ids, rope, vision settings).
+    from python_backends.engines.tiny_checkpoint import _model_config
+
+    torch.manual_seed(spec.seed)
+    tokenizer = train_tokenizer(spec.vocab_size, spec.seed)
+    add_number_tokens(tokenizer, max_number)
+    config = _model_config(spec, tokenizer)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        do_sample=False, eos_token_id=config.text_config.eos_token_id, pad_token_id=config.text_config.pad_token_id
+    )
+    return model, tokenizer
+
+
+def encode(tokenizer, example: ModelExample) -> Encoded:
+    if len(example.images) != 1:
+        raise ValueError(f"example {example.example_id} has {len(example.images)} images; one is supported")
+    image = example.images[0]
+    tokens = image_tokens((1, image.shape[0] // 14, image.shape[1] // 14))
+    prompt = build_chat_prompt(example.question, [tokens], example.history)
+    # Encoded apart, as at serving time: the answer's ids follow the prompt's, never merged with them.
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    answer_ids = tokenizer(example.target + "<|im_end|>", add_special_tokens=False).input_ids
+    return Encoded(prompt_ids + answer_ids, len(prompt_ids), image)
+
+
+def collate(batch: Sequence[Encoded], pad_id: int, image_token_id: int) -> dict:
+    """Right-padded tensors for one training step."""
+    import torch
+
+    length = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), length), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(batch), length), dtype=torch.long)
+    rows, grids = [], []
+    for index, item in enumerate(batch):
+        ids = torch.tensor(item.input_ids, dtype=torch.long)
+        input_ids[index, : len(ids)] = ids
+        attention[index, : len(ids)] = 1
+        labels[index, item.answer_start : len(ids)] = ids[item.answer_start :]
+        patch_rows, grid = pixel_rows(item.image)
+        rows.append(patch_rows)
+        grids.append(grid)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "labels": labels,
+        "pixel_values": torch.from_numpy(np.concatenate(rows, axis=0)),
+        "image_grid_thw": torch.tensor(grids, dtype=torch.long),
+        "mm_token_type_ids": (input_ids == image_token_id).int(),
+    }
+
+
+def batch_loss(model, batch: dict) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def train(
+    model,
+    tokenizer,
+    encoded: Sequence[Encoded],
+    config: TrainConfig,
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Trains in place until the wall-time budget (or `max_steps`) is used; shuffles each epoch with the seed."""
+    import torch
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
+    pad_id, image_token_id = tokenizer.pad_token_id, model.config.image_token_id
+    budget_s = config.minutes * 60
+    started = time.monotonic()
+    last_log = started
+    result = TrainResult(steps=0, seconds=0.0, examples_seen=0)
+    order = rng.permutation(len(encoded))
+    cursor = 0
+    model.train()
+    while True:
+        elapsed = time.monotonic() - started
+        if elapsed >= budget_s or (config.max_steps is not None and result.steps >= config.max_steps):
+            break
+        if cursor + config.batch_size > len(order):
+            order, cursor = rng.permutation(len(encoded)), 0
+        batch = [encoded[i] for i in order[cursor : cursor + config.batch_size]]
+        cursor += config.batch_size
+        factor = lr_factor(elapsed / budget_s, result.steps, config.warmup_steps, config.final_lr_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = config.peak_lr * factor
+        loss = model(**collate(batch, pad_id, image_token_id)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        result.steps += 1
+        result.examples_seen += len(batch)
+        result.losses.append(loss.item())
+        now = time.monotonic()
+        if progress is not None and now - last_log >= config.log_every_s:
+            last_log = now
+            recent = result.losses[-20:]
+            progress(
+                f"step {result.steps:5d}  {now - started:6.0f}/{budget_s:.0f} s  "
+                f"loss {sum(recent) / len(recent):.3f}  lr {config.peak_lr * factor:.2e}  "
+                f"epoch {result.examples_seen / len(encoded):.1f}"
+            )
+    result.seconds = time.monotonic() - started
+    model.eval()
+    return result
+
+
+def image_processor_config(spec: TinyVLMSpec) -> dict:
+    from python_backends.engines.tiny_checkpoint import _image_processor_config
+
+    return _image_processor_config(spec)
+
+
+def save_checkpoint(model, tokenizer, spec: TinyVLMSpec, out_dir: Path, key: str, info: dict) -> Path:
+    """A checkpoint folder the serving code loads like the default ones, plus `training.json` (how it was made)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(image_processor_config(spec), indent=2))
+    # build.py reads the input size from here; the digest marks it as trained, so it is never taken for the
+    # random-weight default of the same spec.
+    (out_dir / BUILD_INFO_FILE).write_text(json.dumps({"digest": f"trained-{key}", "spec": asdict(spec)}, indent=2))
+    (out_dir / "training.json").write_text(json.dumps(info, indent=2))
+    return out_dir

@@ -1,0 +1,203 @@
+"""Training the default checkpoints (python_backends.training): examples, tokenizer, trainer, cache key, saved model.
+
+Everything here is a tiny version: a 1 s video, a model of a few thousand parameters, a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from python_backends.detections import parse_detections
+from python_backends.engines.tiny_checkpoint import TinyVLMSpec, train_tokenizer
+from python_backends.evaluation.dataset import generate_split, load_dataset
+from python_backends.evaluation.questions import QuestionConfig
+from python_backends.evaluation.scenes import COLOURS, SHAPES, SceneConfig
+from python_backends.training import pipeline
+from python_backends.training.evaluate import evaluate, score_answer, summarise
+from python_backends.training.examples import EDGE_MIX, MixConfig, build_examples
+from python_backends.training.tokens import add_number_tokens, binned_box, grounding_answer
+from python_backends.training.trainer import (
+    TrainConfig,
+    batch_loss,
+    build_model,
+    collate,
+    encode,
+    lr_factor,
+    save_checkpoint,
+    train,
+)
+from python_backends.training.views import ModelView
+
+TINY_SPEC = TinyVLMSpec(
+    name="test-tiny",
+    text_hidden=32,
+    text_layers=1,
+    text_heads=2,
+    text_kv_heads=1,
+    text_intermediate=64,
+    mrope_section=(2, 3, 3),
+    vision_hidden=32,
+    vision_depth=1,
+    vision_heads=2,
+    vision_intermediate=64,
+    fullatt_block_indexes=(0,),
+    image_size=56,
+    vocab_size=512,
+    seed=3,
+)
+TINY_VIEW = ModelView(56, keep_aspect=False)
+MAX_NUMBER = 128
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> list:
+    """One 1 s training video (10 frames), four questions per frame."""
+    folder = tmp_path_factory.mktemp("split")
+    path = generate_split("train", [1000], folder, SceneConfig(seconds=1.0), QuestionConfig(per_frame=4))
+    return load_dataset(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return build_model(TINY_SPEC, MAX_NUMBER)
+
+
+def test_examples_are_well_formed_and_their_targets_score_as_correct(split) -> None:
+    mix = MixConfig(history_fraction=0.5, focus_fraction=1.0, coordinate_bin=2, latencies_s=(0.3,))  # 1 s video
+    examples = build_examples(split, ModelView(112, keep_aspect=False), mix, seed=1)
+    assert len(examples) == len(split)
+    assert {e.context for e in examples} == {"none", "history", "focus"}
+    for example in examples:
+        assert example.images[0].dtype == np.uint8
+        if example.context == "focus":
+            assert example.task == "recognition"
+        else:
+            assert example.images[0].shape == (112, 112, 3)
+        for turn in example.history:
+            assert turn.answer.startswith("[cloud answer, frame ")
+        if example.task == "recognition":
+            assert example.target in set(COLOURS) | set(SHAPES)
+        if example.task == "grounding":
+            (detection,) = parse_detections(example.target)
+            assert all(0 <= v <= 112 and v % 2 == 0 for v in detection.bbox)
+        # The target is an answer the benchmark's scorer accepts (boxes mapped back from the model's pixels).
+        assert score_answer(example, example.target).correct, example
+    again = build_examples(split, ModelView(112, keep_aspect=False), mix, seed=1)
+    assert [(e.target, e.history, e.context) for e in again] == [(e.target, e.history, e.context) for e in examples]
+
+
+def test_cloud_view_keeps_the_aspect_ratio_of_the_image_processor(split) -> None:
+    (example,) = build_examples(split[:1], ModelView(224, keep_aspect=True), MixConfig(), seed=0)
+    height, width = example.images[0].shape[:2]
+    assert (height, width) == example.seen_size == (168, 252)  # 240 x 320 frames, ~224^2 pixels, multiples of 28
+
+
+def test_fixed_age_history_is_the_same_question_and_says_when_it_is_stale(split) -> None:
+    examples = build_examples(split, TINY_VIEW, MixConfig(), seed=0, fixed_age_s=0.5)
+    with_context = [e for e in examples if e.history]
+    assert with_context
+    for example in with_context:
+        (turn,) = example.history
+        assert turn.question == example.question
+        assert "0.5 s old" in turn.answer
+        assert isinstance(example.context_stale, bool)
+        if example.task != "grounding":
+            assert turn.answer.endswith(" " + example.target) != example.context_stale
+
+
+def test_tokenizer_keeps_numbers_whole_and_round_trips_boxes() -> None:
+    tokenizer = train_tokenizer(512, 0)
+    assert add_number_tokens(tokenizer, 448) > 0
+    for number in (0, 7, 12, 99, 100, 224, 448):
+        assert len(tokenizer(str(number), add_special_tokens=False).input_ids) == 1
+    answer = grounding_answer([0, 12, 448, 104], "red circle")
+    ids = tokenizer(answer, add_special_tokens=False).input_ids
+    assert tokenizer.decode(ids) == answer
+    (detection,) = parse_detections(tokenizer.decode(ids))
+    assert detection.bbox == (0.0, 12.0, 448.0, 104.0) and detection.label == "red circle"
+    for number in ("12", "448", "104"):
+        assert tokenizer.convert_tokens_to_ids(number) in ids
+
+
+def test_binned_boxes_stay_inside_the_image_and_never_collapse() -> None:
+    assert binned_box([1, 1, 2, 2], (112, 112), 4) == [0, 0, 4, 4]
+    assert binned_box([111, 50, 112, 51], (112, 112), 4) == [108, 48, 112, 52]
+    assert binned_box([10.4, 20.6, 30, 41], (56, 112), 2) == [10, 20, 30, 40]
+
+
+def test_lr_warms_up_then_falls_to_the_final_fraction_at_the_budget() -> None:
+    assert lr_factor(0.0, 0, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(0.0, 9, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(0.5, 100, 10, 0.1) == pytest.approx(0.55)
+    assert lr_factor(1.0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(2.0, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_a_short_training_run_lowers_the_loss_on_a_fixed_batch(split, tiny_model) -> None:
+    model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
+    examples = build_examples(split[:8], TINY_VIEW, MixConfig(), seed=0)
+    encoded = [encode(tokenizer, e) for e in examples]
+    batch = collate(encoded, tokenizer.pad_token_id, model.config.image_token_id)
+    before = batch_loss(model, batch)
+    config = TrainConfig(minutes=5, batch_size=8, peak_lr=5e-3, warmup_steps=1, max_steps=12, seed=0)
+    result = train(model, tokenizer, encoded, config)
+    assert result.steps == 12 and result.examples_seen == 96
+    assert batch_loss(model, batch) < before * 0.8
+
+
+def test_cache_key_changes_with_every_input(monkeypatch) -> None:
+    base = pipeline.recipe("edge", 8)
+    variants = [
+        pipeline.recipe("edge", 9),
+        pipeline.recipe("edge", 8, seed=1),
+        pipeline.recipe("edge", 8, batch_size=8),
+        pipeline.recipe("edge", 8, peak_lr=1e-3),
+        pipeline.recipe("cloud", 8),
+        replace(base, spec=replace(base.spec, text_layers=4)),
+        replace(base, mix=replace(base.mix, history_fraction=0.1)),
+        replace(base, view=ModelView(224, keep_aspect=False)),
+        replace(base, data=replace(base.data, train_videos=41)),
+        replace(base, data=replace(base.data, scene=replace(base.data.scene, background="noise"))),
+        replace(base, data=replace(base.data, train_questions=QuestionConfig(per_frame=3))),
+        replace(base, max_number=500),
+    ]
+    keys = {base.key()} | {v.key() for v in variants}
+    assert len(keys) == len(variants) + 1
+    assert pipeline.recipe("edge", 8).key() == base.key()
+    for version in ("GENERATOR_VERSION", "PIPELINE_VERSION"):
+        with monkeypatch.context() as patch:
+            patch.setattr(pipeline, version, getattr(pipeline, version) + 1)
+            assert base.key() not in keys
+
+
+def test_a_cached_run_reports_without_training(tmp_path, capsys) -> None:
+    recipe = pipeline.recipe("edge", 0.01)
+    folder = tmp_path / f"edge-{recipe.key()}"
+    folder.mkdir()
+    row = {"n": 3, "accuracy": 2 / 3, "low": 0.2, "high": 0.94}
+    (folder / "training.json").write_text(json.dumps({"model": "edge", "test_zero_delay": {"counting": row}}))
+    info = pipeline.run(recipe, tmp_path)
+    assert info["test_zero_delay"]["counting"]["n"] == 3
+    assert "counting" in capsys.readouterr().out
+
+
+def test_saved_checkpoint_loads_with_transformers_and_generates(split, tiny_model, tmp_path: Path) -> None:
+    from python_backends.engines.build import tiny_image_size
+    from python_backends.generation import GenerationRequest, QwenVLGenerator
+
+    model, tokenizer = tiny_model
+    folder = save_checkpoint(model, tokenizer, TINY_SPEC, tmp_path / "ckpt", "abc", {"steps": 0})
+    assert tiny_image_size(folder) == 56
+    generator = QwenVLGenerator(folder)
+    assert generator.tokenizer.decode(generator.tokenizer("[12, 40]").input_ids) == "[12, 40]"
+    frame = np.zeros((240, 320, 3), dtype=np.uint8)
+    (tokens,) = generator.generate_from_images([GenerationRequest("How many circles are there?", 4, images=[frame])])
+    assert len(tokens) <= 4 and isinstance(generator.decode(tokens), str)
+    examples = build_examples(split[:4], TINY_VIEW, EDGE_MIX, seed=0)
+    summary = summarise(evaluate(generator.model, generator.tokenizer, examples))
+    assert sum(row["n"] for row in summary.values()) == 4
