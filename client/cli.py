@@ -249,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="start the servers, measure svlm alone against spotvlm (cloud off, cloud fast, cloud 2 s late); JSON out",
-        description="Four phases on the same frames: svlm alone, spotvlm with the cloud off, and spotvlm linked to a"
-        " cloud with cloud_delay 0 and uniform:1000:3000; plus the context store's memory per stream. Goals are"
-        " reported, not asserted.",
+        description="Five phases on the same frames: svlm alone, spotvlm with the cloud off (with and without its text"
+        " history), and spotvlm linked to a cloud with cloud_delay 0 and uniform:1000:3000; plus the context store's"
+        " memory per stream. Goals are reported, not asserted.",
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
