@@ -297,6 +297,21 @@ def _prepend_paths(first: Iterable[str], existing: str | None, last: Iterable[st
     return os.pathsep.join(out)
 
 
+_SYSCONFIG_LOCK = threading.Lock()
+
+
+def python_libdir() -> str:
+    """The running interpreter's LIBDIR (where its libpython lives), or "" when it has none.
+
+    Under a lock: before Python 3.13, sysconfig fills its config-var cache lazily without one, and a thread that
+    asks while another fills it gets None. Two servers started from two threads then lost LIBDIR from one's
+    LD_LIBRARY_PATH at random; that stub loaded the system libpython with this interpreter's stdlib and failed to
+    import `ssl` (undefined symbol _PyModule_Add) in CI.
+    """
+    with _SYSCONFIG_LOCK:
+        return sysconfig.get_config_var("LIBDIR") or ""
+
+
 def build_env(
     install: TritonInstall,
     *,
@@ -315,7 +330,7 @@ def build_env(
     exe = executable if executable is not None else sys.executable
     bin_dir = str(Path(exe).parent)
     if libdir is None:
-        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        libdir = python_libdir()
     env["LD_LIBRARY_PATH"] = _prepend_paths(
         [libdir], env.get("LD_LIBRARY_PATH"), [str(p) for p in install.library_dirs]
     )

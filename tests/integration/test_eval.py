@@ -32,8 +32,14 @@ def eval_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     out, data = tmp_path_factory.mktemp("eval"), tmp_path_factory.mktemp("eval_data")
     argv = ["eval", "--videos", "1", "--seconds", "2", "--latencies", "0,2", "--out", str(out), "--data-dir", str(data)]
     result = subprocess.run([SPOTVLM, *argv], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.returncode == 0, result.stdout[-3000:] + _server_errors(result.stderr) + result.stderr[-5000:]
     return result, out
+
+
+def _server_errors(stderr: str) -> str:
+    """A failed server start prints the log's error lines before its tail, out of reach of the tail above."""
+    start = stderr.find("--- error lines in the log ---")
+    return stderr[start : start + 4000] + "\n...\n" if start >= 0 else ""
 
 
 def test_every_file_is_written(eval_run):

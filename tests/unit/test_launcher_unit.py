@@ -259,6 +259,34 @@ def test_env_defaults_use_the_running_interpreter(wheel_install: TritonInstall) 
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
 
 
+def test_libdir_survives_servers_started_from_many_threads() -> None:
+    """CI lost LIBDIR from one of two servers started together (sysconfig's lazy cache is not thread-safe before
+    3.13); in a fresh interpreter, where the cache is still empty, every thread must get it."""
+    import sysconfig
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if not libdir:
+        pytest.skip("this interpreter has no LIBDIR")
+    script = textwrap.dedent(
+        """
+        import threading
+        from client.launcher import python_libdir
+        barrier, seen = threading.Barrier(8), []
+        def one():
+            barrier.wait()
+            seen.append(python_libdir())
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for thread in threads: thread.start()
+        for thread in threads: thread.join()
+        print("\\n".join(seen))
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    for _ in range(3):  # unlocked, 5 to 7 of 8 threads got None in every one of 10 tries
+        out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
+        assert out.stdout.splitlines() == [libdir] * 8, out.stdout + out.stderr
+
+
 def test_env_dedupes_and_overrides_win(wheel_install: TritonInstall) -> None:
     env = build_env(
         wheel_install,
