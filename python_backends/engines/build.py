@@ -98,6 +98,31 @@ def ensure_checkpoint(role: str, given: str | None, default_dir: Path, number: i
     return default_dir
 
 
+def parse_train_minutes(text: str) -> tuple[float, float]:
+    """ "EDGE,CLOUD" minutes -> (edge, cloud); ValueError naming the problem."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(v > 0 for v in values):
+        raise ValueError(f"--train-minutes takes two positive numbers EDGE,CLOUD (e.g. 10,20), got {text!r}")
+    return values
+
+
+def train_checkpoints(minutes: tuple[float, float], out_root: Path) -> tuple[str, str]:
+    """Trains (or finds cached) the edge and cloud checkpoints; the training prints its own progress."""
+    from python_backends.training.pipeline import checkpoint_folder, recipe, run
+
+    folders = []
+    for role, budget in zip(("edge", "cloud"), minutes, strict=True):
+        chosen = recipe(role, budget)
+        print(f"[train] {role} training: {budget:g} min budget, cache {checkpoint_folder(chosen, out_root)}")
+        run(chosen, out_root)
+        folders.append(str(checkpoint_folder(chosen, out_root)))
+    return folders[0], folders[1]
+
+
 def tiny_image_size(checkpoint: Path) -> int | None:
     info = checkpoint / "spotvlm_build.json"
     if info.is_file():
@@ -284,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="crop_and_frame",
         help="visual focus when a request says focus=auto",
     )
+    parser.add_argument(
+        "--trained",
+        action="store_true",
+        help="serve tiny checkpoints trained here on the benchmark's train split (python_backends.training), cached "
+        "under BUILD_DIR/training by a hash of their inputs; the first run trains for --train-minutes",
+    )
+    parser.add_argument(
+        "--train-minutes",
+        default="10,20",
+        help="EDGE,CLOUD wall-time training budgets in minutes for --trained (default 10,20: 30 in all)",
+    )
     parser.add_argument("--build-dir", type=Path, default=PROJECT_ROOT / "build")
     parser.add_argument("--repository-root", type=Path, default=PROJECT_ROOT / "model_repository")
     parser.add_argument("--no-tensorrt", action="store_true", help="keep ONNX Runtime even where TensorRT exists")
@@ -292,9 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.trained:
+        if args.edge_checkpoint or args.cloud_checkpoint:
+            parser.error("--trained builds both checkpoints; it cannot be combined with --edge/--cloud-checkpoint")
+        try:
+            minutes = parse_train_minutes(args.train_minutes)
+        except ValueError as exc:
+            parser.error(str(exc))
     started = time.monotonic()
     try:
+        if args.trained:
+            args.edge_checkpoint, args.cloud_checkpoint = train_checkpoints(minutes, args.build_dir / "training")
         edge = ensure_checkpoint("edge", args.edge_checkpoint, args.build_dir / "checkpoints" / "edge", 1)
         cloud = ensure_checkpoint("cloud", args.cloud_checkpoint, args.build_dir / "checkpoints" / "cloud", 2)
         image_size = args.edge_image_size or tiny_image_size(edge) or 448

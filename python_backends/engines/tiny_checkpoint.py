@@ -52,10 +52,21 @@ class TinyVLMSpec:
     image_size: int
     vocab_size: int = 1024
     seed: int = 0
+    # M-RoPE base. Qwen2.5-VL's 1e6 suits head_dim 128 and long contexts; with a tiny head_dim the height and width
+    # sections get only the slowest frequencies, which barely turn across a 4 to 9 token image grid.
+    rope_theta: float = 1_000_000.0
+
+    def identity(self) -> dict:
+        """The fields that determine the weights; a default rope_theta is left out, so digests and training cache
+        keys from before the field existed stay valid."""
+        spec = asdict(self)
+        if spec["rope_theta"] == 1_000_000.0:
+            del spec["rope_theta"]
+        return spec
 
     def digest(self) -> str:
         """Hash of everything that determines the checkpoint's bytes, for idempotent builds."""
-        payload = json.dumps({"spec": asdict(self), "format": 1}, sort_keys=True)
+        payload = json.dumps({"spec": self.identity(), "format": 1}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -156,7 +167,11 @@ def _model_config(spec: TinyVLMSpec, tokenizer):
         num_attention_heads=spec.text_heads,
         num_key_value_heads=spec.text_kv_heads,
         max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": list(spec.mrope_section)},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": spec.rope_theta,
+            "mrope_section": list(spec.mrope_section),
+        },
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],

@@ -25,7 +25,7 @@ from python_backends.training.trainer import TrainConfig, build_model, encode, s
 from python_backends.training.views import ModelView
 
 # Bumped whenever the same inputs would train a different model (examples, targets, trainer).
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 DEFAULT_OUT = Path("build/training")
 CONTEXT_AGES_S = (0.5, 2.0, 9.0)
 CONTEXT_EVAL_QUESTIONS = 400
@@ -53,13 +53,21 @@ class Recipe:
 
     def key(self) -> str:
         """Hash of every input that decides the trained weights and the reported numbers."""
+        recipe = asdict(self)
+        recipe["spec"] = self.spec.identity()
         payload = {
             "pipeline": PIPELINE_VERSION,
             "generator": GENERATOR_VERSION,
-            "recipe": asdict(self),
+            "recipe": recipe,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+
+# With head_dim 32, M-RoPE at Qwen's base of 1e6 leaves the image grid's height and width sections almost unrotated,
+# so where an object is reaches the text model only faintly. A base of 10 turned a one-square localisation probe's
+# test loss after 100 steps from 0.34 (1e6) and 0.23 (100) to 0.15, and single-square grounding's mean IoU after 200
+# steps from 0.07 (100) to 0.21. Prompts are short, so the faster wrap-around of text positions costs little.
+TRAINED_ROPE_THETA = 10.0
 
 EDGE_TRAINED_SPEC = TinyVLMSpec(
     name="tiny-qwen2.5-vl-edge-trained",
@@ -76,6 +84,7 @@ EDGE_TRAINED_SPEC = TinyVLMSpec(
     fullatt_block_indexes=(2,),
     image_size=112,
     seed=1234,
+    rope_theta=TRAINED_ROPE_THETA,
 )
 CLOUD_TRAINED_SPEC = TinyVLMSpec(
     name="tiny-qwen2.5-vl-cloud-trained",
@@ -92,6 +101,7 @@ CLOUD_TRAINED_SPEC = TinyVLMSpec(
     fullatt_block_indexes=(1, 3),
     image_size=224,
     seed=5678,
+    rope_theta=TRAINED_ROPE_THETA,
 )
 
 
@@ -144,6 +154,11 @@ def split_path(split: str, data: DataConfig, root: Path) -> Path:
     return path
 
 
+def checkpoint_folder(recipe: Recipe, out_root: Path = DEFAULT_OUT) -> Path:
+    """Where `recipe`'s checkpoint is (or will be) cached."""
+    return Path(out_root) / f"{recipe.model}-{recipe.key()}"
+
+
 def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_limit: int | None = None) -> dict:
     """Train (or reuse) and evaluate one model; returns the contents of its training.json."""
     import torch
@@ -154,7 +169,7 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         torch.set_num_threads(threads)
     out_root = Path(out_root)
     key = recipe.key()
-    folder = out_root / f"{recipe.model}-{key}"
+    folder = checkpoint_folder(recipe, out_root)
     info_path = folder / "training.json"
     if info_path.is_file():
         info = json.loads(info_path.read_text())

@@ -19,7 +19,7 @@ import numpy as np
 from python_backends.engines.tiny_checkpoint import BUILD_INFO_FILE, TinyVLMSpec, train_tokenizer
 from python_backends.prompts import build_chat_prompt
 from python_backends.training.examples import ModelExample
-from python_backends.training.tokens import add_number_tokens
+from python_backends.training.tokens import add_number_tokens, number_tokens
 from python_backends.training.views import image_tokens, pixel_rows
 
 IGNORE = -100
@@ -35,6 +35,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     max_steps: int | None = None  # a cap for tests; the wall-time budget always applies
+    # Each example's answer tokens average to one loss term, so a 25-token grounding answer weighs as much as a
+    # one-word answer (accuracy counts questions, not tokens); False: the plain mean over all answer tokens.
+    loss_per_example: bool = True
     log_every_s: float = 20.0
 
     def __post_init__(self) -> None:
@@ -81,10 +84,45 @@ def build_model(spec: TinyVLMSpec, max_number: int):
     add_number_tokens(tokenizer, max_number)
     config = _model_config(spec, tokenizer)
     model = Qwen2_5_VLForConditionalGeneration(config)
+    init_number_embeddings(model, tokenizer, max_number)
     model.generation_config = GenerationConfig(
         do_sample=False, eos_token_id=config.text_config.eos_token_id, pad_token_id=config.text_config.pad_token_id
     )
     return model, tokenizer
+
+
+def number_code(max_number: int, width: int, period: float = 16.0, span: float = 1000.0):
+    """Sinusoids of each value 0..max_number (shortest period `period`, longest `period * span`): nearby values get
+    similar rows, so a coordinate one bin off is a small error rather than an unrelated token."""
+    import torch
+
+    values = torch.arange(max_number + 1, dtype=torch.float32)[:, None]
+    half = width // 2
+    angular = (2 * math.pi / period) * torch.exp(-math.log(span) * torch.arange(half, dtype=torch.float32) / half)
+    code = torch.cat([torch.sin(values * angular), torch.cos(values * angular)], dim=1)
+    return torch.nn.functional.pad(code, (0, width - 2 * half))
+
+
+def init_number_embeddings(model, tokenizer, max_number: int) -> None:
+    """The input and output embedding rows of the number tokens start as number_code, at the rows' usual scale."""
+    import torch
+
+    ids = tokenizer.convert_tokens_to_ids(number_tokens(max_number))
+    with torch.no_grad():
+        for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            weight[ids] = number_code(max_number, weight.shape[1]) * float(weight.std())
+
+
+def per_example_loss(logits, labels):
+    """Cross-entropy averaged over each example's answer tokens, then over the batch."""
+    import torch
+
+    shifted, targets = logits[:, :-1].float(), labels[:, 1:]
+    tokens = torch.nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(targets.shape)
+    mask = (targets != IGNORE).float()
+    return ((tokens * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
 def encode(tokenizer, example: ModelExample) -> Encoded:
@@ -166,7 +204,12 @@ def train(
         factor = lr_factor(elapsed / budget_s, result.steps, config.warmup_steps, config.final_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = config.peak_lr * factor
-        loss = model(**collate(batch, pad_id, image_token_id)).loss
+        tensors = collate(batch, pad_id, image_token_id)
+        if config.loss_per_example:
+            labels = tensors.pop("labels")
+            loss = per_example_loss(model(**tensors).logits, labels)
+        else:
+            loss = model(**tensors).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -22,12 +22,15 @@ from python_backends.training.evaluate import evaluate, score_answer, summarise
 from python_backends.training.examples import EDGE_MIX, MixConfig, build_examples
 from python_backends.training.tokens import add_number_tokens, binned_box, grounding_answer
 from python_backends.training.trainer import (
+    IGNORE,
     TrainConfig,
     batch_loss,
     build_model,
     collate,
     encode,
     lr_factor,
+    number_code,
+    per_example_loss,
     save_checkpoint,
     train,
 )
@@ -201,3 +204,56 @@ def test_saved_checkpoint_loads_with_transformers_and_generates(split, tiny_mode
     examples = build_examples(split[:4], TINY_VIEW, EDGE_MIX, seed=0)
     summary = summarise(evaluate(generator.model, generator.tokenizer, examples))
     assert sum(row["n"] for row in summary.values()) == 4
+
+
+def test_number_rows_of_nearby_values_are_more_alike_than_distant_ones() -> None:
+    code = number_code(448, 32)
+    assert code.shape == (449, 32)
+
+    def cosine(a: int, b: int) -> float:
+        return float((code[a] @ code[b]) / (code[a].norm() * code[b].norm()))
+
+    for value in (0, 100, 300):
+        assert cosine(value, value + 2) > cosine(value, value + 40) and cosine(value, value + 2) > 0.8
+
+
+def test_built_models_start_number_tokens_from_their_code() -> None:
+    model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
+    ids = tokenizer.convert_tokens_to_ids(["7", "8", "120"])
+    for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        rows = weight[ids].detach()
+        expected = number_code(MAX_NUMBER, rows.shape[1])[[7, 8, 120]]
+        cosines = (rows * expected).sum(1) / (rows.norm(dim=1) * expected.norm(dim=1))
+        assert bool((cosines > 0.999).all()), cosines
+
+
+def test_per_example_loss_weighs_each_answer_once() -> None:
+    import torch
+
+    logits = torch.randn(2, 6, 5)
+    labels = torch.full((2, 6), IGNORE)
+    labels[0, 2:6] = torch.tensor([1, 2, 3, 4])  # a long answer
+    labels[1, 5] = 0  # a one-token answer
+    expected = []
+    for row in range(2):
+        positions = [t for t in range(1, 6) if labels[row, t] != IGNORE]
+        terms = [torch.nn.functional.cross_entropy(logits[row, t - 1 : t], labels[row, t : t + 1]) for t in positions]
+        expected.append(torch.stack(terms).mean())
+    assert torch.allclose(per_example_loss(logits, labels), torch.stack(expected).mean())
+
+
+def test_trained_specs_use_a_small_rope_base_and_default_digests_stay_put() -> None:
+    assert pipeline.EDGE_TRAINED_SPEC.rope_theta == pipeline.CLOUD_TRAINED_SPEC.rope_theta == 10.0
+    model, _ = build_model(replace(TINY_SPEC, rope_theta=10.0), 64)
+    assert model.config.text_config.rope_parameters["rope_theta"] == 10.0
+    assert "rope_theta" not in TINY_SPEC.identity() and replace(TINY_SPEC, rope_theta=10.0).identity()["rope_theta"]
+    assert TINY_SPEC.digest() != replace(TINY_SPEC, rope_theta=10.0).digest()
+
+
+@pytest.mark.parametrize("text", ["10", "10,0", "a,b", "1,2,3", "-1,5", ""])
+def test_train_minutes_must_be_two_positive_numbers(text: str) -> None:
+    from python_backends.engines.build import parse_train_minutes
+
+    with pytest.raises(ValueError, match="--train-minutes"):
+        parse_train_minutes(text)
+    assert parse_train_minutes("10,20") == (10.0, 20.0)
