@@ -52,6 +52,7 @@ from python_backends.evaluation.runner import (
     StreamRun,
     VideoPlan,
     cloud_stale_records,
+    context_states,
     dataset_cache_dir,
     format_progress,
     group_videos,
@@ -64,6 +65,7 @@ from python_backends.evaluation.runner import (
     violations_for,
 )
 from python_backends.evaluation.scenes import SceneConfig
+from python_backends.evaluation.staleness import TruthIndex
 from python_backends.evaluation.scoring import score
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -283,8 +285,14 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
     rows: list[dict[str, Any]] = []
     records: list[EvalRecord] = []
 
-    def keep(policy: str, latency: str, examples: Sequence[Example], answers: dict[str, Answer]) -> None:
-        records.extend(records_for(policy, latency, examples, answers))
+    def keep(
+        policy: str,
+        latency: str,
+        examples: Sequence[Example],
+        answers: dict[str, Answer],
+        states: dict[str, str] | None = None,
+    ) -> None:
+        records.extend(records_for(policy, latency, examples, answers, states))
         for example in examples:
             answer = answers.get(example.id) or Answer("", None, "no answer")
             rows.append(
@@ -301,6 +309,7 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     "error": answer.error,
                     "context_frame": answer.context.get("context_frame"),
                     "context_age_ms": answer.context.get("context_age_ms"),
+                    "context_state": (states or {}).get(example.id),
                 }
             )
 
@@ -361,6 +370,7 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
         edge_answers: dict[tuple[str, str, str], dict[str, Answer]] = {}
         violations: list[str] = []
         frames: dict[str, list[np.ndarray]] = {}
+        truth = TruthIndex()
         for setting in settings:
             with contextlib.ExitStack() as trace_stack:
                 if setting.per_request:
@@ -377,10 +387,12 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                 for run in (r for r in runs if r.setting.name == setting.name):
                     if run.video.video not in frames:
                         frames[run.video.video] = [_frame(e) for e in run.video.examples]
-                    answers = run_stream(run, url, frames[run.video.video], args.max_tokens, progress)
+                    video_frames = frames[run.video.video]
+                    answers = run_stream(run, url, video_frames, args.max_tokens, progress)
                     edge_answers[(setting.name, run.video.video, run.policy)] = answers
                     violations += violations_for(run, answers)
-                    keep(run.policy, setting.name, run.video.examples, answers)
+                    states = context_states(run.video, answers, truth, video_frames[0].shape[:2])
+                    keep(run.policy, setting.name, run.video.examples, answers, states)
         progress.close()
 
     # cloud_stale, from the answers gathered above

@@ -53,6 +53,15 @@ CSV_COLUMNS = (
     "edge_p50_ms",
     "edge_p99_ms",
 )
+# How the edge's accuracy depends on its cloud context (spotvlm policies, all latencies pooled): by the context's age,
+# then by whether it was still right for the current question (evaluation.staleness).
+AGE_BUCKETS_S = (
+    (0.0, 1.0, "age < 1 s"),
+    (1.0, 3.0, "age 1-3 s"),
+    (3.0, 6.0, "age 3-6 s"),
+    (6.0, math.inf, "age ≥ 6 s"),
+)
+CONTEXT_GROUPS = ("no context",) + tuple(label for *_, label in AGE_BUCKETS_S) + ("fresh context", "stale context")
 GAP_CSV_COLUMNS = ("task", "latency", "gap_closed", "edge_only", "context_transfer", "cloud_0_delay", "reason")
 
 
@@ -63,6 +72,8 @@ class EvalRecord:
     latency: str  # a LatencySetting name: "0s", "2s", "trace"
     correct: bool
     edge_latency_ms: float | None = None  # the edge's answer time for this question; None when not measured
+    context_age_ms: float | None = None  # age of the cloud context spotvlm used (None: none used, or not spotvlm)
+    context_state: str | None = None  # staleness.CONTEXT_STATES for spotvlm policies, None otherwise
 
 
 def _wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, float]:
@@ -111,6 +122,8 @@ class Summary:
     reference: dict[str, Cell]  # task or ALL_TASKS -> the cloud at 0 delay
     gaps: list[GapClosed]
     edge_latency: dict[tuple[str, str], tuple[float | None, float | None]] = field(default_factory=dict)
+    # (task or ALL_TASKS, policy, context group) -> accuracy, over every latency: CONTEXT_GROUPS
+    context: dict[tuple[str, str, str], Cell] = field(default_factory=dict)
 
     def cell(self, task: str, policy: str, latency: str) -> Cell | None:
         return self.cells.get((task, policy, latency))
@@ -242,7 +255,26 @@ def summarize(records: Iterable[EvalRecord], settings: Sequence[LatencySetting] 
         for latency in latencies
     ]
     edge_latency = {key: _percentiles(values) for key, values in edge_times.items()}
-    return Summary(tasks, policies, latencies, fluctuating, nominal, cells, reference, gaps, edge_latency)
+    context_groups: dict[tuple[str, str, str], list[EvalRecord]] = defaultdict(list)
+    for record in records:
+        for group in _context_groups(record):
+            context_groups[(record.task, record.policy, group)].append(record)
+            context_groups[(ALL_TASKS, record.policy, group)].append(record)
+    context = {key: _cell(key[0], key[1], key[2], group) for key, group in context_groups.items()}
+    return Summary(tasks, policies, latencies, fluctuating, nominal, cells, reference, gaps, edge_latency, context)
+
+
+def _context_groups(record: EvalRecord) -> list[str]:
+    """The CONTEXT_GROUPS a spotvlm record falls in: its age bucket (or no context) and fresh/stale where known."""
+    if record.context_state is None or record.policy in (CLOUD_REFERENCE, EDGE_ONLY):
+        return []
+    if record.context_state == "none" or record.context_age_ms is None:
+        return ["no context"]
+    age_s = record.context_age_ms / 1000
+    groups = [label for low, high, label in AGE_BUCKETS_S if low <= age_s < high]
+    if record.context_state in ("fresh", "stale"):
+        groups.append(f"{record.context_state} context")
+    return groups
 
 
 # -- markdown ----------------------------------------------------------------------------------------------------------
@@ -327,6 +359,24 @@ def markdown_report(
             [f"{CLOUD_REFERENCE} (0 delay)", _accuracy_text(reference, True)] + [""] * (len(summary.latencies) - 1)
         )
         lines += _table(["policy"] + [summary.latency_label(latency) for latency in summary.latencies], rows)
+
+    context_policies = [p for p in summary.policies if any(k[1] == p for k in summary.context)]
+    if context_policies:
+        lines += ["", "## Edge accuracy against the age of its cloud context", ""]
+        lines += [
+            "Every latency pooled. The age is CONTEXT's `context_age_ms` (since the cloud's frame was captured). A"
+            " context is fresh when the current question's true answer at the cloud's frame is still its true answer"
+            " now (boxes: IoU ≥ 0.5), stale otherwise (including when the question had no certain answer then)."
+            " Cells: accuracy (questions).",
+        ]
+        for policy in context_policies:
+            lines += ["", f"### {policy}", ""]
+            rows = []
+            for group in CONTEXT_GROUPS:
+                cells = [summary.context.get((task, policy, group)) for task in tasks_and_all]
+                if any(cells):
+                    rows.append([group] + ["–" if c is None else f"{c.accuracy:.3f} ({c.n})" for c in cells])
+            lines += _table(["context"] + tasks_and_all, rows)
 
     lines += ["", "## Edge latency (ms, p50 / p99, all tasks)", ""]
     rows = []
@@ -484,6 +534,58 @@ def plot_accuracy(summary: Summary, path: str | Path) -> Path:
     return path
 
 
+def plot_context_age(summary: Summary, path: str | Path) -> Path:
+    """Accuracy against the age of the cloud context (spotvlm policies, latencies pooled): one panel per task, one
+    line per policy with its 95% band; fresh and stale contexts as points at the right; edge_only as a dotted line."""
+    path = Path(path)
+    groups = [label for *_, label in AGE_BUCKETS_S]
+    extra = ["no context", "fresh context", "stale context"]
+    positions = {label: index for index, label in enumerate(["no context"] + groups + extra[1:])}
+    figure = _new_figure(4.4 * len(summary.tasks) + 0.5, 4.6)
+    axes = figure.subplots(1, len(summary.tasks), sharey=True, squeeze=False)[0]
+    policies = [p for p in summary.policies if any(k[1] == p for k in summary.context)]
+    for ax, task in zip(axes, summary.tasks):
+        for index, policy in enumerate(summary.policies):
+            if policy not in policies:
+                continue
+            colour = f"C{index}"
+            line = [(positions[g], c) for g in groups if (c := summary.context.get((task, policy, g))) is not None]
+            if line:
+                xs = [x for x, _ in line]
+                ax.plot(xs, [c.accuracy for _, c in line], marker="o", color=colour, label=policy)
+                ax.fill_between(xs, [c.ci_low for _, c in line], [c.ci_high for _, c in line], color=colour, alpha=0.15)
+            dodge = 0.08 * (index - (len(summary.policies) - 1) / 2)
+            for group in extra:
+                cell = summary.context.get((task, policy, group))
+                if cell is not None:
+                    ax.errorbar(
+                        positions[group] + dodge,
+                        cell.accuracy,
+                        yerr=[[cell.accuracy - cell.ci_low], [cell.ci_high - cell.accuracy]],
+                        fmt="s",
+                        color=colour,
+                        capsize=3,
+                        label=None if line else policy,
+                    )
+        edge = [c for (t, p, _), c in summary.cells.items() if t == task and p == EDGE_ONLY]
+        if edge:
+            pooled = sum(c.correct for c in edge) / sum(c.n for c in edge)
+            ax.axhline(pooled, color="grey", linestyle=":", linewidth=1.2, label="edge_only")
+        ax.set_xticks(list(positions.values()), list(positions), rotation=35, ha="right", fontsize=8)
+        ax.set_title(task)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (95% Wilson interval)")
+    legend: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 6))
+    figure.savefig(path, dpi=110)
+    return path
+
+
 def plot_gap_closed(summary: Summary, path: str | Path) -> Path:
     """The gap closed against cloud latency, one line per task and one for all tasks pooled; n/a values are gaps."""
     path = Path(path)
@@ -527,6 +629,7 @@ class ReportFiles:
     gap_csv: Path
     accuracy_png: Path
     gap_png: Path
+    context_png: Path | None = None  # only when spotvlm records carry context states
 
 
 def write_report(
@@ -543,6 +646,10 @@ def write_report(
     accuracy_png = plot_accuracy(summary, out / "accuracy.png")
     gap_png = plot_gap_closed(summary, out / "gap_closed.png")
     plots = {"accuracy against cloud latency": accuracy_png.name, "gap closed against cloud latency": gap_png.name}
+    context_png = None
+    if summary.context:
+        context_png = plot_context_age(summary, out / "context_age.png")
+        plots["accuracy against the age of the cloud context"] = context_png.name
     markdown = out / "report.md"
     markdown.write_text(markdown_report(summary, title, plots, notes))
     return ReportFiles(
@@ -551,4 +658,5 @@ def write_report(
         write_gap_csv(summary, out / "gap_closed.csv"),
         accuracy_png,
         gap_png,
+        context_png,
     )

@@ -37,6 +37,7 @@ from python_backends.evaluation.policies import (
 from python_backends.evaluation.questions import QuestionConfig
 from python_backends.evaluation.report import EvalRecord
 from python_backends.evaluation.scenes import SceneConfig
+from python_backends.evaluation.staleness import UNKNOWN, TruthIndex, context_state
 from python_backends.evaluation.scoring import score
 
 # spotvlm's cloud_deadline_ms (10 s): a later cloud answer is dropped, in the replay as on the link.
@@ -167,16 +168,45 @@ def plan_runs(
 
 
 def records_for(
-    policy: str, latency: str, examples: Sequence[Example], answers: Mapping[str, Answer]
+    policy: str,
+    latency: str,
+    examples: Sequence[Example],
+    answers: Mapping[str, Answer],
+    states: Mapping[str, str] | None = None,
 ) -> list[EvalRecord]:
-    """One record per example; an example with no answer, or a failed request, counts as wrong."""
+    """One record per example; an example with no answer, or a failed request, counts as wrong. `states`: each
+    example's context state (context_states), for the spotvlm policies."""
     records = []
     for example in examples:
         answer = answers.get(example.id)
         correct = answer is not None and answer.error is None and score(example, answer.text).correct
         latency_ms = answer.latency_ms if answer is not None and policy != CLOUD_REFERENCE else None
-        records.append(EvalRecord(example.task, policy, latency, correct, latency_ms))
+        age = answer.context.get("context_age_ms") if answer is not None else None
+        state = states.get(example.id) if states is not None else None
+        records.append(EvalRecord(example.task, policy, latency, correct, latency_ms, age, state))
     return records
+
+
+def context_states(
+    video: VideoPlan, answers: Mapping[str, Answer], truth: TruthIndex, size: tuple[int, int]
+) -> dict[str, str]:
+    """Per example of one spotvlm stream: whether the cloud context it was answered with was still right
+    (staleness.context_state). spotvlm numbers a stream's frames from 0 in send order, so CONTEXT's context_frame k
+    is the frame of the stream's k-th question."""
+    states = {}
+    for example in video.examples:
+        answer = answers.get(example.id)
+        sent = answer.context.get("context_frame") if answer is not None and answer.error is None else None
+        frame_index = (
+            video.examples[sent].frame_index if isinstance(sent, int) and 0 <= sent < len(video.examples) else None
+        )
+        if sent is not None and frame_index is None:
+            states[example.id] = UNKNOWN
+            continue
+        states[example.id] = context_state(
+            truth, example.video, example.question, example.task, example.answer, frame_index, size
+        )
+    return states
 
 
 def violations_for(run: StreamRun, answers: Mapping[str, Answer]) -> list[str]:

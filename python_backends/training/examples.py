@@ -15,10 +15,8 @@ The edge model's mix (issue 5) adds, per example, at most one of:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -27,8 +25,7 @@ from python_backends.context.replacement import ReplacementConfig
 from python_backends.detections import Detection
 from python_backends.evaluation.dataset import Example, load_frame
 from python_backends.evaluation.questions import candidate_questions
-from python_backends.evaluation.scenes import ObjectTruth
-from python_backends.evaluation.scoring import box_iou
+from python_backends.evaluation.staleness import TruthIndex, answer_at, is_stale
 from python_backends.prompts import Turn
 from python_backends.training.tokens import binned_box, grounding_answer, scale_box
 from python_backends.training.views import ModelView
@@ -78,29 +75,6 @@ class ModelExample:
     seen_size: tuple[int, int] = (0, 0)  # (height, width) of the full frame as the model sees it
 
 
-class TruthIndex:
-    """truth.jsonl of each video: the objects of every frame, for answers at earlier frames and focus crops."""
-
-    def __init__(self) -> None:
-        self._videos: dict[str, list[list[ObjectTruth]]] = {}
-
-    def frames(self, video: str) -> list[list[ObjectTruth]]:
-        if video not in self._videos:
-            rows = []
-            for line in (Path(video) / "truth.jsonl").read_text().splitlines():
-                record = json.loads(line)
-                rows.append(
-                    [
-                        ObjectTruth(
-                            o["id"], o["shape"], o["colour"], tuple(o["box"]), o["visible_fraction"], o["small"]
-                        )
-                        for o in record["objects"]
-                    ]
-                )
-            self._videos[video] = rows
-        return self._videos[video]
-
-
 def answer_text(example_task: str, answer, question: str, seen_size: tuple[int, int], frame_size, coordinate_bin: int):
     """The target text for an answer: grounding boxes go to the model's input pixels, on the bin grid."""
     if example_task != "grounding":
@@ -109,21 +83,6 @@ def answer_text(example_task: str, answer, question: str, seen_size: tuple[int, 
     label = match.group(1) if match else "object"
     box = binned_box(scale_box(answer, frame_size, seen_size), seen_size, coordinate_bin)
     return grounding_answer(box, label)
-
-
-def _earlier_answer(question: str, truth: list[ObjectTruth], width: int, height: int):
-    """The answer the same question had on an earlier frame, or None when it was not answerable there."""
-    for task_questions in candidate_questions(truth, width, height).values():
-        for candidate in task_questions:
-            if candidate.question == question:
-                return candidate
-    return None
-
-
-def _is_stale(task: str, earlier, now) -> bool:
-    if task == "grounding":
-        return box_iou(earlier, now) < 0.5
-    return earlier != now
 
 
 def _draw_age(rng: np.random.Generator, mix: MixConfig) -> float:
@@ -145,7 +104,7 @@ def _add_context(item, example, frame, earlier_index, age, wants_history, fixed_
         item.context, item.context_age_s = "focus", age
         return np.ascontiguousarray(frame[y1:y2, x1:x2])
     same = fixed_age_s is not None or rng.random() < mix.same_question_fraction
-    earlier = _earlier_answer(example.question, earlier_truth, width, height) if same else None
+    earlier = answer_at(example.question, earlier_truth, width, height) if same else None
     if earlier is None and not same:
         pool = [q for qs in candidate_questions(earlier_truth, width, height).values() for q in qs]
         earlier = pool[int(rng.integers(len(pool)))] if pool else None
@@ -156,7 +115,7 @@ def _add_context(item, example, frame, earlier_index, age, wants_history, fixed_
     item.history = [Turn(earlier.question, f"{tag} {text}")]
     item.context, item.context_age_s = "history", age
     if earlier.question == example.question:
-        item.context_stale = _is_stale(example.task, earlier.answer, example.answer)
+        item.context_stale = is_stale(example.task, earlier.answer, example.answer)
     return frame
 
 

@@ -44,9 +44,10 @@ def _server_errors(stderr: str) -> str:
 
 def test_every_file_is_written(eval_run):
     result, out = eval_run
-    for name in ("report.md", "results.csv", "gap_closed.csv", "accuracy.png", "gap_closed.png", "answers.jsonl"):
+    files = ("report.md", "results.csv", "gap_closed.csv", "accuracy.png", "gap_closed.png", "context_age.png")
+    for name in (*files, "answers.jsonl"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    for name in ("accuracy.png", "gap_closed.png"):
+    for name in ("accuracy.png", "gap_closed.png", "context_age.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
     assert str(out / "report.md") in result.stdout
     assert "100%" in result.stderr  # the progress bar reached its end
@@ -91,7 +92,8 @@ def test_gap_csv_and_report(eval_run):
         assert gap["gap_closed"] or gap["reason"]
     report = (out / "report.md").read_text()
     assert report.startswith("# SpotVLM evaluation\n\n## Gap closed by context transfer")
-    for heading in ("## The cloud and the edge alone", "## Accuracy (95% Wilson interval)", "## Edge latency"):
+    headings = ("## The cloud and the edge alone", "## Accuracy (95% Wilson interval)", "## Edge latency")
+    for heading in (*headings, "## Edge accuracy against the age of its cloud context"):
         assert heading in report
     assert "](accuracy.png)" in report and "](gap_closed.png)" in report
     assert "cloud_stale replays" in report  # the notes say how cloud_stale was made
@@ -106,3 +108,6 @@ def test_answers_cover_every_question_without_errors(eval_run):
     assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]][:3]
     # Without context, the edge never reports cloud context (CONTEXT checked per answer by the run, too).
     assert all(r["context_frame"] is None for r in rows if r["policy"] == "edge_only")
+    # spotvlm's answers say whether their context was still right (the generated split has ground truth).
+    states = {r["context_state"] for r in rows if r["policy"] in spotvlm_policies and r["policy"] != "edge_only"}
+    assert states <= {"none", "fresh", "stale"} and states & {"fresh", "stale"}, states
