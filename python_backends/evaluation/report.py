@@ -484,6 +484,27 @@ def _style_latency_axis(ax, summary: Summary, positions: Mapping[str, float]) ->
     ax.grid(True, alpha=0.3)
 
 
+def _line_with_band(ax, line: Sequence[tuple[float, Cell]], colour: str, label: str) -> None:
+    xs = [x for x, _ in line]
+    ax.plot(xs, [c.accuracy for _, c in line], marker="o", color=colour, label=label)
+    ax.fill_between(xs, [c.ci_low for _, c in line], [c.ci_high for _, c in line], color=colour, alpha=0.15)
+
+
+def _point_with_interval(ax, x: float, cell: Cell, colour: str, label: str | None) -> None:
+    interval = [[cell.accuracy - cell.ci_low], [cell.ci_high - cell.accuracy]]
+    ax.errorbar(x, cell.accuracy, yerr=interval, fmt="s", color=colour, capsize=3, label=label)
+
+
+def _figure_legend(figure, axes) -> None:
+    """One entry per label over all panels: a panel may lack a policy or a reference line."""
+    legend: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 6))
+
+
 def plot_accuracy(summary: Summary, path: str | Path) -> Path:
     """Accuracy against cloud latency: one panel per task, one line per policy with its 95% band; the cloud at
     0 delay as a dashed line; fluctuating settings as points with error bars (they have no place on a line)."""
@@ -502,21 +523,11 @@ def plot_accuracy(summary: Summary, path: str | Path) -> Path:
                 if n not in summary.fluctuating and (c := summary.cell(task, policy, n)) is not None
             ]
             if line:
-                xs = [x for x, _ in line]
-                ax.plot(xs, [c.accuracy for _, c in line], marker="o", color=colour, label=policy)
-                ax.fill_between(xs, [c.ci_low for _, c in line], [c.ci_high for _, c in line], color=colour, alpha=0.15)
+                _line_with_band(ax, line, colour, policy)
             for name in summary.latencies:
                 cell = summary.cell(task, policy, name)
                 if name in summary.fluctuating and cell is not None:
-                    ax.errorbar(
-                        positions[name] + dodge,
-                        cell.accuracy,
-                        yerr=[[cell.accuracy - cell.ci_low], [cell.ci_high - cell.accuracy]],
-                        fmt="s",
-                        color=colour,
-                        capsize=3,
-                        label=None if line else policy,
-                    )
+                    _point_with_interval(ax, positions[name] + dodge, cell, colour, None if line else policy)
         reference = summary.reference.get(task)
         if reference is not None:
             ax.axhline(reference.accuracy, color="black", linestyle="--", linewidth=1, label="cloud, 0 delay")
@@ -525,11 +536,7 @@ def plot_accuracy(summary: Summary, path: str | Path) -> Path:
         ax.set_title(task)
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("accuracy (95% Wilson interval)")
-    legend: dict[str, object] = {}  # one entry per label over all panels: a task may lack a policy or the reference
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 6))
+    _figure_legend(figure, axes)
     figure.savefig(path, dpi=110)
     return path
 
@@ -551,22 +558,12 @@ def plot_context_age(summary: Summary, path: str | Path) -> Path:
             colour = f"C{index}"
             line = [(positions[g], c) for g in groups if (c := summary.context.get((task, policy, g))) is not None]
             if line:
-                xs = [x for x, _ in line]
-                ax.plot(xs, [c.accuracy for _, c in line], marker="o", color=colour, label=policy)
-                ax.fill_between(xs, [c.ci_low for _, c in line], [c.ci_high for _, c in line], color=colour, alpha=0.15)
+                _line_with_band(ax, line, colour, policy)
             dodge = 0.08 * (index - (len(summary.policies) - 1) / 2)
             for group in extra:
                 cell = summary.context.get((task, policy, group))
                 if cell is not None:
-                    ax.errorbar(
-                        positions[group] + dodge,
-                        cell.accuracy,
-                        yerr=[[cell.accuracy - cell.ci_low], [cell.ci_high - cell.accuracy]],
-                        fmt="s",
-                        color=colour,
-                        capsize=3,
-                        label=None if line else policy,
-                    )
+                    _point_with_interval(ax, positions[group] + dodge, cell, colour, None if line else policy)
         edge = [c for (t, p, _), c in summary.cells.items() if t == task and p == EDGE_ONLY]
         if edge:
             pooled = sum(c.correct for c in edge) / sum(c.n for c in edge)
@@ -576,12 +573,7 @@ def plot_context_age(summary: Summary, path: str | Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (95% Wilson interval)")
-    legend: dict[str, object] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    if legend:
-        figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 6))
+    _figure_legend(figure, axes)
     figure.savefig(path, dpi=110)
     return path
 
