@@ -1,5 +1,7 @@
 # The README's two commands: `make demo` (set up, build the default models, run the demo) and `make test`.
 VENV   ?= .venv
+# Extra build_engines.sh options, e.g. `make demo ENGINES=--trained` serves the trained tiny checkpoints.
+ENGINES ?=
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
@@ -18,7 +20,7 @@ install: $(STAMP)
 
 # Idempotent: each step is skipped when its output is up to date.
 engines: install
-	PYTHON=$(PY) ./build_engines.sh
+	PYTHON=$(PY) ./build_engines.sh $(ENGINES)
 
 demo: engines
 	$(VENV)/bin/spotvlm demo

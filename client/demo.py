@@ -74,9 +74,12 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
         print()
         print_table(rows, widths, ["frame", "question", "edge svlm (latency)", "cloud lvlm (latency)", "detections"])
         print(
-            "\nThe default models are tiny random-weight checkpoints: the answers show the full path works,"
-            " not what the models know. Use ./build_engines.sh --edge-checkpoint/--cloud-checkpoint for real ones."
+            "\nWith the default tiny random-weight checkpoints the answers show the full path works, not what the"
+            " models know: ./build_engines.sh --trained (or `make demo ENGINES=--trained`) serves checkpoints trained"
+            " on the benchmark, --edge-checkpoint/--cloud-checkpoint real ones."
         )
+        with VLMClient(edge.grpc_url, "grpc") as edge_client, VLMClient(cloud.grpc_url, "grpc") as cloud_client:
+            benchmark_demo(edge_client, cloud_client, repository_root.parent / "build" / "demo")
         stream_demo(edge.grpc_url)
     finally:
         if edge is not None:
@@ -84,6 +87,37 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
         cloud.stop()
     print("Both servers stopped.")
     return 0
+
+
+def benchmark_demo(edge_client: VLMClient, cloud_client: VLMClient, data_dir: Path, questions: int = 8) -> None:
+    """Questions of the benchmark's first test video, with their true answers, to the edge alone and to the cloud."""
+    from python_backends.evaluation.dataset import generate_split, load_dataset, load_frame
+    from python_backends.evaluation.questions import QuestionConfig
+    from python_backends.evaluation.scenes import SceneConfig
+    from python_backends.evaluation.scoring import score
+
+    path = data_dir / "test.jsonl"
+    if not path.is_file():
+        generate_split("test", [1], data_dir, SceneConfig(seconds=4.0), QuestionConfig(per_frame=1, every_k_frames=5))
+    examples = load_dataset(path)
+    first_of_task = list({e.task: e for e in reversed(examples)}.values())  # one question of each task first
+    picked = (first_of_task + [e for e in examples if e not in first_of_task])[:questions]
+    rows, right = [], {"edge": 0, "cloud": 0}
+    for example in picked:
+        frame = load_frame(example)
+        answers = {
+            "edge": edge_client.ask_svlm(frame, example.question),
+            "cloud": cloud_client.ask_lvlm(frame, example.question),
+        }
+        cells = []
+        for side, answer in answers.items():
+            correct = score(example, answer.text).correct
+            right[side] += correct
+            cells.append(f"{'✓' if correct else '✗'} {answer.text!r}")
+        rows.append([f"{example.frame_index}", example.question, str(example.answer), *cells])
+    print(f"\nBenchmark questions (test video 1, {len(picked)} questions; ✓ scored right):")
+    print_table(rows, [5, 34, 20, 30, 30], ["frame", "question", "true answer", "edge svlm", "cloud lvlm"])
+    print(f"edge {right['edge']}/{len(picked)} right, cloud {right['cloud']}/{len(picked)} right")
 
 
 def stream_demo(edge_grpc_url: str, seconds: float = 6.0, fps: float = 5.0, delay_ms: int = 1500) -> None:

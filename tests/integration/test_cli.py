@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,4 +81,7 @@ def test_demo_prints_the_table_and_stops_both_servers():
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
         assert name in out
     assert out.count(" ms)") >= 8  # an edge and a cloud latency per frame
+    # Benchmark questions with their true answers, each answer marked right or wrong by the benchmark's scorer.
+    assert "Benchmark questions (test video 1, 8 questions" in out and "| true answer" in out
+    assert re.search(r"edge \d/8 right, cloud \d/8 right", out)
     assert out.rstrip().endswith("Both servers stopped.")
