@@ -104,3 +104,21 @@ def test_tiny_checkpoint_is_deterministic(tmp_path):
 def test_model_facts_read_a_checkpoint(tiny_edge_checkpoint):
     facts = build.ModelFacts.read(Path(tiny_edge_checkpoint))
     assert (facts.text_hidden, facts.patch_size, facts.merge_size, facts.temporal_patch_size) == (64, 14, 2, 2)
+
+
+def test_trained_trains_each_side_with_its_budget_and_serves_the_cached_folders(monkeypatch, tmp_path):
+    from python_backends.training import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run", lambda recipe, out_root: calls.append((recipe.model, recipe.train.minutes)))
+    edge, cloud = build.train_checkpoints((3.0, 7.0), tmp_path)
+    assert calls == [("edge", 3.0), ("cloud", 7.0)]
+    assert edge == str(pipeline.checkpoint_folder(pipeline.recipe("edge", 3.0), tmp_path))
+    assert cloud == str(pipeline.checkpoint_folder(pipeline.recipe("cloud", 7.0), tmp_path))
+    assert Path(edge).parent == tmp_path and Path(edge).name.startswith("edge-") and edge != cloud
+
+
+def test_trained_refuses_explicit_checkpoints(capsys):
+    with pytest.raises(SystemExit):
+        build.main(["--trained", "--cloud-checkpoint", "/models/x"])
+    assert "cannot be combined" in capsys.readouterr().err
