@@ -80,6 +80,9 @@ CLOUD_MAX_INFLIGHT = 120
 CHECKPOINT_CONFIGS = {"edge": "edge/svlm_generate/config.pbtxt", "cloud": "cloud/lvlm/config.pbtxt"}
 
 
+ANSWER_MAX_TOKENS = 40
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -440,7 +443,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"cloud latency settings: seconds, and `trace` for the fluctuating trace (default: {f['latencies']})",
     )
     parser.add_argument("--trace", type=Path, help="the trace CSV (time_s,latency_ms; default: the seed-0 trace)")
-    parser.add_argument("--max-tokens", type=int, help="max_tokens of every request (default: the servers')")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=ANSWER_MAX_TOKENS,
+        help=f"max_tokens of every request (default {ANSWER_MAX_TOKENS}: a one-object box is about 26 tokens with the"
+        " trained tokenizer, more than the edge's default of 24; answers end at <|im_end|> well before)",
+    )
     parser.add_argument("--edge-url", help="gRPC host:port of a running edge (with --cloud-url)")
     parser.add_argument("--cloud-url", help="gRPC host:port of the running cloud that edge is linked to")
     parser.add_argument(
