@@ -533,7 +533,8 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm eval") -> int:
     answers_path = Path(args.out) / "answers.jsonl"
     answers_path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
     files = write_report(result.records, args.out, result.settings, notes=notes + result.notes)
-    print(f"report: {files.markdown}\nresults: {files.csv}\nplots: {files.accuracy_png} {files.gap_png}")
+    plots = " ".join(str(path) for path in (files.accuracy_png, files.gap_png, files.context_png) if path)
+    print(f"report: {files.markdown}\nresults: {files.csv}\nplots: {plots}")
     print(f"answers: {answers_path}")
     return 1 if result.errors else 0
 
