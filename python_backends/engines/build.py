@@ -117,9 +117,10 @@ def train_checkpoints(minutes: tuple[float, float], out_root: Path) -> tuple[str
     folders = []
     for role, budget in zip(("edge", "cloud"), minutes, strict=True):
         chosen = recipe(role, budget)
-        print(f"[train] {role} training: {budget:g} min budget, cache {checkpoint_folder(chosen, out_root)}")
+        folder = checkpoint_folder(chosen, out_root)
+        print(f"[train] {role} training: {budget:g} min budget, cache {folder}")
         run(chosen, out_root)
-        folders.append(str(checkpoint_folder(chosen, out_root)))
+        folders.append(str(folder))
     return folders[0], folders[1]
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from python_backends.evaluation.latency import LatencySetting
 from python_backends.evaluation.scoring import accuracy_with_ci
+from python_backends.evaluation.staleness import FRESH, NO_CONTEXT, STALE
 from python_backends.evaluation.policies import (
     CLOUD_REFERENCE,
     CONTEXT_TRANSFER,
@@ -268,11 +269,11 @@ def _context_groups(record: EvalRecord) -> list[str]:
     """The CONTEXT_GROUPS a spotvlm record falls in: its age bucket (or no context) and fresh/stale where known."""
     if record.context_state is None or record.policy in (CLOUD_REFERENCE, EDGE_ONLY):
         return []
-    if record.context_state == "none" or record.context_age_ms is None:
+    if record.context_state == NO_CONTEXT or record.context_age_ms is None:
         return ["no context"]
     age_s = record.context_age_ms / 1000
     groups = [label for low, high, label in AGE_BUCKETS_S if low <= age_s < high]
-    if record.context_state in ("fresh", "stale"):
+    if record.context_state in (FRESH, STALE):
         groups.append(f"{record.context_state} context")
     return groups
 
