@@ -230,28 +230,12 @@ def run_stream(
     return answers
 
 
-def _start(servers: Sequence[tuple[Any, str]], ready_timeout: float, stack: contextlib.ExitStack) -> None:
-    """Starts the servers together (their URLs are known before they start), each stopped when `stack` closes;
-    raises the first ServerStartError after every start has finished."""
-    failures: list[BaseException] = []
-
-    def one(server: Any, name: str) -> None:
-        try:
-            server.start(ready_timeout)
-            _say(f"  {name} ready in {server.ready_time_s or 0:.1f} s (grpc {server.grpc_url})")
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
-            failures.append(exc)
-
-    _say(f"starting the {' and the '.join(name for _, name in servers)} tritonserver ...")
-    for server, _ in servers:
-        stack.callback(server.stop)  # stop() is idempotent and safe on a server that never started
-    threads = [threading.Thread(target=one, args=pair, name="eval-server-start", daemon=True) for pair in servers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+def _start(server: Any, name: str, ready_timeout: float, stack: contextlib.ExitStack) -> None:
+    """Starts one server, stopped when `stack` closes; read its URLs only after this returns (see run_eval)."""
+    _say(f"starting the {name} tritonserver ...")
+    stack.callback(server.stop)  # stop() is idempotent and safe on a server that never started
+    server.start(ready_timeout)
+    _say(f"  {name} ready in {server.ready_time_s or 0:.1f} s (grpc {server.grpc_url})")
 
 
 # -- the run -----------------------------------------------------------------------------------------------------------
@@ -319,16 +303,16 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
     with contextlib.ExitStack() as stack:
         linked_edge_url = args.edge_url
         if own_servers:
+            # One after the other, each URL read once its server is ready: a start that loses a picked port to another
+            # process retries on new ports, so a URL read before start() can name a port nobody listens on.
             cloud = TritonServer(REPOSITORY_ROOT / "cloud")
+            _start(cloud, "cloud", args.ready_timeout, stack)
             cloud_url = cloud.grpc_url
             linked_env = {"SPOTVLM_CLOUD_URL": cloud_url, "SPOTVLM_CLOUD_MAX_INFLIGHT": str(CLOUD_MAX_INFLIGHT)}
-            servers = [(cloud, "cloud")]
             if any(s.per_request for s in settings):
-                # Started with the cloud: the edge sends nothing to it before the first stream.
                 edge = TritonServer(REPOSITORY_ROOT / "edge", env_overrides=linked_env)
+                _start(edge, "edge (linked to the cloud)", args.ready_timeout, stack)
                 linked_edge_url = edge.grpc_url
-                servers.append((edge, "edge (linked to the cloud)"))
-            _start(servers, args.ready_timeout, stack)
         else:
             cloud_url = args.cloud_url
         cloud_client = stack.enter_context(VLMClient(cloud_url, "grpc", timeout_s=60.0))
@@ -383,9 +367,7 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     edge = TritonServer(
                         REPOSITORY_ROOT / "edge", env_overrides={**linked_env, "SPOTVLM_CLOUD_DELAY": setting.spec}
                     )
-                    _start(
-                        [(edge, f"edge ({setting.name}: cloud_delay {setting.spec})")], args.ready_timeout, trace_stack
-                    )
+                    _start(edge, f"edge ({setting.name}: cloud_delay {setting.spec})", args.ready_timeout, trace_stack)
                     url = edge.grpc_url
                 for run in (r for r in runs if r.setting.name == setting.name):
                     if run.video.video not in frames:
