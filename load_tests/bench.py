@@ -581,7 +581,7 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
     store: dict[str, Any] = {"streams": config.store_streams}
 
     def start(named: Sequence[tuple[str, TritonServer]]) -> None:
-        """Starts the servers together (their URLs are known before they start) and waits for all of them."""
+        """Starts the servers together and waits for all of them; read their URLs only afterwards."""
         failures: list[str] = []
 
         def one(name: str, server: TritonServer) -> None:
@@ -644,15 +644,19 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
         if stop.is_set():
             return _report(config, phases, servers, wall_started, store), samples
         cloud = TritonServer(cloud_repository)
-        edge = TritonServer(
-            edge_repository,
-            env_overrides={
-                "SPOTVLM_CLOUD_URL": cloud.grpc_url,
-                "SPOTVLM_CLOUD_MAX_INFLIGHT": str(config.linked_inflight),
-            },
-        )
+        edge = None
         try:
-            start([("cloud", cloud), ("edge (linked to the cloud)", edge)])
+            # The edge is made once the cloud is up: a start that loses a picked port retries on new ports, so the
+            # cloud's URL is only final after start().
+            start([("cloud", cloud)])
+            edge = TritonServer(
+                edge_repository,
+                env_overrides={
+                    "SPOTVLM_CLOUD_URL": cloud.grpc_url,
+                    "SPOTVLM_CLOUD_MAX_INFLIGHT": str(config.linked_inflight),
+                },
+            )
+            start([("edge (linked to the cloud)", edge)])
             for thread in stoppers:  # the cloud-off edge must be gone before anything is measured again
                 thread.join()
             sent = 0
@@ -666,7 +670,8 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
                 measure(phase, edge.grpc_url)
                 sent += phases[phase.name]["cloud_requests_sent"]
         finally:
-            stoppers.append(_stop_in_background(edge))
+            if edge is not None:
+                stoppers.append(_stop_in_background(edge))
             stoppers.append(_stop_in_background(cloud))
     finally:
         measurement.cancel()
