@@ -20,12 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
+    parser.add_argument(
+        "--tower-steps", type=int, default=0, help="pretrain the vision tower densely for N steps, then freeze it"
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
     run(
-        recipe(args.model, args.minutes, args.seed, args.batch_size, args.lr),
+        recipe(args.model, args.minutes, args.seed, args.batch_size, args.lr, max(0, args.tower_steps)),
         args.out,
         args.threads,
         args.eval_limit,

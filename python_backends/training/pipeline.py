@@ -21,6 +21,7 @@ from python_backends.evaluation.questions import QuestionConfig
 from python_backends.evaluation.scenes import GENERATOR_VERSION, SceneConfig
 from python_backends.training.examples import CLOUD_MIX, EDGE_MIX, MixConfig, build_examples
 from python_backends.training.tokens import DEFAULT_MAX_NUMBER
+from python_backends.training.tower_pretraining import TowerPretrainConfig
 from python_backends.training.trainer import TrainConfig, build_model, encode, save_checkpoint, train
 from python_backends.training.views import ModelView
 
@@ -50,11 +51,15 @@ class Recipe:
     train: TrainConfig
     data: DataConfig = DataConfig()
     max_number: int = DEFAULT_MAX_NUMBER
+    # Dense pretraining of the vision tower, which is then frozen (tower_pretraining.py); None: end to end.
+    tower: TowerPretrainConfig | None = None
 
     def key(self) -> str:
         """Hash of every input that decides the trained weights and the reported numbers."""
         recipe = asdict(self)
         recipe["spec"] = self.spec.identity()
+        if self.tower is None:
+            del recipe["tower"]  # keys of recipes from before the option existed stay valid
         payload = {
             "pipeline": PIPELINE_VERSION,
             "generator": GENERATOR_VERSION,
@@ -106,8 +111,19 @@ CLOUD_TRAINED_SPEC = TinyVLMSpec(
 
 
 def recipe(
-    model: str, minutes: float, seed: int = 0, batch_size: int | None = None, peak_lr: float | None = None
+    model: str,
+    minutes: float,
+    seed: int = 0,
+    batch_size: int | None = None,
+    peak_lr: float | None = None,
+    tower_steps: int = 0,
 ) -> Recipe:
+    """The default recipe of `model`; `tower_steps` > 0 pretrains the vision tower densely first and freezes it."""
+    base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
+    return replace(base, tower=TowerPretrainConfig(steps=tower_steps, seed=seed)) if tower_steps > 0 else base
+
+
+def _base_recipe(model: str, minutes: float, seed: int, batch_size: int | None, peak_lr: float | None) -> Recipe:
     if model == "edge":
         return Recipe(
             "edge",
@@ -188,8 +204,16 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
     examples = build_examples(train_set, recipe.view, recipe.mix, seed=recipe.train.seed)
     encoded = [encode(tokenizer, e) for e in examples]
     ready_s = time.monotonic() - started
-    _say(f"{recipe.model}: training for {recipe.train.minutes:g} min (examples ready in {ready_s:.0f} s)")
-    result = train(model, tokenizer, encoded, recipe.train, progress=lambda m: _say(f"{recipe.model}: {m}"))
+    train_config, features, tower_losses = recipe.train, None, []
+    if recipe.tower is not None:
+        tower_started = time.monotonic()
+        tower_losses, features = pretrain_and_cache(model, examples, encoded, recipe)
+        # The tower's minutes come out of the same budget: the whole run still ends on time.
+        spent_min = (time.monotonic() - tower_started) / 60
+        train_config = replace(train_config, minutes=max(0.05, train_config.minutes - spent_min))
+    _say(f"{recipe.model}: training for {train_config.minutes:.1f} min (examples ready in {ready_s:.0f} s)")
+    say = lambda m: _say(f"{recipe.model}: {m}")  # noqa: E731
+    result = train(model, tokenizer, encoded, train_config, progress=say, image_features=features)
     _say(f"{recipe.model}: {result.steps} steps in {result.seconds:.0f} s; evaluating on {len(test_set)} questions")
     test_examples = build_examples(test_set, recipe.view, plain_mix(recipe.mix), seed=0)
     summary = summarise(evaluate(model, tokenizer, test_examples))
@@ -203,12 +227,31 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         "train_seconds": result.seconds,
         "examples": len(encoded),
         "final_loss": sum(result.losses[-20:]) / max(1, len(result.losses[-20:])),
+        "tower_final_loss": sum(tower_losses[-20:]) / len(tower_losses[-20:]) if tower_losses else None,
         "test_zero_delay": summary,
         "test_with_context": context,
     }
     save_checkpoint(model, tokenizer, recipe.spec, folder, key, info)
     print_report(info)
     return info
+
+
+def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[float], list]:
+    """Pretrains and freezes the tower (recipe.tower), then computes its features of every encoded example."""
+    from python_backends.training.tower_pretraining import (
+        cache_features,
+        freeze_tower,
+        labelled_examples,
+        pretrain_tower,
+    )
+
+    labelled = labelled_examples(examples)
+    _say(f"{recipe.model}: pretraining the vision tower for {recipe.tower.steps} steps on {len(labelled)} frames")
+    losses = pretrain_tower(model, labelled, recipe.tower, progress=lambda m: _say(f"{recipe.model}: {m}"))
+    freeze_tower(model)
+    features = cache_features(model, [e.image for e in encoded])
+    _say(f"{recipe.model}: tower frozen (loss {sum(losses[-20:]) / len(losses[-20:]):.3f}), features cached")
+    return losses, features
 
 
 def print_report(info: dict) -> None:

@@ -7,6 +7,7 @@ answer tokens only (and the closing <|im_end|>): the prompt is context, not some
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -20,7 +21,7 @@ from python_backends.engines.tiny_checkpoint import BUILD_INFO_FILE, TinyVLMSpec
 from python_backends.prompts import build_chat_prompt
 from python_backends.training.examples import ModelExample
 from python_backends.training.tokens import add_number_tokens, number_tokens
-from python_backends.training.views import image_tokens, pixel_rows
+from python_backends.training.views import PATCH, image_tokens, pixel_rows
 
 IGNORE = -100
 
@@ -137,8 +138,9 @@ def encode(tokenizer, example: ModelExample) -> Encoded:
     return Encoded(prompt_ids + answer_ids, len(prompt_ids), image)
 
 
-def collate(batch: Sequence[Encoded], pad_id: int, image_token_id: int) -> dict:
-    """Right-padded tensors for one training step."""
+def collate(batch: Sequence[Encoded], pad_id: int, image_token_id: int, with_pixels: bool = True) -> dict:
+    """Right-padded tensors for one training step. Without pixels (the tower's features are cached) the pixel rows
+    are left out and `pixel_values` is a placeholder that only tells the model that the batch has images."""
     import torch
 
     length = max(len(e.input_ids) for e in batch)
@@ -151,14 +153,17 @@ def collate(batch: Sequence[Encoded], pad_id: int, image_token_id: int) -> dict:
         input_ids[index, : len(ids)] = ids
         attention[index, : len(ids)] = 1
         labels[index, item.answer_start : len(ids)] = ids[item.answer_start :]
-        patch_rows, grid = pixel_rows(item.image)
-        rows.append(patch_rows)
+        if with_pixels:
+            patch_rows, grid = pixel_rows(item.image)
+            rows.append(patch_rows)
+        else:
+            grid = (1, item.image.shape[0] // PATCH, item.image.shape[1] // PATCH)
         grids.append(grid)
     return {
         "input_ids": input_ids,
         "attention_mask": attention,
         "labels": labels,
-        "pixel_values": torch.from_numpy(np.concatenate(rows, axis=0)),
+        "pixel_values": torch.from_numpy(np.concatenate(rows, axis=0)) if with_pixels else torch.zeros(1),
         "image_grid_thw": torch.tensor(grids, dtype=torch.long),
         "mm_token_type_ids": (input_ids == image_token_id).int(),
     }
@@ -178,13 +183,28 @@ def train(
     encoded: Sequence[Encoded],
     config: TrainConfig,
     progress: Callable[[str], None] | None = None,
+    image_features: Sequence | None = None,
 ) -> TrainResult:
-    """Trains in place until the wall-time budget (or `max_steps`) is used; shuffles each epoch with the seed."""
+    """Trains in place until the wall-time budget (or `max_steps`) is used; shuffles each epoch with the seed.
+
+    `image_features` (one tensor per encoded example, from a frozen tower: tower_pretraining.cache_features) are
+    used instead of running the tower; only parameters that require grad are trained."""
+    from python_backends.training.tower_pretraining import serving_cached_features
+
+    if image_features is not None and len(image_features) != len(encoded):
+        raise ValueError(f"{len(image_features)} cached image features for {len(encoded)} examples")
+    with contextlib.ExitStack() as stack:
+        select = stack.enter_context(serving_cached_features(model, image_features)) if image_features else None
+        return _train(model, tokenizer, encoded, config, progress, select)
+
+
+def _train(model, tokenizer, encoded, config: TrainConfig, progress, select) -> TrainResult:
     import torch
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.peak_lr, weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
     pad_id, image_token_id = tokenizer.pad_token_id, model.config.image_token_id
     budget_s = config.minutes * 60
     started = time.monotonic()
@@ -199,12 +219,15 @@ def train(
             break
         if cursor + config.batch_size > len(order):
             order, cursor = rng.permutation(len(encoded)), 0
-        batch = [encoded[i] for i in order[cursor : cursor + config.batch_size]]
+        indices = order[cursor : cursor + config.batch_size]
+        batch = [encoded[i] for i in indices]
         cursor += config.batch_size
+        if select is not None:
+            select(indices)
         factor = lr_factor(elapsed / budget_s, result.steps, config.warmup_steps, config.final_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = config.peak_lr * factor
-        tensors = collate(batch, pad_id, image_token_id)
+        tensors = collate(batch, pad_id, image_token_id, with_pixels=select is None)
         if config.loss_per_example:
             labels = tensors.pop("labels")
             loss = per_example_loss(model(**tensors).logits, labels)
@@ -212,7 +235,7 @@ def train(
             loss = model(**tensors).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         result.steps += 1
         result.examples_seen += len(batch)
