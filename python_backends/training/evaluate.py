@@ -16,7 +16,7 @@ from python_backends.evaluation.scoring import accuracy_with_ci, parse_box, scor
 from python_backends.prompts import build_chat_prompt
 from python_backends.training.examples import ModelExample
 from python_backends.training.tokens import scale_box
-from python_backends.training.views import image_tokens, pixel_rows
+from python_backends.training.views import image_grid, image_tokens, pixel_rows
 
 MAX_NEW_TOKENS = 40  # a one-object grounding answer is about 25 tokens
 
@@ -45,7 +45,7 @@ def generate_answers(model, tokenizer, examples: Sequence[ModelExample], batch_s
                 patch_rows, grid = pixel_rows(image)
                 rows.append(patch_rows)
                 grids.append(grid)
-            tokens = [image_tokens((1, im.shape[0] // 14, im.shape[1] // 14)) for im in example.images]
+            tokens = [image_tokens(image_grid(im)) for im in example.images]
             prompt = build_chat_prompt(example.question, tokens, example.history)
             prompts.append(tokenizer(prompt, add_special_tokens=False).input_ids)
         tokenizer.padding_side = "left"

@@ -23,7 +23,7 @@ import numpy as np
 from python_backends.evaluation.scenes import COLOURS, SHAPES, ObjectTruth
 from python_backends.evaluation.staleness import TruthIndex
 from python_backends.training.examples import ModelExample
-from python_backends.training.views import MERGE, PATCH, pixel_rows
+from python_backends.training.views import MERGE, PATCH, image_grid, image_tokens, pixel_rows
 
 CELL = PATCH * MERGE  # pixels of the resized image behind one merged token
 NO_OBJECT = 0  # class 0 of the colour and shape heads: no object is centred in the cell
@@ -169,7 +169,7 @@ def cache_features(model, images: Sequence[np.ndarray], batch_size: int = 64) ->
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            sizes = [(image.shape[0] // CELL) * (image.shape[1] // CELL) for image in chunk]
+            sizes = [image_tokens(image_grid(image)) for image in chunk]
             result.extend(tower_features(visual, chunk).split(sizes))
     return result
 

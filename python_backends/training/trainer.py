@@ -21,7 +21,7 @@ from python_backends.engines.tiny_checkpoint import BUILD_INFO_FILE, TinyVLMSpec
 from python_backends.prompts import build_chat_prompt
 from python_backends.training.examples import ModelExample
 from python_backends.training.tokens import add_number_tokens, number_tokens
-from python_backends.training.views import PATCH, image_tokens, pixel_rows
+from python_backends.training.views import image_grid, image_tokens, pixel_rows
 
 IGNORE = -100
 
@@ -130,7 +130,7 @@ def encode(tokenizer, example: ModelExample) -> Encoded:
     if len(example.images) != 1:
         raise ValueError(f"example {example.example_id} has {len(example.images)} images; one is supported")
     image = example.images[0]
-    tokens = image_tokens((1, image.shape[0] // 14, image.shape[1] // 14))
+    tokens = image_tokens(image_grid(image))
     prompt = build_chat_prompt(example.question, [tokens], example.history)
     # Encoded apart, as at serving time: the answer's ids follow the prompt's, never merged with them.
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
@@ -157,7 +157,7 @@ def collate(batch: Sequence[Encoded], pad_id: int, image_token_id: int, with_pix
             patch_rows, grid = pixel_rows(item.image)
             rows.append(patch_rows)
         else:
-            grid = (1, item.image.shape[0] // PATCH, item.image.shape[1] // PATCH)
+            grid = image_grid(item.image)
         grids.append(grid)
     return {
         "input_ids": input_ids,

@@ -46,7 +46,12 @@ def pixel_rows(resized: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
     std = np.asarray(CLIP_STD, dtype=np.float32)[:, None, None]
     spec = ImageProcessorSpec(image_size=PATCH * MERGE)  # only the patch constants are used by patchify
     rows = patchify((scaled - mean) / std, spec)
-    return rows, (1, resized.shape[0] // PATCH, resized.shape[1] // PATCH)
+    return rows, image_grid(resized)
+
+
+def image_grid(resized: np.ndarray) -> tuple[int, int, int]:
+    """grid_thw of a resized image: one frame, its patch rows and columns."""
+    return 1, resized.shape[0] // PATCH, resized.shape[1] // PATCH
 
 
 def image_tokens(grid_thw: tuple[int, int, int]) -> int:
