@@ -193,8 +193,8 @@ def train(
 
     if image_features is not None and len(image_features) != len(encoded):
         raise ValueError(f"{len(image_features)} cached image features for {len(encoded)} examples")
-    with contextlib.ExitStack() as stack:
-        select = stack.enter_context(serving_cached_features(model, image_features)) if image_features else None
+    cached = image_features is not None
+    with serving_cached_features(model, image_features) if cached else contextlib.nullcontext() as select:
         return _train(model, tokenizer, encoded, config, progress, select)
 
 
