@@ -21,14 +21,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
     parser.add_argument(
-        "--tower-steps", type=int, default=0, help="pretrain the vision tower densely for N steps, then freeze it"
+        "--tower-steps",
+        type=int,
+        help="pretrain the vision tower densely for N steps, then freeze it; 0: end to end (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--questions-per-frame",
+        type=int,
+        help="ask N questions of each training frame in one sequence (default: the recipe's; >1 needs no context)",
     )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
+    if args.tower_steps is not None and args.tower_steps < 0:
+        parser.error("--tower-steps must be >= 0")
+    try:
+        chosen = recipe(
+            args.model, args.minutes, args.seed, args.batch_size, args.lr, args.tower_steps, args.questions_per_frame
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     run(
-        recipe(args.model, args.minutes, args.seed, args.batch_size, args.lr, max(0, args.tower_steps)),
+        chosen,
         args.out,
         args.threads,
         args.eval_limit,

@@ -51,7 +51,7 @@ class TrainConfig:
 @dataclass
 class Encoded:
     input_ids: list[int]
-    answer_start: int  # index of the first answer token
+    answer_spans: tuple[tuple[int, int], ...]  # [start, end) of each answer's tokens (its <|im_end|> included)
     image: np.ndarray  # UINT8, as the tower sees it
 
 
@@ -133,9 +133,18 @@ def encode(tokenizer, example: ModelExample) -> Encoded:
     tokens = image_tokens(image_grid(image))
     prompt = build_chat_prompt(example.question, [tokens], example.history)
     # Encoded apart, as at serving time: the answer's ids follow the prompt's, never merged with them.
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    answer_ids = tokenizer(example.target + "<|im_end|>", add_special_tokens=False).input_ids
-    return Encoded(prompt_ids + answer_ids, len(prompt_ids), image)
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    spans = []
+    asked = [(example.question, example.target)] + [(turn.question, turn.answer) for turn in example.follow_ups]
+    for number, (question, answer) in enumerate(asked):
+        if number > 0:  # a follow-up: the same chat goes on with the next user turn
+            ids += tokenizer(
+                f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False
+            ).input_ids
+        answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False).input_ids
+        spans.append((len(ids), len(ids) + len(answer_ids)))
+        ids += answer_ids
+    return Encoded(ids, tuple(spans), image)
 
 
 def collate(batch: Sequence[Encoded], pad_id: int, image_token_id: int, with_pixels: bool = True) -> dict:
@@ -152,7 +161,8 @@ def collate(batch: Sequence[Encoded], pad_id: int, image_token_id: int, with_pix
         ids = torch.tensor(item.input_ids, dtype=torch.long)
         input_ids[index, : len(ids)] = ids
         attention[index, : len(ids)] = 1
-        labels[index, item.answer_start : len(ids)] = ids[item.answer_start :]
+        for start, end in item.answer_spans:
+            labels[index, start:end] = ids[start:end]
         if with_pixels:
             patch_rows, grid = pixel_rows(item.image)
             rows.append(patch_rows)

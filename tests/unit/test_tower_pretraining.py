@@ -105,10 +105,10 @@ def test_training_on_cached_features_leaves_the_frozen_tower_untouched(examples)
         train(model, tokenizer, encoded, config, image_features=features[:3])
 
 
-def test_tower_pretraining_is_part_of_the_cache_key_and_off_by_default() -> None:
-    plain = pipeline.recipe("cloud", 20)
-    assert plain.tower is None
-    pretrained = pipeline.recipe("cloud", 20, tower_steps=300)
-    assert pretrained.tower == TowerPretrainConfig(steps=300)
-    assert len({plain.key(), pretrained.key(), pipeline.recipe("cloud", 20, tower_steps=200).key()}) == 3
-    assert ModelView(224, keep_aspect=True) == plain.view
+def test_tower_pretraining_is_part_of_the_cache_key_and_on_for_the_cloud_only() -> None:
+    cloud = pipeline.recipe("cloud", 20)
+    assert cloud.tower == TowerPretrainConfig(steps=300) and pipeline.recipe("edge", 10).tower is None
+    end_to_end = pipeline.recipe("cloud", 20, tower_steps=0)
+    assert end_to_end.tower is None
+    assert len({cloud.key(), end_to_end.key(), pipeline.recipe("cloud", 20, tower_steps=200).key()}) == 3
+    assert ModelView(224, keep_aspect=True) == cloud.view
