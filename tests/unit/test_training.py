@@ -24,6 +24,7 @@ from python_backends.training.tokens import add_number_tokens, binned_box, groun
 from python_backends.training.trainer import (
     IGNORE,
     TrainConfig,
+    answer_loss,
     batch_loss,
     build_model,
     collate,
@@ -255,6 +256,18 @@ def test_per_example_loss_weighs_each_answer_once() -> None:
         terms = [torch.nn.functional.cross_entropy(logits[row, t - 1 : t], labels[row, t : t + 1]) for t in positions]
         expected.append(torch.stack(terms).mean())
     assert torch.allclose(per_example_loss(logits, labels), torch.stack(expected).mean())
+
+
+def test_answer_loss_equals_the_per_example_loss_of_the_full_logits(split) -> None:
+    import torch
+
+    model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
+    examples = build_examples(split[:6], TINY_VIEW, MixConfig(), seed=0)
+    tensors = collate([encode(tokenizer, e) for e in examples], tokenizer.pad_token_id, model.config.image_token_id)
+    labels = tensors.pop("labels")
+    labels[0, :] = IGNORE  # a row without answer tokens counts as zero, as in per_example_loss
+    full = per_example_loss(model(**tensors).logits, labels)
+    assert torch.allclose(answer_loss(model, tensors, labels), full, atol=1e-6)
 
 
 def test_trained_specs_rope_bases_and_default_digests_stay_put() -> None:
