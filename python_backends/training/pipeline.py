@@ -155,7 +155,7 @@ def _base_recipe(model: str, minutes: float, seed: int, batch_size: int | None, 
         )
     if model == "cloud":
         # The tower learns colour and shape from dense labels in 3 of the 20 minutes; the language model then reads
-        # its cached features, 12 questions per frame (README, "Training the default models").
+        # its cached features, 12 questions per frame (README, "Trained tiny checkpoints").
         return Recipe(
             "cloud",
             CLOUD_TRAINED_SPEC,

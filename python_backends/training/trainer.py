@@ -128,8 +128,8 @@ def per_example_loss(logits, labels):
 
 def answer_loss(model, tensors: dict, labels):
     """per_example_loss of the model's logits, with the vocabulary projection computed only where an answer token is
-    predicted: a frame's sequence of 12 questions is ~550 tokens of which ~100 are answers, and the projection and its
-    float32 cross-entropy over every position were a fifth of a cloud step's time."""
+    predicted: a frame's sequence of 12 questions is ~550 tokens of which ~100 are answers, and projecting every
+    position made a cloud step about 10% slower (0.51 s against 0.47 s at batch 8)."""
     import torch
 
     hidden = model.model(**tensors).last_hidden_state[:, :-1]
