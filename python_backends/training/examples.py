@@ -57,6 +57,10 @@ class MixConfig:
         if self.coordinate_bin < 1:
             raise ValueError(f"coordinate_bin must be >= 1, got {self.coordinate_bin}")
 
+    @property
+    def has_context(self) -> bool:
+        return self.history_fraction > 0 or self.focus_fraction > 0
+
 
 # Bins of 2 px keep every edge box target at IoU >= 0.5 in its 112 px view (4 px bins lose 10 % of them).
 EDGE_MIX = MixConfig(history_fraction=0.4, focus_fraction=0.3, coordinate_bin=2)
@@ -201,7 +205,7 @@ def build_frame_examples(
     question per image."""
     if questions_per_frame < 1:
         raise ValueError(f"questions_per_frame must be >= 1, got {questions_per_frame}")
-    if mix.history_fraction > 0 or mix.focus_fraction > 0:
+    if mix.has_context:
         raise ValueError("many questions per frame take a mix without history or focus context")
     rng = np.random.default_rng(seed)
     truth = truth or TruthIndex()

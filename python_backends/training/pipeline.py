@@ -60,7 +60,7 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.questions_per_frame < 1:
             raise ValueError(f"questions_per_frame must be >= 1, got {self.questions_per_frame}")
-        if self.questions_per_frame > 1 and (self.mix.history_fraction > 0 or self.mix.focus_fraction > 0):
+        if self.questions_per_frame > 1 and self.mix.has_context:
             raise ValueError(f"the {self.model} mix has context (history or focus): it asks one question per image")
 
     def key(self) -> str:
