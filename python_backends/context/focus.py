@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -87,9 +88,8 @@ def _forms(word: str) -> set[str]:
     return forms
 
 
-def relevant_detections(detections: Sequence[Detection], question: str) -> list[Detection]:
-    """The detections whose label the question mentions; all of them when it mentions none (a generic question such
-    as "what is happening?" is about the whole scene the LVLM grounded)."""
+def mentioned_detections(detections: Sequence[Detection], question: str) -> list[Detection]:
+    """The detections whose label the question mentions (possibly none)."""
     question_forms: set[str] = set()
     for word in _WORD.findall(question.lower()):
         question_forms |= _forms(word)
@@ -98,7 +98,32 @@ def relevant_detections(detections: Sequence[Detection], question: str) -> list[
         words = [w for w in _WORD.findall(detection.label.lower()) if w not in _STOPWORDS]
         if any(_forms(w) & question_forms for w in words):
             matched.append(detection)
-    return matched if matched else list(detections)
+    return matched
+
+
+def relevant_detections(detections: Sequence[Detection], question: str) -> list[Detection]:
+    """The detections whose label the question mentions; all of them when it mentions none (a generic question such
+    as "what is happening?" is about the whole scene the LVLM grounded)."""
+    return mentioned_detections(detections, question) or list(detections)
+
+
+class _Boxed(Protocol):
+    frame_id: int
+    arrived_s: float
+    detections: Sequence[Detection]
+
+
+B = TypeVar("B", bound=_Boxed)
+
+
+def focus_source(results: Sequence[B], question: str) -> B | None:
+    """The cloud answer whose boxes visual focus uses: the newest whose boxes the question names, else the newest with
+    any boxes (None when none has boxes). Boxes answer any later question about their object, whatever question
+    brought them, so unlike context replacement this looks past the question asked."""
+    named = [r for r in results if mentioned_detections(r.detections, question)]
+    pool = named or [r for r in results if r.detections]
+    # The newest frame, and for one frame the later arrival (as context replacement chooses).
+    return max(pool, key=lambda r: (r.frame_id, r.arrived_s)) if pool else None
 
 
 def focus_margin(age_ms: float, config: FocusConfig = FocusConfig()) -> float:

@@ -41,6 +41,10 @@ class CloudResult:
     text: str
     detections: tuple[Detection, ...]
     frame_size: tuple[int, int]  # (height, width) of the image the boxes refer to
+    # The question the edge was asked about that frame (the cloud got it, maybe wrapped in cloud_prompt); None when
+    # unknown (context ingested for a frame the store no longer remembers), which context replacement treats as
+    # being about any question.
+    question: str | None = None
 
     @property
     def rtt_ms(self) -> float:
@@ -71,7 +75,9 @@ class StoreLimits:
     max_streams: int = 1024
     ttl_s: float = 60.0
     max_turns: int = 8
-    max_cloud_results: int = 4
+    # Enough for a stream that takes turns between a few standing questions to keep the latest answer to each, which
+    # question-matched context replacement looks for.
+    max_cloud_results: int = 8
     max_text_chars: int = 1024
     max_detections: int = 32
 
@@ -180,12 +186,14 @@ class ContextStore:
         limit = self.limits.max_text_chars
         if (
             len(result.text) <= limit
+            and (result.question is None or len(result.question) <= limit)
             and len(result.detections) <= self.limits.max_detections
             and isinstance(result.detections, tuple)
         ):
             return result
         detections = tuple(result.detections[: self.limits.max_detections])
-        return dataclasses.replace(result, text=result.text[:limit], detections=detections)
+        question = result.question[:limit] if result.question is not None else None
+        return dataclasses.replace(result, text=result.text[:limit], question=question, detections=detections)
 
     # -- public API ---------------------------------------------------------------------------------------------
 

@@ -245,7 +245,25 @@ def template_values(args: argparse.Namespace, edge: Path, cloud: Path, image_siz
         "sequence_idle_us": int(args.sequence_idle_s * 1_000_000),
         "sequence_idle_s": args.sequence_idle_s,
         "focus_mode": args.focus_mode,
+        "context_turns": context_turns(args),
     }
+
+
+def context_turns(args: argparse.Namespace) -> int:
+    """K, the SVLM turns kept in the history beside the freshest cloud answer. The trained edge model learned to read
+    one cloud answer and nothing else (training/examples.py), so --trained serves it exactly that (K = 0)."""
+    from python_backends.context.replacement import ReplacementConfig
+
+    if args.context_turns is not None:
+        return args.context_turns
+    return 0 if args.trained else ReplacementConfig.max_turns
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["crop_and_frame", "crop_only", "off"],
         default="crop_and_frame",
         help="visual focus when a request says focus=auto",
+    )
+    parser.add_argument(
+        "--context-turns",
+        type=_non_negative_int,
+        help="SVLM turns kept in the history besides the freshest cloud answer (default: 0 with --trained, else 4)",
     )
     parser.add_argument(
         "--trained",

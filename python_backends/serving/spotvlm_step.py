@@ -29,8 +29,21 @@ import numpy as np
 from python_backends.cloud.breaker import CircuitBreaker
 from python_backends.cloud.delay import DelayInjector, parse_delay_spec
 from python_backends.cloud.link import CloudJob, CloudLink, CloudReply
-from python_backends.context.focus import FocusConfig, FocusMode, FocusPlan, parse_focus_mode, plan_focus
-from python_backends.context.replacement import ReplacedHistory, ReplacementConfig, WordBudget, build_history
+from python_backends.context.focus import (
+    FocusConfig,
+    FocusMode,
+    FocusPlan,
+    focus_source,
+    parse_focus_mode,
+    plan_focus,
+)
+from python_backends.context.replacement import (
+    ReplacedHistory,
+    ReplacementConfig,
+    WordBudget,
+    build_history,
+    matching_results,
+)
 from python_backends.context.store import CloudResult, ContextStore, StoreLimits, TurnRecord
 from python_backends.context.token_budget import TokenizerBudget
 from python_backends.errors import InputError
@@ -54,6 +67,14 @@ log = logging.getLogger("spotvlm.spotvlm")
 SEQUENCE_START = 1
 SEQUENCE_END = 2
 CLOUD_OFF = {"", "off", "none", "disabled"}
+
+
+def _context_match(value: str | None) -> bool:
+    """`context_match`: `question` (the default) reuses cloud answers to the question being asked, `any` any answer."""
+    choice = (value or "question").strip().lower()
+    if choice not in ("question", "any"):
+        raise ValueError(f"context_match must be 'question' or 'any', got {value!r}")
+    return choice == "question"
 
 
 def _pb():
@@ -91,7 +112,8 @@ class PreparedFrame:
     inputs: list = field(default_factory=list)
     prepare_ms: float = 0.0
     context_rtt_ms: float | None = None  # the cloud round trip of the freshest LVLM answer used
-    context_detections: int | None = None  # how many boxes that answer carried (0: text only, no focus)
+    context_detections: int | None = None  # how many boxes that answer carried (0: text only)
+    focus_frame: int | None = None  # the frame of the cloud answer whose boxes the focus crop used
 
 
 @dataclass
@@ -131,6 +153,7 @@ class SpotVLMStep:
             max_turns=get_param(params, "context_turns", ReplacementConfig.max_turns, int),
             budget_tokens=get_param(params, "context_budget_tokens", ReplacementConfig.budget_tokens, int),
             history_tokens=get_param(params, "context_history_tokens", ReplacementConfig.history_tokens, int),
+            match_question=_context_match(params.get("context_match")),
         )
         self.budget = _token_budget(params)
         self.store = ContextStore(
@@ -145,9 +168,10 @@ class SpotVLMStep:
         self._epochs: dict[int, int] = {}  # new at every sequence start: late replies of an old run are dropped
         # Epochs are never reused, not even after END or expiry, when a stream's entry is forgotten.
         self._epoch_counter = itertools.count(1)
-        # job -> epoch, while in flight. Keyed by the job itself (CloudJob compares by identity), not (stream, frame):
-        # frame ids restart with every run, so a new run's frame would collide with an old run's in-flight job.
-        self._dispatched: dict[CloudJob, int] = {}
+        # job -> (epoch, the question asked of that frame), while in flight. Keyed by the job itself (CloudJob compares
+        # by identity), not (stream, frame): frame ids restart with every run, so a new run's frame would collide with
+        # an old run's in-flight job.
+        self._dispatched: dict[CloudJob, tuple[int, str]] = {}
         self._delays: dict[str, DelayInjector] = {}
         self.cloud_max_tokens = get_param(params, "cloud_max_tokens", 48, int)
         # What the LVLM is asked. Real Qwen2.5-VL checkpoints return boxes when told to, e.g.
@@ -207,9 +231,9 @@ class SpotVLMStep:
         """Runs on the cloud link's thread: file the LVLM answer under its stream, unless that run has ended."""
         job = reply.job
         with self._lock:
-            epoch = self._dispatched.pop(job, None)
+            sent = self._dispatched.pop(job, None)
             current = self._epochs.get(job.stream_id)
-        if epoch is None or epoch != current:
+        if sent is None or sent[0] != current:
             return
         self.store.add_cloud_result(
             job.stream_id,
@@ -221,6 +245,7 @@ class SpotVLMStep:
                 text=reply.text,
                 detections=tuple(reply.detections),
                 frame_size=reply.frame_size,
+                question=sent[1],
             ),
         )
 
@@ -243,7 +268,7 @@ class SpotVLMStep:
             delay=frame.cloud_delay,
         )
         with self._lock:  # before submit: the reply may come back on the link's thread before submit returns
-            self._dispatched[job] = self._epochs.get(frame.stream_id, 0)
+            self._dispatched[job] = (self._epochs.get(frame.stream_id, 0), frame.prompt)
         outcome = self.link.submit(job)
         if outcome != "sent":
             with self._lock:
@@ -314,24 +339,28 @@ class SpotVLMStep:
 
         snapshot = self.store.snapshot(stream) if frame.use_context else None
         history = ReplacedHistory(turns=[], replaced_turns=0, context_frame=None, context_age_ms=None)
-        latest = None
+        latest = boxes = None
         if snapshot is not None:
             results = [
                 r
                 for r in snapshot.cloud_results
                 if frame.timestamp_ms - r.frame_timestamp_ms <= self.max_context_age_ms
             ]
-            history = build_history(snapshot.turns, results, frame.timestamp_ms, self.replacement, self.budget)
+            history = build_history(
+                snapshot.turns, results, frame.timestamp_ms, self.replacement, self.budget, question=frame.prompt
+            )
             # Same choice as build_history: the newest frame, and for one frame the later arrival.
-            latest = max(results, key=lambda r: (r.frame_id, r.arrived_s)) if results else None
+            usable = matching_results(results, frame.prompt, self.replacement)
+            latest = max(usable, key=lambda r: (r.frame_id, r.arrived_s)) if usable else None
+            boxes = focus_source(results, frame.prompt)
             if not frame.text_context:
                 # Focus alone (the evaluation's focus_only): CONTEXT still names the cloud answer in use.
                 history = replace(history, turns=[], replaced_turns=0)
 
-        if latest is not None and latest.detections and frame.focus is not FocusMode.OFF:
-            age_ms = max(0, frame.timestamp_ms - latest.frame_timestamp_ms)
+        if boxes is not None and frame.focus is not FocusMode.OFF:
+            age_ms = max(0, frame.timestamp_ms - boxes.frame_timestamp_ms)
             plan = plan_focus(
-                frame.image, latest.detections, latest.frame_size, frame.prompt, age_ms, frame.focus, self.focus_config
+                frame.image, boxes.detections, boxes.frame_size, frame.prompt, age_ms, frame.focus, self.focus_config
             )
         else:
             plan = FocusPlan(mode=FocusMode.OFF, box=None, labels=[], images=[frame.image])
@@ -348,6 +377,8 @@ class SpotVLMStep:
         if history.turns:
             inputs.append(pb.Tensor("HISTORY", np.array([[history_json(history.turns).encode("utf-8")]], np.object_)))
         prepared = PreparedFrame(frame, frame_id, dispatch, history, plan, model, inputs)
+        if plan.mode is not FocusMode.OFF:
+            prepared.focus_frame = boxes.frame_id
         if latest is not None:
             prepared.context_rtt_ms = round(latest.rtt_ms, 1)
             prepared.context_detections = len(latest.detections)
@@ -394,6 +425,7 @@ class SpotVLMStep:
                 "cloud_dispatch": prepared.dispatch,
                 "focus_mode": prepared.plan.mode.value,
                 "focus_box": list(prepared.plan.box) if prepared.plan.box is not None else None,
+                "focus_frame": prepared.focus_frame,
                 "focus_labels": prepared.plan.labels,
                 "replaced_turns": history.replaced_turns,
                 "history_turns": len(history.turns),
@@ -430,7 +462,8 @@ class SpotVLMStep:
         snapshot = self.store.snapshot(record.stream_id)
         if snapshot is None:
             return error_response(f"stream {record.stream_id} has no context on this edge: it has not sent a frame yet")
-        timestamp = next((t.timestamp_ms for t in snapshot.turns if t.frame_id == record.frame_id), None)
+        turn = next((t for t in snapshot.turns if t.frame_id == record.frame_id), None)
+        timestamp = turn.timestamp_ms if turn is not None else None
         if timestamp is None:
             timestamp = record.frame_timestamp_ms if record.frame_timestamp_ms is not None else now_ms()
         arrived = time.monotonic()
@@ -444,6 +477,7 @@ class SpotVLMStep:
                 text=record.text,
                 detections=tuple(record.detections),
                 frame_size=record.frame_size,
+                question=turn.question if turn is not None else None,
             ),
         )
         if not stored:

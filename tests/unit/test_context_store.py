@@ -1,5 +1,6 @@
 """ContextStore: bounds (LRU, TTL, K turns, caps), stream lifecycle, memory estimate and thread safety."""
 
+import dataclasses
 import threading
 import time
 
@@ -232,6 +233,16 @@ def test_cloud_text_is_truncated(clock, limit, length):
     store.start_stream(1)
     store.add_cloud_result(1, result(1, text="x" * length))
     assert store.snapshot(1).cloud_results[0].text == "x" * min(limit, length)
+
+
+@pytest.mark.parametrize("limit, length", [(4, 10), (10, 10), (10, 3)])
+def test_the_question_a_cloud_answer_answered_is_truncated_too(clock, limit, length):
+    store = make_store(clock, max_text_chars=limit)
+    store.start_stream(1)
+    store.add_cloud_result(1, dataclasses.replace(result(1), question="q" * length))
+    store.add_cloud_result(1, result(2))
+    first, second = store.snapshot(1).cloud_results
+    assert first.question == "q" * min(limit, length) and second.question is None
 
 
 @pytest.mark.parametrize("limit, count", [(2, 5), (5, 5), (5, 1), (0, 3)])

@@ -10,6 +10,8 @@ from python_backends.context.focus import (
     downscale,
     focus_box,
     focus_margin,
+    focus_source,
+    mentioned_detections,
     parse_focus_mode,
     plan_focus,
     relevant_detections,
@@ -345,3 +347,28 @@ def test_plan_crop_on_grayscale_image():
 def test_plan_rejects_bad_image(shape):
     with pytest.raises(InputError):
         plan_focus(np.zeros(shape, dtype=np.uint8), [CAR_224], (224, 224), "car", 0, FocusMode.CROP_ONLY)
+
+
+def _answer(frame_id: int, *labels: str, arrived_s: float = 0.0):
+    from python_backends.context.store import CloudResult
+
+    detections = tuple(Detection(label, (0.0, 0.0, 10.0, 10.0)) for label in labels)
+    return CloudResult(frame_id, 100 * frame_id, 0.0, arrived_s, "text", detections, (64, 64))
+
+
+def test_mentioned_detections_may_be_none_where_relevant_falls_back_to_all():
+    boxes = [Detection("red circle", (0, 0, 5, 5)), Detection("blue star", (5, 5, 9, 9))]
+    assert mentioned_detections(boxes, "How many squares?") == []
+    assert relevant_detections(boxes, "How many squares?") == boxes
+    assert mentioned_detections(boxes, "What colour is the circle?") == boxes[:1]
+
+
+def test_focus_source_prefers_the_newest_answer_whose_boxes_the_question_names():
+    circle, star, text_only = _answer(1, "red circle"), _answer(2, "blue star"), _answer(3)
+    results = [circle, star, text_only]
+    assert focus_source(results, "What colour is the circle?") is circle, "an older box of the object asked about"
+    assert focus_source(results, "What is happening?") is star, "else the newest answer with any box"
+    assert focus_source([text_only], "What is happening?") is None, "an answer without boxes cannot focus"
+    assert focus_source([], "Anything?") is None
+    again = _answer(1, "red circle", arrived_s=5.0)
+    assert focus_source([circle, again], "Where is the circle?") is again, "one frame answered twice: the later"

@@ -8,6 +8,7 @@ from python_backends.context.replacement import (
     ReplacementConfig,
     WordBudget,
     build_history,
+    matching_results,
     tagged_answer,
 )
 from python_backends.context.store import CloudResult, TurnRecord
@@ -302,3 +303,71 @@ def test_the_freshest_cloud_answer_survives_the_history_budget():
 def test_history_budget_below_the_answer_budget_is_refused():
     with pytest.raises(ValueError, match="history_tokens"):
         ReplacementConfig(budget_tokens=48, history_tokens=10)
+
+
+# -- matching the question -----------------------------------------------------------------------------------------
+
+
+def asked(frame_id: int, question: str) -> TurnRecord:
+    return TurnRecord(frame_id=frame_id, timestamp_ms=1000 * frame_id, question=question, answer=f"svlm{frame_id}")
+
+
+def answered(frame_id: int, question: str | None) -> CloudResult:
+    return CloudResult(
+        frame_id=frame_id,
+        frame_timestamp_ms=1000 * frame_id,
+        sent_s=0.0,
+        arrived_s=1.0,
+        text=f"lvlm{frame_id}",
+        detections=(),
+        frame_size=(224, 224),
+        question=question,
+    )
+
+
+STANDING = [asked(0, "Where is the red circle?"), asked(1, "How many stars?"), asked(2, "Where is the red circle?")]
+
+
+def test_only_turns_and_cloud_answers_about_the_question_asked_make_the_history():
+    results = [answered(0, "Where is the red circle?"), answered(1, "How many stars?")]
+    history = build_history(STANDING, results, now_ms=3000, question="where is the  RED circle?")
+    assert [t.question for t in history.turns] == ["Where is the red circle?", "Where is the red circle?"]
+    assert [t.answer for t in history.turns] == ["[cloud answer, frame 0, 3.0 s old] lvlm0", "svlm2"]
+    assert (history.context_frame, history.context_age_ms, history.replaced_turns) == (0, 3000, 1)
+
+
+def test_a_question_nothing_answered_gets_no_history():
+    results = [answered(1, "How many stars?")]
+    history = build_history(STANDING, results, now_ms=3000, question="What colour is the square?")
+    assert history == ReplacedHistory(turns=[], replaced_turns=0, context_frame=None, context_age_ms=None)
+
+
+def test_matching_off_keeps_the_freshest_answer_to_any_question():
+    results = [answered(0, "Where is the red circle?"), answered(1, "How many stars?")]
+    config = ReplacementConfig(match_question=False)
+    history = build_history(STANDING, results, now_ms=3000, config=config, question="Where is the red circle?")
+    assert [t.question for t in history.turns] == [t.question for t in STANDING]
+    assert history.context_frame == 1
+
+
+def test_a_cloud_answer_of_unknown_question_serves_every_question():
+    history = build_history([], [answered(1, None)], now_ms=3000, question="How many stars?")
+    assert history.context_frame == 1 and history.turns == [
+        Turn(GENERIC_QUESTION, "[cloud answer, frame 1, 2.0 s old] lvlm1")
+    ]
+
+
+def test_the_freshest_answers_turn_keeps_the_question_it_answered_after_that_turn_left_the_store():
+    # K = 0: only the freshest matching cloud answer, as the trained edge model reads its context.
+    config = ReplacementConfig(max_turns=0)
+    history = build_history(
+        [], [answered(5, "How many stars?")], now_ms=9000, config=config, question="How many stars?"
+    )
+    assert history.turns == [Turn("How many stars?", "[cloud answer, frame 5, 4.0 s old] lvlm5")]
+
+
+def test_matching_results_filters_by_question_unless_matching_is_off():
+    results = [answered(0, "A?"), answered(1, "b?"), answered(2, None)]
+    assert [r.frame_id for r in matching_results(results, "a?", ReplacementConfig())] == [0, 2]
+    assert matching_results(results, "a?", ReplacementConfig(match_question=False)) == results
+    assert matching_results(results, None, ReplacementConfig()) == results

@@ -341,13 +341,27 @@ def test_a_decoded_frame_is_a_new_tensor(make_step, calls):
     assert np.array_equal(call.inputs["IMAGE"], FRAME[None])
 
 
-def test_later_frames_carry_the_svlms_own_turns_as_history(make_step, calls):
+def test_later_frames_carry_the_svlms_own_turns_about_the_same_question_as_history(make_step, calls):
     step = make_step()
     run(step, [frame(1, flags=START, prompt="What is this?")])
-    (response,) = run(step, [frame(1)])
+    (response,) = run(step, [frame(1, prompt="what is  THIS?")])  # case and spacing aside, the same question
     assert history_of(calls[-1]) == [{"question": "What is this?", "answer": "svlm: What is this?"}]
     ctx = context(response)
     assert ctx["history_turns"] == 1 and ctx["replaced_turns"] == 0 and ctx["context_frame"] is None
+    run(step, [frame(1, prompt="Where is the car?")])
+    assert "HISTORY" not in calls[-1].inputs, "turns about other questions are not this question's history"
+
+
+def test_context_match_any_keeps_every_recent_turn(make_step, calls):
+    step = make_step(context_match="any")
+    run(step, [frame(1, flags=START, prompt="What is this?")])
+    run(step, [frame(1, prompt="Where is the car?")])
+    assert history_of(calls[-1]) == [{"question": "What is this?", "answer": "svlm: What is this?"}]
+
+
+def test_a_bad_context_match_is_refused_at_load(make_step):
+    with pytest.raises(ValueError, match="context_match"):
+        make_step(context_match="sometimes")
 
 
 def test_missing_generate_ms_counts_as_zero(make_step):
@@ -393,6 +407,21 @@ def test_a_late_cloud_answer_focuses_and_replaces_the_next_frame(cloud_step, cal
     assert turn["answer"].startswith("[cloud answer, frame 0, 0.8 s old]")
 
 
+def test_a_cloud_answer_to_another_question_is_not_history_but_its_boxes_still_focus(cloud_step, calls):
+    _with_cloud_answer(cloud_step, calls)  # the cloud answered "Where is the car?" with boxes of a car and a tree
+    (response,) = run(cloud_step, [frame(1, timestamp=10_750, prompt="What colour is the car?")])
+    (call,) = calls
+    ctx = context(response)
+    assert "HISTORY" not in call.inputs and ctx["context_frame"] is None and ctx["replaced_turns"] == 0
+    assert call.model_name == "svlm_focus" and ctx["focus_labels"] == ["car"] and ctx["focus_frame"] == 0
+
+
+def test_a_cloud_answer_carries_the_question_it_answered(cloud_step, calls):
+    _with_cloud_answer(cloud_step, calls)
+    (result,) = cloud_step.store.snapshot(1).cloud_results
+    assert result.question == "Where is the car?", "the edge's question, not the cloud_prompt it was wrapped in"
+
+
 @pytest.mark.parametrize(
     "params, model, focus_image, history, focus_mode",
     [
@@ -434,7 +463,7 @@ def test_without_text_context_the_svlm_gets_the_focus_crop_but_no_history(cloud_
     assert ctx["context_rtt_ms"] == 500.0 and ctx["context_detections"] == 2
 
     calls.clear()
-    run(cloud_step, [frame(1, prompt="And now?", timestamp=11_000)])
+    run(cloud_step, [frame(1, timestamp=11_000)])
     turns = history_of(calls[0])
     assert [t["question"] for t in turns] == ["Where is the car?", "Where is the car?"]
     assert turns[1]["answer"] == "svlm: Where is the car?", "the frame without text context still left its turn"

@@ -62,6 +62,26 @@ def test_build_fills_every_placeholder_of_the_shipped_templates():
 
 
 @pytest.mark.parametrize(
+    "argv, turns",
+    [([], 4), (["--trained"], 0), (["--trained", "--context-turns", "2"], 2), (["--context-turns", "0"], 0)],
+)
+def test_the_trained_edge_reads_only_the_freshest_cloud_answer_unless_told_otherwise(argv, turns):
+    from python_backends.engines.build import ModelFacts, build_parser, template_values
+
+    facts = ModelFacts(text_hidden=64, patch_size=14, merge_size=2, temporal_patch_size=2)
+    values = template_values(build_parser().parse_args(argv), Path("/e"), Path("/c"), 112, facts)
+    assert values["context_turns"] == turns
+
+
+def test_a_negative_context_turns_is_refused(capsys):
+    from python_backends.engines.build import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--context-turns", "-1"])
+    assert "must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "raw, default, expected",
     [("true", False, True), ("0", True, False), ("12", 1, 12), ("2.5", 1.0, 2.5), ("x", "d", "x")],
 )
