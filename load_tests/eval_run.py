@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import re
 import statistics
 import sys
@@ -78,6 +79,8 @@ QUICK_DEFAULTS = {"videos": 2, "seconds": 5.0, "latencies": "0,2"}
 CLOUD_MAX_INFLIGHT = 120
 # Where each edge model's rendered config names its checkpoint.
 CHECKPOINT_CONFIGS = {"edge": "edge/svlm_generate/config.pbtxt", "cloud": "cloud/lvlm/config.pbtxt"}
+# Real-time tasks ask a standing question of the stream; the cloud's late answer to it is what context transfer reuses.
+EVAL_HOLD_S = 3.0
 
 
 ANSWER_MAX_TOKENS = 40
@@ -166,13 +169,14 @@ def load_examples(args: argparse.Namespace, videos: int, seconds: float) -> tupl
         return plans, f"dataset {args.dataset}"
     seeds = default_seeds("test", videos)
     scene_config = SceneConfig(fps=args.fps, seconds=seconds)
-    question_config = QuestionConfig()
+    question_config = QuestionConfig(hold_s=args.hold_s)
     folder = dataset_cache_dir(args.data_dir, "test", seeds, scene_config, question_config)
     path = folder / "test.jsonl"
     if not path.is_file():  # generate_split writes the JSONL last: present means complete
         _say(f"generating the test split ({videos} video(s) of {seconds:g} s, seeds {seeds[0]}..{seeds[-1]}) ...")
         generate_split("test", seeds, folder, scene_config, question_config)
-    return group_videos(load_dataset(path)), f"synthetic test split, seeds {seeds[0]}..{seeds[-1]} ({path})"
+    held = f", standing questions held {args.hold_s:g} s" if args.hold_s else ""
+    return group_videos(load_dataset(path)), f"synthetic test split, seeds {seeds[0]}..{seeds[-1]}{held} ({path})"
 
 
 # -- talking to the servers --------------------------------------------------------------------------------------------
@@ -421,6 +425,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate of generated videos (default: 10)")
     parser.add_argument(
+        "--hold-s",
+        type=float,
+        default=EVAL_HOLD_S,
+        metavar="SECONDS",
+        help=f"generated videos ask standing questions, each held this long (default: {EVAL_HOLD_S:g}; 0: a fresh"
+        " question every frame)",
+    )
+    parser.add_argument(
         "--latencies",
         help=f"cloud latency settings: seconds, and `trace` for the fluctuating trace (default: {f['latencies']})",
     )
@@ -454,6 +466,9 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm eval") -> int:
     seconds = args.seconds if args.seconds is not None else defaults["seconds"]
     if videos < 1 or not seconds > 0 or not args.fps > 0:
         print(f"{prog}: --videos must be >= 1, --seconds and --fps > 0", file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.hold_s) and args.hold_s >= 0):
+        print(f"{prog}: --hold-s must be a number of seconds >= 0", file=sys.stderr)
         return 2
     if (args.edge_url is None) != (args.cloud_url is None):
         print(f"{prog}: give --edge-url and --cloud-url together (the edge linked to that cloud)", file=sys.stderr)

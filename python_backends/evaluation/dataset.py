@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from python_backends.evaluation.questions import ANSWER_TYPES, REGIONS, TASKS, QuestionConfig, frame_questions
+from python_backends.evaluation.questions import ANSWER_TYPES, REGIONS, TASKS, QuestionConfig, QuestionSchedule
 from python_backends.evaluation.scenes import Scene, SceneConfig
 
 SPLITS = ("train", "test")
@@ -141,6 +141,9 @@ def generate_split(
         scene = Scene(seed, scene_config)
         folder = out_dir / split / video_name(seed)
         _clear_video_folder(folder)
+        schedule = QuestionSchedule(
+            question_config, seed, scene_config.width, scene_config.height, scene_config.shapes, scene_config.colours
+        )
         truth_lines = []
         for index, frame, truth in scene:
             Image.fromarray(frame).save(folder / f"{index:06d}.png", compress_level=6)
@@ -148,16 +151,7 @@ def generate_split(
             truth_lines.append(
                 json.dumps({"frame_index": index, "time_s": time_s, "objects": [o.to_json() for o in truth]})
             )
-            questions = frame_questions(
-                truth,
-                scene_config.width,
-                scene_config.height,
-                seed,
-                index,
-                question_config,
-                scene_config.shapes,
-                scene_config.colours,
-            )
+            questions = schedule.questions(truth, index, time_s)
             for number, question in enumerate(questions):
                 examples.append(
                     Example(
@@ -428,6 +422,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--background", choices=("plain", "noise"), default="plain")
     parser.add_argument("--questions-per-frame", type=int, default=1)
     parser.add_argument("--every", type=int, default=1, help="ask questions on every k-th frame")
+    parser.add_argument(
+        "--hold-s",
+        type=float,
+        default=0.0,
+        help="standing questions: the tasks take turns, each asking its question again for this many seconds"
+        " (0, the default: fresh questions on every frame)",
+    )
     args = parser.parse_args(argv)
     if args.videos < 1:
         parser.error("--videos must be >= 1")
@@ -440,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         scene_config = SceneConfig(
             width=args.width, height=args.height, fps=args.fps, seconds=args.seconds, background=args.background
         )
-        question_config = QuestionConfig(per_frame=args.questions_per_frame, every_k_frames=args.every)
+        question_config = QuestionConfig(
+            per_frame=args.questions_per_frame, every_k_frames=args.every, hold_s=args.hold_s
+        )
         path = generate_split(
             args.split, seeds, args.out, scene_config, question_config, progress=_progress_printer(args.split)
         )

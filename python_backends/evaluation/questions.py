@@ -10,12 +10,18 @@ A question is only asked when its answer is certain:
   present (at least half visible, scenes.PRESENT_FRACTION);
 - a count is only asked when no matching object is partly hidden (it would be unclear whether to count it);
 - a region is only asked when the object's centre is not within REGION_MARGIN of a grid line.
+
+`frame_questions` draws each frame's questions afresh. `QuestionSchedule` (with `QuestionConfig.hold_s` > 0) asks
+standing questions instead, as real-time video tasks do: a task's question is asked again on later frames, its
+answer following the video, until it has stood for `hold_s` seconds or can no longer be answered.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,11 +60,13 @@ class Question:
 
 @dataclass(frozen=True)
 class QuestionConfig:
-    """Which frames get questions, how many, and in which task proportions."""
+    """Which frames get questions, how many, and in which task proportions; `hold_s` > 0 makes them standing
+    questions (QuestionSchedule), 0 draws each frame's questions afresh (frame_questions)."""
 
     per_frame: int = 1
     every_k_frames: int = 1
     task_mix: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_MIX))
+    hold_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.per_frame < 1:
@@ -70,6 +78,16 @@ class QuestionConfig:
             raise ValueError(f"unknown task(s) {sorted(unknown)} in task_mix; tasks are {TASKS}")
         if any(w < 0 for w in self.task_mix.values()) or not any(w > 0 for w in self.task_mix.values()):
             raise ValueError(f"task_mix weights must be >= 0 with at least one > 0, got {dict(self.task_mix)}")
+        if not (math.isfinite(self.hold_s) and self.hold_s >= 0):
+            raise ValueError(f"hold_s must be a finite number of seconds >= 0, got {self.hold_s}")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings as hashed into cache and checkpoint keys: `hold_s` only when set, so that keys from before
+        it existed stay valid."""
+        settings = asdict(self)
+        if self.hold_s == 0:
+            del settings["hold_s"]
+        return settings
 
 
 def plural(shape: str) -> str:
@@ -177,12 +195,95 @@ def frame_questions(
             break
         weights = np.array([config.task_mix[t] for t in tasks], dtype=np.float64)
         task = tasks[int(rng.choice(len(tasks), p=weights / weights.sum()))]
-        candidates = pool[task]
-        if task == "counting":
-            answers = sorted({q.answer for q in candidates}, key=lambda a: int(a))
-            answer = answers[int(rng.integers(len(answers)))]
-            candidates = [q for q in candidates if q.answer == answer]
-        question = candidates[int(rng.integers(len(candidates)))]
+        question = _draw(pool[task], rng)
         pool[task].remove(question)
         chosen.append(question)
     return chosen
+
+
+def _draw(candidates: Sequence[Question], rng: np.random.Generator) -> Question:
+    """One of a task's questions; counting questions answer first, so that the many zero counts do not crowd out
+    the others."""
+    if candidates[0].task == "counting":
+        answers = sorted({q.answer for q in candidates}, key=lambda a: int(a))
+        answer = answers[int(rng.integers(len(answers)))]
+        candidates = [q for q in candidates if q.answer == answer]
+    return candidates[int(rng.integers(len(candidates)))]
+
+
+@dataclass
+class _Standing:
+    question: str
+    since_s: float  # time_s of the frame it was first asked on
+
+
+class QuestionSchedule:
+    """The questions of one video, asked frame after frame (call `questions` in frame order).
+
+    With `config.hold_s` == 0 it is frame_questions. With `hold_s` > 0 the tasks take turns, `per_frame` turns per
+    questioned frame, and each task asks a standing question: the one it asked last time, answered from the current
+    frame's truth, while it has stood less than `hold_s` seconds and is still answerable; otherwise a new one, drawn
+    from (seed, frame_index, task). A task with nothing to ask on a frame is skipped there.
+    """
+
+    def __init__(
+        self,
+        config: QuestionConfig | None,
+        seed: int,
+        width: int,
+        height: int,
+        shapes: Sequence[str] = SHAPES,
+        colours: Sequence[str] = tuple(COLOURS),
+    ) -> None:
+        self.config = config or QuestionConfig()
+        self.seed = seed
+        self.width, self.height = width, height
+        self.shapes, self.colours = tuple(shapes), tuple(colours)
+        self.active_tasks = tuple(t for t in TASKS if self.config.task_mix.get(t, 0.0) > 0)
+        # (task, k): the standing question of the task's k-th turn on a frame (k > 0 only when per_frame exceeds the
+        # number of tasks).
+        self._standing: dict[tuple[str, int], _Standing] = {}
+        self._last_frame_index = -1
+
+    def questions(self, truth: Sequence[ObjectTruth], frame_index: int, time_s: float) -> list[Question]:
+        """The questions asked about frame `frame_index`, shown at `time_s` seconds into the video."""
+        config = self.config
+        if config.hold_s == 0:
+            return frame_questions(
+                truth, self.width, self.height, self.seed, frame_index, config, self.shapes, self.colours
+            )
+        if frame_index <= self._last_frame_index:
+            raise ValueError(f"frames must come in order: frame {frame_index} after {self._last_frame_index}")
+        self._last_frame_index = frame_index
+        if frame_index % config.every_k_frames:
+            return []
+        pool = candidate_questions(truth, self.width, self.height, self.shapes, self.colours)
+        rngs: dict[str, np.random.Generator] = {}
+        turns_taken: dict[str, int] = {}
+        first_turn = frame_index // config.every_k_frames * config.per_frame
+        chosen: list[Question] = []
+        for turn in range(first_turn, first_turn + config.per_frame):
+            task = self.active_tasks[turn % len(self.active_tasks)]
+            slot = (task, turns_taken.get(task, 0))
+            turns_taken[task] = slot[1] + 1
+            question = self._held_question(slot, pool[task], time_s)
+            if question is None:
+                self._standing.pop(slot, None)
+                if not pool[task]:
+                    continue
+                if task not in rngs:
+                    rngs[task] = np.random.default_rng([self.seed, frame_index, TASKS.index(task)])
+                question = _draw(pool[task], rngs[task])
+                self._standing[slot] = _Standing(question.question, time_s)
+            pool[task].remove(question)  # a task's second turn on this frame asks something else
+            chosen.append(question)
+        return chosen
+
+    def _held_question(self, slot: tuple[str, int], candidates: list[Question], time_s: float) -> Question | None:
+        """This frame's version of the slot's standing question, or None when it has expired or cannot be asked."""
+        standing = self._standing.get(slot)
+        # Frame times are rounded to the microsecond (Scene.time_s), so is their difference: 0.7 - 0.4 is 0.29999...,
+        # which would keep a 0.3 s hold one frame too long.
+        if standing is None or round(time_s - standing.since_s, 6) >= self.config.hold_s:
+            return None
+        return next((q for q in candidates if q.question == standing.question), None)

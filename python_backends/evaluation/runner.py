@@ -319,7 +319,7 @@ def dataset_cache_dir(
             "split": split,
             "seeds": list(seeds),
             "scene": dataclasses.asdict(scene_config),
-            "questions": dataclasses.asdict(question_config),
+            "questions": question_config.identity(),
         },
         sort_keys=True,
         default=list,

@@ -72,6 +72,8 @@ class Recipe:
             del recipe["tower"]
         if self.questions_per_frame == 1:
             del recipe["questions_per_frame"]
+        recipe["data"]["train_questions"] = self.data.train_questions.identity()
+        recipe["data"]["test_questions"] = self.data.test_questions.identity()
         payload = {
             "pipeline": PIPELINE_VERSION,
             "generator": GENERATOR_VERSION,
@@ -183,7 +185,7 @@ def split_path(split: str, data: DataConfig, root: Path) -> Path:
     questions = data.train_questions if split == "train" else data.test_questions
     payload = json.dumps(
         {"generator": GENERATOR_VERSION, "split": split, "count": count, "seconds": data.seconds,
-         "questions": asdict(questions), "scene": asdict(data.scene)},
+         "questions": questions.identity(), "scene": asdict(data.scene)},
         sort_keys=True, default=str,
     )  # fmt: skip
     folder = root / "data" / f"{split}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"

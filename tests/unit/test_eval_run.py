@@ -295,6 +295,14 @@ def test_checkpoint_check_reads_the_rendered_configs(tmp_path):
     assert rendered_checkpoint("edge", Path(tmp_path / "missing")) is None
 
 
+def test_eval_asks_standing_questions_by_default():
+    from load_tests.eval_run import EVAL_HOLD_S
+
+    parser = add_arguments(argparse.ArgumentParser())
+    assert parser.parse_args([]).hold_s == EVAL_HOLD_S > 0
+    assert parser.parse_args(["--hold-s", "0"]).hold_s == 0
+
+
 def run_eval_cli(argv: list[str]) -> int:
     from load_tests.eval_run import run_from_args
 
@@ -307,6 +315,8 @@ def run_eval_cli(argv: list[str]) -> int:
         (["--edge-url", "127.0.0.1:1"], "together"),
         (["--videos", "0"], "--videos"),
         (["--max-tokens", "0"], "--max-tokens"),
+        (["--hold-s", "-1"], "--hold-s"),
+        (["--hold-s", "nan"], "--hold-s"),
         (["--edge-url", "127.0.0.1:1", "--cloud-url", "127.0.0.1:2", "--latencies", "soon"], "seconds"),
         (["--edge-url", "127.0.0.1:1", "--cloud-url", "127.0.0.1:2", "--dataset", "/no/such.jsonl"], "no such"),
     ],
