@@ -127,7 +127,7 @@ def answer_loss(model, tensors: dict, labels):
     rows = torch.nonzero(mask)[:, 0]
     tokens = torch.nn.functional.cross_entropy(model.lm_head(hidden[mask]).float(), targets[mask], reduction="none")
     counts = mask.sum(1).clamp(min=1).to(tokens.dtype)
-    per_row = torch.zeros(labels.shape[0], dtype=tokens.dtype).index_add(0, rows, tokens)
+    per_row = torch.zeros(labels.shape[0], dtype=tokens.dtype, device=tokens.device).index_add(0, rows, tokens)
     return (per_row / counts).mean()
 
 
