@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -244,9 +245,31 @@ def template_values(args: argparse.Namespace, edge: Path, cloud: Path, image_siz
         "streams_per_instance": args.streams_per_instance,
         "sequence_idle_us": int(args.sequence_idle_s * 1_000_000),
         "sequence_idle_s": args.sequence_idle_s,
-        "focus_mode": args.focus_mode,
+        "focus_mode": args.focus_mode or ("crop_only" if args.trained else "crop_and_frame"),
+        # Backslashes doubled: config.pbtxt strings take C escapes, and "\b" must reach the model as a word boundary.
+        "focus_questions": focus_questions(args).replace("\\", "\\\\"),
         "context_turns": context_turns(args),
     }
+
+
+# The questions the trained edge model saw focus crops on (training/examples.py crops recognition examples only).
+TRAINED_FOCUS_QUESTIONS = "^what (colour|shape) is the "
+
+
+def focus_questions(args: argparse.Namespace) -> str:
+    """The trained edge learned crops, alone in place of the frame, on recognition questions only: --trained focuses
+    those alone (in crop_only, its focus mode); other checkpoints focus every question."""
+    if args.focus_questions is not None:
+        return args.focus_questions
+    return TRAINED_FOCUS_QUESTIONS if args.trained else ""
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {exc}") from None
+    return text
 
 
 def context_turns(args: argparse.Namespace) -> int:
@@ -325,8 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--focus-mode",
         choices=["crop_and_frame", "crop_only", "off"],
-        default="crop_and_frame",
-        help="visual focus when a request says focus=auto",
+        help="visual focus when a request says focus=auto (default: crop_only with --trained, as its edge learned; "
+        "else crop_and_frame)",
+    )
+    parser.add_argument(
+        "--focus-questions",
+        type=_regex,
+        metavar="REGEX",
+        help="focus only questions this regular expression finds, case aside (default: the recognition questions "
+        "with --trained, else every question)",
     )
     parser.add_argument(
         "--context-turns",

@@ -6,10 +6,14 @@ text context (the stream's history, with the LVLM's answers replacing the SVLM's
     policy              use_context  text_context  focus             what the SVLM sees
     edge_only           false        -             off               the frame alone
     replacement_only    true         true          off               the frame + the replaced text history
-    focus_only          true         false         crop_and_frame    the frame + a crop where the LVLM saw the objects
-    context_transfer    true         true          crop_and_frame    both
+    focus_only          true         false         auto              the frame or a crop where the LVLM saw the objects
+    context_transfer    true         true          auto              both
 
-`focus` is named explicitly rather than "auto", so results do not depend on the server's default focus mode.
+`auto` is the edge's configured `focus_mode` (and `focus_questions`): the form of crop must be the one its SVLM
+takes. The trained tiny edge learned a crop alone in place of the frame on recognition questions, and
+`./build_engines.sh --trained` configures exactly that; shown a frame beside a crop, or a crop for a question about
+where something is, it answered worse than with no crop (`spotvlm eval`, before this was so: counting 0.44 with no
+focus, 0.23 to 0.29 with it; localisation 0.21 against 0.13 to 0.17). CONTEXT's `focus_mode` says what was done.
 
 `focus_only` relies on spotvlm's request parameter `text_context` (a spotvlm without it ignores the unknown parameter
 and silently runs `focus_only` as `context_transfer`; `policy_violations` catches that from CONTEXT):
@@ -55,8 +59,9 @@ TEXT_CONTEXT = "text_context"  # spotvlm's switch for the text history alone (mo
 _REQUEST_PARAMETERS: dict[str, dict[str, Any]] = {
     EDGE_ONLY: {"use_context": False, "focus": "off"},
     REPLACEMENT_ONLY: {"use_context": True, TEXT_CONTEXT: True, "focus": "off"},
-    FOCUS_ONLY: {"use_context": True, TEXT_CONTEXT: False, "focus": "crop_and_frame"},
-    CONTEXT_TRANSFER: {"use_context": True, TEXT_CONTEXT: True, "focus": "crop_and_frame"},
+    # "auto": the edge's configured focus_mode, the form of crop its SVLM takes (a trained tiny edge: crop_only).
+    FOCUS_ONLY: {"use_context": True, TEXT_CONTEXT: False, "focus": "auto"},
+    CONTEXT_TRANSFER: {"use_context": True, TEXT_CONTEXT: True, "focus": "auto"},
 }
 
 POLICY_DESCRIPTIONS: dict[str, str] = {

@@ -148,6 +148,7 @@ class SpotVLMStep:
             max_margin=get_param(params, "focus_max_margin", FocusConfig.max_margin, float),
             min_size=get_param(params, "focus_min_size", FocusConfig.min_size, int),
             frame_side=get_param(params, "focus_frame_side", FocusConfig.frame_side, int),
+            question_pattern=get_param(params, "focus_questions", FocusConfig.question_pattern, str),
         )
         self.replacement = ReplacementConfig(
             max_turns=get_param(params, "context_turns", ReplacementConfig.max_turns, int),

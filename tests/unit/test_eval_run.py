@@ -112,7 +112,7 @@ def test_request_parameters_carry_policy_latency_and_tokens(tmp_path):
     assert constant.request_parameters(16) == {
         "use_context": True,
         "text_context": False,
-        "focus": "crop_and_frame",
+        "focus": "auto",
         "cloud_delay": "500",
         "max_tokens": 16,
     }

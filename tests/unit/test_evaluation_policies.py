@@ -53,8 +53,8 @@ class TableLatency:
     [
         (EDGE_ONLY, False, None, "off"),
         (REPLACEMENT_ONLY, True, True, "off"),
-        (FOCUS_ONLY, True, False, "crop_and_frame"),
-        (CONTEXT_TRANSFER, True, True, "crop_and_frame"),
+        (FOCUS_ONLY, True, False, "auto"),
+        (CONTEXT_TRANSFER, True, True, "auto"),
     ],
 )
 def test_request_parameters_per_policy(policy, use_context, text_context, focus):
@@ -69,7 +69,9 @@ def test_request_parameters_are_what_spotvlm_parses_today(policy):
     params = policy_request_parameters(policy)
     # The parsers spotvlm itself uses on these parameters: a typo here would be an INVALID_ARG on every frame.
     assert bool_parameter(params, "use_context", True) is params["use_context"]
-    assert parse_focus_mode(params["focus"], FocusMode.OFF).value == params["focus"]
+    # The focusing policies take the edge's configured mode (here crop_only), the others turn focus off.
+    expected = FocusMode.OFF if params["focus"] == "off" else FocusMode.CROP_ONLY
+    assert parse_focus_mode(params["focus"], FocusMode.CROP_ONLY) is expected
 
 
 def _switches(policy):
@@ -88,7 +90,7 @@ def test_the_spotvlm_policies_are_a_two_by_two_of_text_context_and_focus():
 
 def test_request_parameters_are_a_fresh_copy():
     policy_request_parameters(CONTEXT_TRANSFER)["focus"] = "changed"
-    assert policy_request_parameters(CONTEXT_TRANSFER)["focus"] == "crop_and_frame"
+    assert policy_request_parameters(CONTEXT_TRANSFER)["focus"] == "auto"
 
 
 def test_cloud_stale_has_no_request_parameters():

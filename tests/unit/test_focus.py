@@ -275,6 +275,20 @@ def test_plan_crop_only_shows_full_resolution_crop(frame):
     assert not np.shares_memory(crop, frame)
 
 
+def test_plan_focuses_only_the_questions_its_pattern_finds(frame):
+    config = FocusConfig(margin=0.0, margin_per_s=0.0, max_margin=0.0, min_size=1, question_pattern="^what colou?r")
+    colour = plan_focus(frame, [CAR_224], (224, 224), "What COLOUR is the car?", 0, FocusMode.CROP_ONLY, config)
+    where = plan_focus(frame, [CAR_224], (224, 224), "Where is the car?", 0, FocusMode.CROP_ONLY, config)
+    assert colour.mode is FocusMode.CROP_ONLY and colour.box == (160, 120, 320, 240)
+    assert where.mode is FocusMode.OFF and where.images[0] is frame, "a crop cannot say where the car is"
+    assert NO_MARGIN.focuses_on("anything at all"), "no pattern: every question"
+
+
+def test_a_question_pattern_that_is_no_regex_is_refused():
+    with pytest.raises(ValueError, match="not a regular expression"):
+        FocusConfig(question_pattern="what (colour")
+
+
 def test_plan_crop_and_frame(frame):
     plan = plan_focus(frame, [CAR_224], (224, 224), "where is the car?", 0, FocusMode.CROP_AND_FRAME, NO_MARGIN)
     assert plan.mode is FocusMode.CROP_AND_FRAME

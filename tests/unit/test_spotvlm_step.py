@@ -416,6 +416,14 @@ def test_a_cloud_answer_to_another_question_is_not_history_but_its_boxes_still_f
     assert call.model_name == "svlm_focus" and ctx["focus_labels"] == ["car"] and ctx["focus_frame"] == 0
 
 
+def test_focus_questions_limits_the_crop_to_the_questions_it_finds(make_step, calls):
+    step = make_step(cloud_url="cloud.test:8001", focus_questions="^what colou?r ")
+    _with_cloud_answer(step, calls)
+    run(step, [frame(1, timestamp=10_750, prompt="Where is the car?")])
+    run(step, [frame(1, timestamp=10_850, prompt="What colour is the car?")])
+    assert [c.model_name for c in calls] == ["svlm", "svlm_focus"]
+
+
 def test_a_cloud_answer_carries_the_question_it_answered(cloud_step, calls):
     _with_cloud_answer(cloud_step, calls)
     (result,) = cloud_step.store.snapshot(1).cloud_results

@@ -73,6 +73,31 @@ def test_the_trained_edge_reads_only_the_freshest_cloud_answer_unless_told_other
     assert values["context_turns"] == turns
 
 
+@pytest.mark.parametrize(
+    "argv, mode, questions",
+    [
+        ([], "crop_and_frame", ""),
+        (["--trained"], "crop_only", "^what (colour|shape) is the "),
+        (["--trained", "--focus-mode", "crop_and_frame", "--focus-questions", ""], "crop_and_frame", ""),
+        (["--focus-questions", r"\bcolou?r\b"], "crop_and_frame", r"\\bcolou?r\\b"),
+    ],
+)
+def test_the_trained_edge_is_focused_as_it_learned(argv, mode, questions):
+    from python_backends.engines.build import ModelFacts, build_parser, template_values
+
+    facts = ModelFacts(text_hidden=64, patch_size=14, merge_size=2, temporal_patch_size=2)
+    values = template_values(build_parser().parse_args(argv), Path("/e"), Path("/c"), 112, facts)
+    assert (values["focus_mode"], values["focus_questions"]) == (mode, questions)
+
+
+def test_a_focus_questions_that_is_no_regex_is_refused(capsys):
+    from python_backends.engines.build import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--focus-questions", "what (colour"])
+    assert "not a regular expression" in capsys.readouterr().err
+
+
 def test_a_negative_context_turns_is_refused(capsys):
     from python_backends.engines.build import build_parser
 
