@@ -63,7 +63,10 @@ class MixConfig:
 
 
 # Bins of 2 px keep every edge box target at IoU >= 0.5 in its 112 px view (4 px bins lose 10 % of them).
-EDGE_MIX = MixConfig(history_fraction=0.4, focus_fraction=0.3, coordinate_bin=2)
+# Every history turn asks the current question: spotvlm's history holds only answers to the question being asked
+# (context_match), so an edge that also learned to ignore histories about other questions would only learn to trust
+# its history less.
+EDGE_MIX = MixConfig(history_fraction=0.4, focus_fraction=0.3, same_question_fraction=1.0, coordinate_bin=2)
 CLOUD_MIX = MixConfig()
 
 
