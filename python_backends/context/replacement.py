@@ -78,6 +78,7 @@ class ReplacedHistory:
     replaced_turns: int  # how many SVLM answers were replaced by LVLM answers
     context_frame: int | None  # frame id of the freshest LVLM answer used (None when there is none)
     context_age_ms: int | None  # now_ms - that frame's timestamp
+    context_result: CloudResult | None = None  # that freshest LVLM answer itself
 
 
 def _age_ms(result: CloudResult, now_ms: int) -> int:
@@ -171,6 +172,7 @@ def build_history(
         replaced_turns=replaced,
         context_frame=freshest.frame_id,
         context_age_ms=_age_ms(freshest, now_ms),
+        context_result=freshest,
     )
 
 

@@ -42,7 +42,6 @@ from python_backends.context.replacement import (
     ReplacementConfig,
     WordBudget,
     build_history,
-    matching_results,
 )
 from python_backends.context.store import CloudResult, ContextStore, StoreLimits, TurnRecord
 from python_backends.context.token_budget import TokenizerBudget
@@ -340,7 +339,7 @@ class SpotVLMStep:
 
         snapshot = self.store.snapshot(stream) if frame.use_context else None
         history = ReplacedHistory(turns=[], replaced_turns=0, context_frame=None, context_age_ms=None)
-        latest = boxes = None
+        boxes = None
         if snapshot is not None:
             results = [
                 r
@@ -350,9 +349,6 @@ class SpotVLMStep:
             history = build_history(
                 snapshot.turns, results, frame.timestamp_ms, self.replacement, self.budget, question=frame.prompt
             )
-            # Same choice as build_history: the newest frame, and for one frame the later arrival.
-            usable = matching_results(results, frame.prompt, self.replacement)
-            latest = max(usable, key=lambda r: (r.frame_id, r.arrived_s)) if usable else None
             boxes = focus_source(results, frame.prompt)
             if not frame.text_context:
                 # Focus alone (the evaluation's focus_only): CONTEXT still names the cloud answer in use.
@@ -380,6 +376,7 @@ class SpotVLMStep:
         prepared = PreparedFrame(frame, frame_id, dispatch, history, plan, model, inputs)
         if plan.mode is not FocusMode.OFF:
             prepared.focus_frame = boxes.frame_id
+        latest = history.context_result  # kept when text_context is off: CONTEXT still names it
         if latest is not None:
             prepared.context_rtt_ms = round(latest.rtt_ms, 1)
             prepared.context_detections = len(latest.detections)
