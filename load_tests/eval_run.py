@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import re
 import statistics
 import sys
@@ -467,8 +466,10 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm eval") -> int:
     if videos < 1 or not seconds > 0 or not args.fps > 0:
         print(f"{prog}: --videos must be >= 1, --seconds and --fps > 0", file=sys.stderr)
         return 2
-    if not (math.isfinite(args.hold_s) and args.hold_s >= 0):
-        print(f"{prog}: --hold-s must be a number of seconds >= 0", file=sys.stderr)
+    try:
+        QuestionConfig(hold_s=args.hold_s)  # its own check of the value, with the reason
+    except ValueError as exc:
+        print(f"{prog}: --hold-s: {exc}", file=sys.stderr)
         return 2
     if (args.edge_url is None) != (args.cloud_url is None):
         print(f"{prog}: give --edge-url and --cloud-url together (the edge linked to that cloud)", file=sys.stderr)

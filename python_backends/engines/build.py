@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -265,10 +264,12 @@ def focus_questions(args: argparse.Namespace) -> str:
 
 
 def _regex(text: str) -> str:
+    from python_backends.context.focus import FocusConfig  # the check spotvlm applies to focus_questions
+
     try:
-        re.compile(text)
-    except re.error as exc:
-        raise argparse.ArgumentTypeError(f"not a regular expression: {exc}") from None
+        FocusConfig(question_pattern=text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
