@@ -2,8 +2,9 @@
 
 Why (issue 5, measured on 2 cores with the cloud recipe): trained end to end from question answers, the tower and the
 language model stay at the majority answer for the whole budget. Supervised densely instead, one label per merged cell
-(colour and shape of the object centred there, and its box), the tower alone reaches 0.88 colour and 0.57 shape
-accuracy on held-out frames in 300 steps. Frozen after that, its features are computed once per training example, so
+(colour and shape of the object centred there, and its box), the tower alone names, after 300 steps, the colour of
+63% and the shape of 25% of the objects centred in the cells of 400 held-out frames (38% of shapes when "no object"
+is ruled out; README, "Not built yet"). Frozen after that, its features are computed once per training example, so
 the language model's steps no longer run the tower (about 0.2 s instead of 0.46 s at batch 16) and it gets twice the
 steps in the same minutes.
 
