@@ -30,6 +30,17 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="ask N questions of each training frame in one sequence (default: the recipe's; >1 needs no context)",
     )
+    parser.add_argument(
+        "--tower-empty-weight",
+        type=float,
+        help="weight of the tower's empty cells in its class losses, in (0, 1] (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--fresh-reading-fraction",
+        type=float,
+        help="train on fresh frames instead of the cached split: single-object grounding for this share of the "
+        "language model's minutes, then full scenes (default: the cached split)",
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
@@ -38,7 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tower-steps must be >= 0")
     try:
         chosen = recipe(
-            args.model, args.minutes, args.seed, args.batch_size, args.lr, args.tower_steps, args.questions_per_frame
+            args.model,
+            args.minutes,
+            args.seed,
+            args.batch_size,
+            args.lr,
+            args.tower_steps,
+            args.questions_per_frame,
+            args.tower_empty_weight,
+            args.fresh_reading_fraction,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -182,7 +182,7 @@ def build_examples(
     return result
 
 
-def _balanced_draw(by_task: dict[str, list], count: int, rng: np.random.Generator) -> list:
+def balanced_draw(by_task: dict[str, list], count: int, rng: np.random.Generator) -> list:
     """Up to `count` questions, the tasks taking turns (in a random order) as long as each has questions left: a frame
     allows about 10 counting questions to 3 localisation ones, while the test split asks each task about as often."""
     queues = [[questions[i] for i in rng.permutation(len(questions))] for questions in by_task.values() if questions]
@@ -220,25 +220,30 @@ def build_frame_examples(
         seen_frames.add(key)
         frame = load_frame(example)
         height, width = frame.shape[:2]
-        seen = view.seen_size(height, width)
         objects = truth.frames(example.video)[example.frame_index]
-        chosen = _balanced_draw(candidate_questions(objects, width, height), questions_per_frame, rng)
+        chosen = balanced_draw(candidate_questions(objects, width, height), questions_per_frame, rng)
         if not chosen:
             continue
-        turns = [
-            Turn(q.question, answer_text(q.task, q.answer, q.question, seen, (height, width), mix.coordinate_bin))
-            for q in chosen
-        ]
-        result.append(
-            ModelExample(
-                f"{example.video}#{example.frame_index}",
-                chosen[0].task,
-                turns[0].question,
-                turns[0].answer,
-                [view.resize(frame)],
-                source=example,
-                seen_size=tuple(seen),
-                follow_ups=turns[1:],
-            )
-        )
+        item = frame_example(f"{example.video}#{example.frame_index}", frame, chosen, view, mix)
+        item.source = example
+        result.append(item)
     return result
+
+
+def frame_example(example_id: str, frame: np.ndarray, chosen: list, view: ModelView, mix: MixConfig) -> ModelExample:
+    """One example asking the `chosen` questions (evaluation.questions.Question) of `frame` one after the other."""
+    height, width = frame.shape[:2]
+    seen = view.seen_size(height, width)
+    turns = [
+        Turn(q.question, answer_text(q.task, q.answer, q.question, seen, (height, width), mix.coordinate_bin))
+        for q in chosen
+    ]
+    return ModelExample(
+        example_id,
+        chosen[0].task,
+        turns[0].question,
+        turns[0].answer,
+        [view.resize(frame)],
+        seen_size=tuple(seen),
+        follow_ups=turns[1:],
+    )

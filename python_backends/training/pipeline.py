@@ -19,6 +19,12 @@ from python_backends.engines.tiny_checkpoint import TinyVLMSpec
 from python_backends.evaluation.dataset import default_seeds, generate_split, load_dataset
 from python_backends.evaluation.questions import QuestionConfig
 from python_backends.evaluation.scenes import GENERATOR_VERSION, SceneConfig
+from python_backends.training.fresh_frames import (
+    FreshCurriculum,
+    FreshFrames,
+    FreshQuestionStream,
+    fresh_labelled_frames,
+)
 from python_backends.training.examples import CLOUD_MIX, EDGE_MIX, MixConfig, build_examples, build_frame_examples
 from python_backends.training.tokens import DEFAULT_MAX_NUMBER
 from python_backends.training.tower_pretraining import TowerPretrainConfig
@@ -56,12 +62,17 @@ class Recipe:
     # 1: one training example per dataset question; more: one per frame, asking that many of the frame's questions
     # one after the other (examples.build_frame_examples). Needs a mix without context.
     questions_per_frame: int = 1
+    # The language model trains on fresh frames (fresh_frames.py) in this curriculum instead of the train split's
+    # cached frames; None: the cached split.
+    fresh: FreshCurriculum | None = None
 
     def __post_init__(self) -> None:
         if self.questions_per_frame < 1:
             raise ValueError(f"questions_per_frame must be >= 1, got {self.questions_per_frame}")
         if self.questions_per_frame > 1 and self.mix.has_context:
             raise ValueError(f"the {self.model} mix has context (history or focus): it asks one question per image")
+        if self.fresh is not None and self.mix.has_context:
+            raise ValueError(f"the {self.model} mix has context (history or focus): fresh frames have no history")
 
     def key(self) -> str:
         """Hash of every input that decides the trained weights and the reported numbers."""
@@ -70,6 +81,10 @@ class Recipe:
         # Options at their old default are left out, so keys from before an option existed stay valid.
         if self.tower is None:
             del recipe["tower"]
+        else:
+            recipe["tower"] = self.tower.identity()
+        if self.fresh is None:
+            del recipe["fresh"]
         if self.questions_per_frame == 1:
             del recipe["questions_per_frame"]
         recipe["data"]["train_questions"] = self.data.train_questions.identity()
@@ -134,15 +149,27 @@ def recipe(
     peak_lr: float | None = None,
     tower_steps: int | None = None,
     questions_per_frame: int | None = None,
+    tower_empty_weight: float | None = None,
+    fresh_reading_fraction: float | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
-    of each training frame in one sequence."""
+    of each training frame in one sequence; `tower_empty_weight` weighs the tower's empty cells; a
+    `fresh_reading_fraction` trains the tower and the language model on fresh frames, single-object grounding for
+    that share of the language model's minutes first (fresh_frames.FreshCurriculum)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if tower_steps is not None:
         base = replace(base, tower=TowerPretrainConfig(steps=tower_steps, seed=seed) if tower_steps > 0 else None)
     if questions_per_frame is not None:
         base = replace(base, questions_per_frame=questions_per_frame)
+    if tower_empty_weight is not None:
+        if base.tower is None:
+            raise ValueError("tower_empty_weight needs a pretrained tower (tower_steps > 0)")
+        base = replace(base, tower=replace(base.tower, empty_weight=tower_empty_weight))
+    if fresh_reading_fraction is not None:
+        base = replace(base, fresh=FreshCurriculum(reading_fraction=fresh_reading_fraction, seed=seed))
+        if base.tower is not None:
+            base = replace(base, tower=replace(base.tower, fresh_frames=True))
     return base
 
 
@@ -227,8 +254,10 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         test_set = test_set[:eval_limit]
     model, tokenizer = build_model(recipe.spec, recipe.max_number)
     parameters = sum(p.numel() for p in model.parameters())
-    examples = training_examples(recipe, train_set)
-    _say(f"{recipe.model}: {parameters / 1e6:.2f} M parameters, {len(examples)} training examples")
+    # Fresh frames replace the split's training examples (the split still holds the test questions).
+    examples = training_examples(recipe, train_set) if recipe.fresh is None else []
+    described = f"{len(examples)} training examples" if examples else "fresh frames"
+    _say(f"{recipe.model}: {parameters / 1e6:.2f} M parameters, {described}")
     encoded = [encode(tokenizer, e) for e in examples]
     ready_s = time.monotonic() - started
     train_config, features, tower_losses = recipe.train, None, []
@@ -240,7 +269,10 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         train_config = replace(train_config, minutes=max(0.05, train_config.minutes - spent_min))
     _say(f"{recipe.model}: training for {train_config.minutes:.1f} min (examples ready in {ready_s:.0f} s)")
     say = lambda m: _say(f"{recipe.model}: {m}")  # noqa: E731
-    result = train(model, tokenizer, encoded, train_config, progress=say, image_features=features)
+    stream = None
+    if recipe.fresh is not None:
+        stream = FreshQuestionStream(tokenizer, recipe.view, recipe.mix, recipe.questions_per_frame, recipe.fresh)
+    result = train(model, tokenizer, encoded, train_config, progress=say, image_features=features, stream=stream)
     _say(f"{recipe.model}: {result.steps} steps in {result.seconds:.0f} s; evaluating on {len(test_set)} questions")
     test_examples = build_examples(test_set, recipe.view, plain_mix(recipe.mix), seed=0)
     summary = summarise(evaluate(model, tokenizer, test_examples))
@@ -269,8 +301,9 @@ def training_examples(recipe: Recipe, train_set) -> list:
     return build_frame_examples(train_set, recipe.view, recipe.mix, recipe.questions_per_frame, recipe.train.seed)
 
 
-def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[float], list]:
-    """Pretrains and freezes the tower (recipe.tower), then computes its features of every encoded example."""
+def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[float], list | None]:
+    """Pretrains and freezes the tower (recipe.tower), then computes its features of every encoded example (None
+    without encoded examples: with fresh frames the frozen tower runs at every step)."""
     from python_backends.training.tower_pretraining import (
         cache_features,
         freeze_tower,
@@ -278,12 +311,17 @@ def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[f
         pretrain_tower,
     )
 
-    labelled = labelled_examples(examples)
-    _say(f"{recipe.model}: pretraining the vision tower for {recipe.tower.steps} steps on {len(labelled)} frames")
+    steps = recipe.tower.steps
+    if recipe.tower.fresh_frames:
+        labelled = fresh_labelled_frames(FreshFrames(recipe.tower.seed), recipe.view)
+        _say(f"{recipe.model}: pretraining the vision tower for {steps} steps on fresh frames")
+    else:
+        labelled = labelled_examples(examples)
+        _say(f"{recipe.model}: pretraining the vision tower for {steps} steps on {len(labelled)} frames")
     losses = pretrain_tower(model, labelled, recipe.tower, progress=lambda m: _say(f"{recipe.model}: {m}"))
     freeze_tower(model)
-    features = cache_features(model, [e.image for e in encoded])
-    _say(f"{recipe.model}: tower frozen (loss {sum(losses[-20:]) / len(losses[-20:]):.3f}), features cached")
+    features = cache_features(model, [e.image for e in encoded]) if encoded else None
+    _say(f"{recipe.model}: tower frozen (loss {sum(losses[-20:]) / len(losses[-20:]):.3f})")
     return losses, features
 
 

@@ -199,25 +199,46 @@ def train(
     config: TrainConfig,
     progress: Callable[[str], None] | None = None,
     image_features: Sequence | None = None,
+    stream: Callable[[int, float], list[Encoded]] | None = None,
 ) -> TrainResult:
     """Trains in place until the wall-time budget (or `max_steps`) is used; shuffles each epoch with the seed.
 
     `image_features` (one tensor per encoded example, from a frozen tower: tower_pretraining.cache_features) are
-    used instead of running the tower; only parameters that require grad are trained."""
+    used instead of running the tower; only parameters that require grad are trained. `stream(batch_size,
+    elapsed_fraction)`, when given, makes every batch instead of `encoded` (fresh_frames.FreshQuestionStream)."""
     from python_backends.training.tower_pretraining import serving_cached_features
 
+    if stream is not None and (encoded or image_features is not None):
+        raise ValueError("a stream makes every batch: pass no encoded examples and no cached features with it")
     if image_features is not None and len(image_features) != len(encoded):
         raise ValueError(f"{len(image_features)} cached image features for {len(encoded)} examples")
+    if stream is None:
+        stream = _shuffled_batches(encoded, config.seed)
     cached = image_features is not None
     with serving_cached_features(model, image_features) if cached else contextlib.nullcontext() as select:
-        return _train(model, tokenizer, encoded, config, progress, select)
+        return _train(model, tokenizer, stream, config, progress, select)
 
 
-def _train(model, tokenizer, encoded, config: TrainConfig, progress, select) -> TrainResult:
+def _shuffled_batches(encoded: Sequence[Encoded], seed: int):
+    """stream(batch_size, elapsed_fraction) over `encoded`, reshuffled each epoch; `.indices` holds the last batch's."""
+    rng = np.random.default_rng(seed)
+    order, cursor = rng.permutation(len(encoded)), 0
+
+    def stream(batch_size: int, elapsed_fraction: float) -> list[Encoded]:
+        nonlocal order, cursor
+        if cursor + batch_size > len(order):
+            order, cursor = rng.permutation(len(encoded)), 0
+        stream.indices = order[cursor : cursor + batch_size]
+        cursor += batch_size
+        return [encoded[i] for i in stream.indices]
+
+    return stream
+
+
+def _train(model, tokenizer, stream, config: TrainConfig, progress, select) -> TrainResult:
     import torch
 
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
     pad_id, image_token_id = tokenizer.pad_token_id, model.config.image_token_id
@@ -225,20 +246,14 @@ def _train(model, tokenizer, encoded, config: TrainConfig, progress, select) -> 
     started = time.monotonic()
     last_log = started
     result = TrainResult(steps=0, seconds=0.0, examples_seen=0)
-    order = rng.permutation(len(encoded))
-    cursor = 0
     model.train()
     while True:
         elapsed = time.monotonic() - started
         if elapsed >= budget_s or (config.max_steps is not None and result.steps >= config.max_steps):
             break
-        if cursor + config.batch_size > len(order):
-            order, cursor = rng.permutation(len(encoded)), 0
-        indices = order[cursor : cursor + config.batch_size]
-        batch = [encoded[i] for i in indices]
-        cursor += config.batch_size
+        batch = stream(config.batch_size, elapsed / budget_s)
         if select is not None:
-            select(indices)
+            select(stream.indices)
         factor = lr_factor(elapsed / budget_s, result.steps, config.warmup_steps, config.final_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = config.peak_lr * factor
@@ -262,7 +277,7 @@ def _train(model, tokenizer, encoded, config: TrainConfig, progress, select) -> 
             progress(
                 f"step {result.steps:5d}  {now - started:6.0f}/{budget_s:.0f} s  "
                 f"loss {sum(recent) / len(recent):.3f}  lr {config.peak_lr * factor:.2e}  "
-                f"epoch {result.examples_seen / len(encoded):.1f}"
+                f"examples {result.examples_seen}"
             )
     result.seconds = time.monotonic() - started
     model.eval()

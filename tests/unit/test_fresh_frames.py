@@ -1,0 +1,119 @@
+"""Fresh procedural training frames and the reading-first curriculum (training/fresh_frames.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from python_backends.evaluation.dataset import TEST_SEED_START, TRAIN_SEED_START
+from python_backends.evaluation.questions import TASKS
+from python_backends.evaluation.scenes import SHAPES
+from python_backends.training import pipeline
+from python_backends.training.__main__ import main as training_main
+from python_backends.training.examples import MixConfig
+from python_backends.training.fresh_frames import (
+    FRESH_SEED_START,
+    SINGLE_OBJECT_SCENE,
+    FreshCurriculum,
+    FreshFrames,
+    FreshQuestionStream,
+    fresh_labelled_frames,
+)
+from python_backends.training.tower_pretraining import TowerPretrainConfig, pretrain_tower
+from python_backends.training.trainer import TrainConfig, build_model, train
+
+from .test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_model(TINY_SPEC, MAX_NUMBER)[1]
+
+
+def test_fresh_frames_are_deterministic_per_seed_and_never_from_the_test_range() -> None:
+    first, again, other = FreshFrames(3), FreshFrames(3), FreshFrames(4)
+    frames = [first.draw() for _ in range(4)]
+    for (frame, truth), (frame_again, truth_again) in zip(frames, [again.draw() for _ in range(4)], strict=True):
+        assert np.array_equal(frame, frame_again) and truth == truth_again
+    assert not np.array_equal(frames[0][0], other.draw()[0])
+    assert FRESH_SEED_START > TRAIN_SEED_START > TEST_SEED_START  # check_seeds("train") guards every draw
+
+
+def test_single_object_scenes_show_one_object() -> None:
+    frames = FreshFrames(0, SINGLE_OBJECT_SCENE)
+    for _ in range(10):
+        _, truth = frames.draw()
+        assert len(truth) == 1 and truth[0].shape in SHAPES
+
+
+def test_the_stream_reads_single_objects_first_then_asks_every_task_of_full_scenes(tokenizer) -> None:
+    curriculum = FreshCurriculum(reading_fraction=0.5, reading_tasks=("grounding",), seed=0)
+    stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 6, curriculum)
+    assert stream.phase(0.0) == stream.phase(0.49) == "reading" and stream.phase(0.5) == "scenes"
+    for _ in range(5):
+        reading = stream.example(0.1)
+        assert reading.task == "grounding" and not reading.follow_ups  # one object: one grounding question
+        box = json.loads(reading.target)[0]["bbox_2d"]
+        assert len(box) == 4 and all(0 <= v <= TINY_VIEW.size for v in box)
+    tasks = set()
+    for _ in range(10):
+        example = stream.example(0.9)
+        asked = [example.question] + [turn.question for turn in example.follow_ups]
+        assert len(asked) == len(set(asked)) <= 6
+        tasks.add(example.task)
+    assert len(tasks) > 1 and tasks <= set(TASKS)
+    encoded = stream(3, 0.9)
+    assert len(encoded) == 3 and all(e.answer_spans for e in encoded)
+
+
+def test_fresh_frames_need_a_mix_without_context_and_a_known_task(tokenizer) -> None:
+    with pytest.raises(ValueError, match="without history"):
+        FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(history_fraction=0.5), 4, FreshCurriculum())
+    with pytest.raises(ValueError, match="reading_tasks"):
+        FreshCurriculum(reading_tasks=("naming",))
+    with pytest.raises(ValueError, match="reading_fraction"):
+        FreshCurriculum(reading_fraction=1.5)
+    with pytest.raises(ValueError, match="fresh frames"):
+        pipeline.recipe("edge", 10, fresh_reading_fraction=0.5)
+
+
+def test_training_on_a_stream_lowers_the_loss() -> None:
+    model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
+    stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 4, FreshCurriculum(reading_fraction=1.0))
+    config = TrainConfig(minutes=5, batch_size=4, peak_lr=5e-3, warmup_steps=1, max_steps=30, seed=0)
+    result = train(model, tokenizer, [], config, stream=stream)
+    assert result.steps == 30 and np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) * 0.8
+    with pytest.raises(ValueError, match="a stream makes every batch"):
+        train(model, tokenizer, [object()], config, stream=stream)
+
+
+def test_the_tower_pretrains_on_fresh_frames_with_weighted_empty_cells() -> None:
+    model, _ = build_model(TINY_SPEC, MAX_NUMBER)
+    draw = fresh_labelled_frames(FreshFrames(0), TINY_VIEW)
+    images = draw(2)
+    assert all(image.shape[:2] == (TINY_VIEW.size, TINY_VIEW.size) for image, _ in images)
+    config = TowerPretrainConfig(steps=30, batch_size=8, lr=5e-3, empty_weight=0.1)
+    losses = pretrain_tower(model, draw, config)
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    with pytest.raises(ValueError, match="empty_weight"):
+        TowerPretrainConfig(empty_weight=0.0)
+
+
+def test_the_new_options_change_the_key_only_when_set() -> None:
+    cloud = pipeline.recipe("cloud", 20)
+    assert cloud.fresh is None and cloud.tower.empty_weight == 1.0 and not cloud.tower.fresh_frames
+    assert cloud.key() == "0d3151da4463f666"  # the cached default checkpoint's key, from before the options
+    weighted = pipeline.recipe("cloud", 20, tower_empty_weight=0.1)
+    fresh = pipeline.recipe("cloud", 20, tower_empty_weight=0.1, fresh_reading_fraction=0.4)
+    assert fresh.tower.fresh_frames and fresh.fresh == FreshCurriculum(reading_fraction=0.4)
+    assert len({cloud.key(), weighted.key(), fresh.key()}) == 3
+    with pytest.raises(ValueError, match="pretrained tower"):
+        pipeline.recipe("cloud", 20, tower_steps=0, tower_empty_weight=0.1)
+
+
+def test_the_training_command_takes_the_fresh_options(capsys) -> None:
+    with pytest.raises(SystemExit):
+        training_main(["--model", "edge", "--minutes", "1", "--fresh-reading-fraction", "0.5"])
+    assert "fresh frames have no history" in capsys.readouterr().err
