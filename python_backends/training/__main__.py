@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         help="train on fresh frames instead of the cached split: single-object grounding for this share of the "
         "language model's minutes, then full scenes (default: the cached split)",
     )
+    parser.add_argument(
+        "--attention-weight",
+        type=float,
+        help="supervise one language-model head's attention onto the asked objects with this weight (default 0)",
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
@@ -58,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             args.questions_per_frame,
             args.tower_empty_weight,
             args.fresh_reading_fraction,
+            args.attention_weight,
         )
     except ValueError as exc:
         parser.error(str(exc))

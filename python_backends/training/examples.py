@@ -33,7 +33,7 @@ from python_backends.evaluation.questions import candidate_questions
 from python_backends.evaluation.staleness import TruthIndex, answer_at, is_stale
 from python_backends.prompts import Turn
 from python_backends.training.tokens import binned_box, grounding_answer, scale_box
-from python_backends.training.views import ModelView
+from python_backends.training.views import ModelView, merged_cell
 
 # Cloud latencies of the benchmark (issue 5), in seconds: context ages are drawn from these.
 BENCHMARK_LATENCIES_S = (0.5, 1.0, 2.0, 4.0, 9.0)
@@ -87,6 +87,9 @@ class ModelExample:
     seen_size: tuple[int, int] = (0, 0)  # (height, width) of the full frame as the model sees it
     # More questions about the same image, asked after `question` was answered, each with its target answer.
     follow_ups: list[Turn] = field(default_factory=list)
+    # Per answer (`question`'s, then each follow-up's): the merged cells of the objects it is about, for attention
+    # supervision (attention_supervision.py); empty when unknown.
+    answer_cells: list[tuple[int, ...]] = field(default_factory=list)
 
 
 def answer_text(example_task: str, answer, question: str, seen_size: tuple[int, int], frame_size, coordinate_bin: int):
@@ -224,16 +227,24 @@ def build_frame_examples(
         chosen = balanced_draw(candidate_questions(objects, width, height), questions_per_frame, rng)
         if not chosen:
             continue
-        item = frame_example(f"{example.video}#{example.frame_index}", frame, chosen, view, mix)
+        item = frame_example(f"{example.video}#{example.frame_index}", frame, objects, chosen, view, mix)
         item.source = example
         result.append(item)
     return result
 
 
-def frame_example(example_id: str, frame: np.ndarray, chosen: list, view: ModelView, mix: MixConfig) -> ModelExample:
-    """One example asking the `chosen` questions (evaluation.questions.Question) of `frame` one after the other."""
+def frame_example(
+    example_id: str, frame: np.ndarray, objects: list, chosen: list, view: ModelView, mix: MixConfig
+) -> ModelExample:
+    """One example asking the `chosen` questions (evaluation.questions.Question) of `frame` one after the other;
+    `objects` is the frame's ground truth (evaluation.scenes.ObjectTruth), which gives each answer's cells."""
     height, width = frame.shape[:2]
     seen = view.seen_size(height, width)
+    boxes = {o.object_id: o.box for o in objects}
+    cells = [
+        tuple(sorted({merged_cell(boxes[i], (height, width), seen) for i in q.target_ids if i in boxes}))
+        for q in chosen
+    ]
     turns = [
         Turn(q.question, answer_text(q.task, q.answer, q.question, seen, (height, width), mix.coordinate_bin))
         for q in chosen
@@ -246,4 +257,5 @@ def frame_example(example_id: str, frame: np.ndarray, chosen: list, view: ModelV
         [view.resize(frame)],
         seen_size=tuple(seen),
         follow_ups=turns[1:],
+        answer_cells=cells,
     )

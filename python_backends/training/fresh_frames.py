@@ -92,7 +92,7 @@ class FreshQuestionStream:
             chosen = balanced_draw(candidates, self.questions_per_frame, self.rng)
             if chosen:  # a frame whose objects are all leaving has nothing to ask
                 break
-        return frame_example("fresh", frame, chosen, self.view, self.mix)
+        return frame_example("fresh", frame, truth, chosen, self.view, self.mix)
 
     def __call__(self, batch_size: int, elapsed_fraction: float) -> list:
         return [encode(self.tokenizer, self.example(elapsed_fraction)) for _ in range(batch_size)]

@@ -71,6 +71,8 @@ class Recipe:
             raise ValueError(f"questions_per_frame must be >= 1, got {self.questions_per_frame}")
         if self.questions_per_frame > 1 and self.mix.has_context:
             raise ValueError(f"the {self.model} mix has context (history or focus): it asks one question per image")
+        if self.train.attention_weight > 0 and self.questions_per_frame == 1 and self.fresh is None:
+            raise ValueError("attention supervision needs the answers' cells: many questions per frame or fresh frames")
         if self.fresh is not None and self.mix.has_context:
             raise ValueError(f"the {self.model} mix has context (history or focus): fresh frames have no history")
 
@@ -85,6 +87,8 @@ class Recipe:
             recipe["tower"] = self.tower.identity()
         if self.fresh is None:
             del recipe["fresh"]
+        if self.train.attention_weight == 0:
+            del recipe["train"]["attention_weight"], recipe["train"]["supervised_layers"]
         if self.questions_per_frame == 1:
             del recipe["questions_per_frame"]
         recipe["data"]["train_questions"] = self.data.train_questions.identity()
@@ -151,12 +155,14 @@ def recipe(
     questions_per_frame: int | None = None,
     tower_empty_weight: float | None = None,
     fresh_reading_fraction: float | None = None,
+    attention_weight: float | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
     of each training frame in one sequence; `tower_empty_weight` weighs the tower's empty cells; a
     `fresh_reading_fraction` trains the tower and the language model on fresh frames, single-object grounding for
-    that share of the language model's minutes first (fresh_frames.FreshCurriculum)."""
+    that share of the language model's minutes first (fresh_frames.FreshCurriculum); an `attention_weight` > 0
+    supervises one head's attention onto the asked objects (attention_supervision.py; many questions per frame)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if tower_steps is not None:
         base = replace(base, tower=TowerPretrainConfig(steps=tower_steps, seed=seed) if tower_steps > 0 else None)
@@ -166,6 +172,8 @@ def recipe(
         if base.tower is None:
             raise ValueError("tower_empty_weight needs a pretrained tower (tower_steps > 0)")
         base = replace(base, tower=replace(base.tower, empty_weight=tower_empty_weight))
+    if attention_weight is not None:
+        base = replace(base, train=replace(base.train, attention_weight=attention_weight))
     if fresh_reading_fraction is not None:
         base = replace(base, fresh=FreshCurriculum(reading_fraction=fresh_reading_fraction, seed=seed))
         if base.tower is not None:

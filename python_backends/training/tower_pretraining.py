@@ -24,7 +24,7 @@ import numpy as np
 from python_backends.evaluation.scenes import COLOURS, SHAPES, ObjectTruth
 from python_backends.evaluation.staleness import TruthIndex
 from python_backends.training.examples import ModelExample
-from python_backends.training.views import MERGE, PATCH, image_grid, image_tokens, pixel_rows
+from python_backends.training.views import MERGE, PATCH, image_grid, image_tokens, merged_cell, pixel_rows
 
 CELL = PATCH * MERGE  # pixels of the resized image behind one merged token
 NO_OBJECT = 0  # class 0 of the colour and shape heads: no object is centred in the cell
@@ -86,9 +86,7 @@ def cell_targets(
     for item in objects:
         x1, y1, x2, y2 = item.box
         seen = (x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y)
-        row = min(rows - 1, int((seen[1] + seen[3]) / 2 // CELL))
-        column = min(columns - 1, int((seen[0] + seen[2]) / 2 // CELL))
-        cell = row * columns + column
+        cell = merged_cell(item.box, frame_size, seen_size)
         size = (seen[2] - seen[0]) * (seen[3] - seen[1])
         if size <= area[cell]:
             continue

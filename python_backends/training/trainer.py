@@ -19,6 +19,7 @@ import numpy as np
 
 from python_backends.engines.tiny_checkpoint import BUILD_INFO_FILE, TinyVLMSpec, train_tokenizer
 from python_backends.prompts import build_chat_prompt
+from python_backends.training.attention_supervision import attention_capture, attention_loss, target_pairs
 from python_backends.training.examples import ModelExample
 from python_backends.training.tokens import add_number_tokens, number_tokens
 from python_backends.training.views import image_grid, image_tokens, pixel_rows
@@ -40,12 +41,18 @@ class TrainConfig:
     # one-word answer (accuracy counts questions, not tokens); False: the plain mean over all answer tokens.
     loss_per_example: bool = True
     log_every_s: float = 20.0
+    # > 0: weight of attention supervision (attention_supervision.py) on head 0 of `supervised_layers`, where the
+    # examples give their answers' cells.
+    attention_weight: float = 0.0
+    supervised_layers: tuple[int, ...] = (1, 2)
 
     def __post_init__(self) -> None:
         if self.minutes <= 0:
             raise ValueError(f"minutes must be > 0, got {self.minutes}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.attention_weight < 0:
+            raise ValueError(f"attention_weight must be >= 0, got {self.attention_weight}")
 
 
 @dataclass
@@ -53,6 +60,7 @@ class Encoded:
     input_ids: list[int]
     answer_spans: tuple[tuple[int, int], ...]  # [start, end) of each answer's tokens (its <|im_end|> included)
     image: np.ndarray  # UINT8, as the tower sees it
+    answer_cells: tuple[tuple[int, ...], ...] = ()  # per answer span, its objects' merged cells (may be empty)
 
 
 @dataclass
@@ -149,7 +157,7 @@ def encode(tokenizer, example: ModelExample) -> Encoded:
         answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False).input_ids
         spans.append((len(ids), len(ids) + len(answer_ids)))
         ids += answer_ids
-    return Encoded(ids, tuple(spans), image)
+    return Encoded(ids, tuple(spans), image, tuple(example.answer_cells))
 
 
 def collate(batch: Sequence[Encoded], pad_id: int, image_token_id: int, with_pixels: bool = True) -> dict:
@@ -215,8 +223,12 @@ def train(
     if stream is None:
         stream = _shuffled_batches(encoded, config.seed)
     cached = image_features is not None
-    with serving_cached_features(model, image_features) if cached else contextlib.nullcontext() as select:
-        return _train(model, tokenizer, stream, config, progress, select)
+    supervised = config.supervised_layers if config.attention_weight > 0 else ()
+    with (
+        serving_cached_features(model, image_features) if cached else contextlib.nullcontext() as select,
+        attention_capture(model, supervised) as captured,
+    ):
+        return _train(model, tokenizer, stream, config, progress, select, captured if supervised else None)
 
 
 def _shuffled_batches(encoded: Sequence[Encoded], seed: int):
@@ -235,7 +247,7 @@ def _shuffled_batches(encoded: Sequence[Encoded], seed: int):
     return stream
 
 
-def _train(model, tokenizer, stream, config: TrainConfig, progress, select) -> TrainResult:
+def _train(model, tokenizer, stream, config: TrainConfig, progress, select, captured) -> TrainResult:
     import torch
 
     torch.manual_seed(config.seed)
@@ -263,6 +275,13 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select) -> T
             loss = answer_loss(model, tensors, labels)
         else:
             loss = model(**tensors).loss
+        if captured is not None:
+            pairs = target_pairs(
+                tensors["input_ids"], image_token_id, [e.answer_spans for e in batch], [e.answer_cells for e in batch]
+            )
+            supervision = attention_loss(captured, pairs)
+            if supervision is not None:
+                loss = loss + config.attention_weight * supervision
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -108,9 +108,13 @@ def test_the_new_options_change_the_key_only_when_set() -> None:
     weighted = pipeline.recipe("cloud", 20, tower_empty_weight=0.1)
     fresh = pipeline.recipe("cloud", 20, tower_empty_weight=0.1, fresh_reading_fraction=0.4)
     assert fresh.tower.fresh_frames and fresh.fresh == FreshCurriculum(reading_fraction=0.4)
-    assert len({cloud.key(), weighted.key(), fresh.key()}) == 3
+    supervised = pipeline.recipe("cloud", 20, attention_weight=1.0)
+    assert supervised.train.attention_weight == 1.0
+    assert len({cloud.key(), weighted.key(), fresh.key(), supervised.key()}) == 4
     with pytest.raises(ValueError, match="pretrained tower"):
         pipeline.recipe("cloud", 20, tower_steps=0, tower_empty_weight=0.1)
+    with pytest.raises(ValueError, match="answers' cells"):
+        pipeline.recipe("cloud", 20, questions_per_frame=1, attention_weight=1.0)
 
 
 def test_the_training_command_takes_the_fresh_options(capsys) -> None:
