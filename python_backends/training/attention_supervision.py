@@ -41,12 +41,13 @@ def attention_capture(model, layers: Sequence[int]) -> Iterator[dict]:
             handle.remove()
 
 
-def target_pairs(input_ids, image_token_id: int, spans: Sequence, cells: Sequence) -> tuple[np.ndarray, ...]:
-    """(row, query position, key position) for every answer-predicting position and target cell of a batch.
-    `spans[b]` are row b's answer spans [start, end); `cells[b]` the merged-cell indices each answer is about."""
+def target_pairs(input_ids, image_token_id: int, batch: Sequence) -> tuple[np.ndarray, ...]:
+    """(row, query position, key position) for every answer-predicting position and target cell of a batch of
+    trainer.Encoded: row b's `answer_spans` [start, end) and the merged-cell indices each answer is about."""
     rows, queries, keys = [], [], []
     ids = np.asarray(input_ids)
-    for row, (row_spans, row_cells) in enumerate(zip(spans, cells, strict=True)):
+    for row, encoded in enumerate(batch):
+        row_spans, row_cells = encoded.answer_spans, encoded.answer_cells
         image_positions = np.flatnonzero(ids[row] == image_token_id)
         if not len(image_positions) or not row_cells:  # no image, or an example that does not know its cells
             continue

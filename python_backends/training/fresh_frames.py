@@ -2,7 +2,8 @@
 
 Why (issue 5, measured on 2 cores): the cloud trained on the cached train split (about 4,000 frames) answered its
 training frames about twice as well as the test split (recognition 0.54 against 0.27). A frame costs 0.3 ms to render,
-so the cloud's tower and language model see a new scene at each draw instead and cannot memorise frames.
+so a recipe with fresh frames (opt-in: `--fresh-reading-fraction`) shows its tower and language model a
+new scene at each draw instead, and they cannot memorise frames.
 
 Seeds come from a block of the train range far above any cached split's seeds, so a fresh frame is never a test frame
 nor a frame of the cached train split. A source is deterministic for its seed.

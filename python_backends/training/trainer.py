@@ -276,10 +276,7 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
         else:
             loss = model(**tensors).loss
         if captured is not None:
-            pairs = target_pairs(
-                tensors["input_ids"], image_token_id, [e.answer_spans for e in batch], [e.answer_cells for e in batch]
-            )
-            supervision = attention_loss(captured, pairs)
+            supervision = attention_loss(captured, target_pairs(tensors["input_ids"], image_token_id, batch))
             if supervision is not None:
                 loss = loss + config.attention_weight * supervision
         optimizer.zero_grad(set_to_none=True)

@@ -11,7 +11,7 @@ from python_backends.evaluation.scenes import ObjectTruth
 from python_backends.training.attention_supervision import attention_capture, attention_loss, target_pairs
 from python_backends.training.examples import MixConfig, frame_example
 from python_backends.training.fresh_frames import FreshCurriculum, FreshQuestionStream
-from python_backends.training.trainer import TrainConfig, build_model, collate, encode, train
+from python_backends.training.trainer import Encoded, TrainConfig, build_model, collate, encode, train
 from python_backends.training.views import ModelView, merged_cell
 
 from .test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW
@@ -22,10 +22,12 @@ IMAGE = 7
 def test_pairs_cover_every_answer_predicting_position_and_target_cell() -> None:
     # Row 0: image tokens at 2..5, one answer [8, 10) about cells 1 and 3; row 1: an example without cells.
     input_ids = [[0, 0, IMAGE, IMAGE, IMAGE, IMAGE, 0, 0, 0, 0], [0, IMAGE, 0, 0, 0, 0, 0, 0, 0, 0]]
-    rows, queries, keys = target_pairs(input_ids, IMAGE, [((8, 10),), ((5, 6),)], [((1, 3),), ()])
+    image = np.zeros((56, 56, 3), np.uint8)
+    batch = [Encoded(input_ids[0], ((8, 10),), image, ((1, 3),)), Encoded(input_ids[1], ((5, 6),), image)]
+    rows, queries, keys = target_pairs(input_ids, IMAGE, batch)
     assert list(zip(rows, queries, keys, strict=True)) == [(0, 7, 3), (0, 7, 5), (0, 8, 3), (0, 8, 5)]
     with pytest.raises(ValueError, match="outside the image"):
-        target_pairs(input_ids, IMAGE, [((8, 10),), ()], [((4,),), ()])
+        target_pairs(input_ids, IMAGE, [Encoded(input_ids[0], ((8, 10),), image, ((4,),)), batch[1]])
 
 
 def test_an_answers_cells_are_those_of_its_objects_centres() -> None:
@@ -42,17 +44,17 @@ def test_an_answers_cells_are_those_of_its_objects_centres() -> None:
     assert example.answer_cells == [(0, 3), (0,)]
 
 
+def _tensors_and_pairs(model, tokenizer, batch) -> tuple[dict, tuple]:
+    tensors = collate(batch, tokenizer.pad_token_id, model.config.image_token_id)
+    tensors.pop("labels")
+    return tensors, target_pairs(tensors["input_ids"], model.config.image_token_id, batch)
+
+
 def test_the_loss_is_the_attention_the_model_itself_computes() -> None:
     """The recomputed attention (rotary, scaling, grouped keys) equals the eager kernel's weights of that head."""
     model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
     stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 4, FreshCurriculum(seed=5))
-    batch = stream(3, 0.5)
-    tensors = collate(batch, tokenizer.pad_token_id, model.config.image_token_id)
-    tensors.pop("labels")
-    pairs = target_pairs(
-        tensors["input_ids"], model.config.image_token_id, [e.answer_spans for e in batch],
-        [e.answer_cells for e in batch],
-    )  # fmt: skip
+    tensors, pairs = _tensors_and_pairs(model, tokenizer, stream(3, 0.5))
     assert len(pairs[0]) > 0
     model.set_attn_implementation("eager")
     with torch.no_grad(), attention_capture(model, [0]) as captured:
@@ -73,12 +75,7 @@ def test_supervised_training_moves_the_heads_attention_onto_the_asked_objects() 
     held = stream(8, 0.5)
 
     def supervision_loss() -> float:
-        tensors = collate(held, tokenizer.pad_token_id, model.config.image_token_id)
-        tensors.pop("labels")
-        pairs = target_pairs(
-            tensors["input_ids"], model.config.image_token_id, [e.answer_spans for e in held],
-            [e.answer_cells for e in held],
-        )  # fmt: skip
+        tensors, pairs = _tensors_and_pairs(model, tokenizer, held)
         with torch.no_grad(), attention_capture(model, [0]) as captured:
             model.model(**tensors)
             return float(attention_loss(captured, pairs))
