@@ -221,7 +221,7 @@ def train(
     if image_features is not None and len(image_features) != len(encoded):
         raise ValueError(f"{len(image_features)} cached image features for {len(encoded)} examples")
     if stream is None:
-        stream = _shuffled_batches(encoded, config.seed)
+        stream = _ShuffledBatches(encoded, config.seed)
     cached = image_features is not None
     supervised = config.supervised_layers if config.attention_weight > 0 else ()
     with (
@@ -231,20 +231,21 @@ def train(
         return _train(model, tokenizer, stream, config, progress, select, captured if supervised else None)
 
 
-def _shuffled_batches(encoded: Sequence[Encoded], seed: int):
-    """stream(batch_size, elapsed_fraction) over `encoded`, reshuffled each epoch; `.indices` holds the last batch's."""
-    rng = np.random.default_rng(seed)
-    order, cursor = rng.permutation(len(encoded)), 0
+class _ShuffledBatches:
+    """stream(batch_size, elapsed_fraction) over `encoded`, reshuffled each epoch; `indices` are the last batch's
+    (cached tower features are selected by them)."""
 
-    def stream(batch_size: int, elapsed_fraction: float) -> list[Encoded]:
-        nonlocal order, cursor
-        if cursor + batch_size > len(order):
-            order, cursor = rng.permutation(len(encoded)), 0
-        stream.indices = order[cursor : cursor + batch_size]
-        cursor += batch_size
-        return [encoded[i] for i in stream.indices]
+    def __init__(self, encoded: Sequence[Encoded], seed: int) -> None:
+        self.encoded, self.rng = encoded, np.random.default_rng(seed)
+        self.order, self.cursor = self.rng.permutation(len(encoded)), 0
+        self.indices = self.order[:0]
 
-    return stream
+    def __call__(self, batch_size: int, elapsed_fraction: float) -> list[Encoded]:
+        if self.cursor + batch_size > len(self.order):
+            self.order, self.cursor = self.rng.permutation(len(self.encoded)), 0
+        self.indices = self.order[self.cursor : self.cursor + batch_size]
+        self.cursor += batch_size
+        return [self.encoded[i] for i in self.indices]
 
 
 def _train(model, tokenizer, stream, config: TrainConfig, progress, select, captured) -> TrainResult:
