@@ -82,8 +82,9 @@ def attention_loss(captured: dict, pairs: tuple[np.ndarray, ...], head: int = 0)
         query = module.q_proj(hidden)[..., head * dim : (head + 1) * dim].view(batch, 1, length, dim)
         key = module.k_proj(hidden)[..., kv_head * dim : (kv_head + 1) * dim].view(batch, 1, length, dim)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        chosen = query[unique[0], 0, unique[1]]  # [pairs, dim]
-        scores = torch.einsum("pd,ptd->pt", chosen, key[unique[0], 0]) * module.scaling
+        # Scores of every position against its row's keys, then the supervised rows: gathering a copy of the keys
+        # for each (row, query) pair instead would copy them once per answer token.
+        scores = (query[:, 0] @ key[:, 0].transpose(1, 2))[unique[0], unique[1]] * module.scaling
         causal = torch.arange(length)[None, :] > unique[1][:, None]
         probabilities = scores.masked_fill(causal, float("-inf")).softmax(-1)
         mass = torch.zeros(len(unique[0])).index_add(0, inverse, probabilities[inverse, keys])
