@@ -51,6 +51,7 @@ from python_backends.evaluation.runner import (
     Answer,
     StreamRun,
     VideoPlan,
+    box_in_frame,
     cloud_stale_records,
     context_states,
     dataset_cache_dir,
@@ -61,6 +62,7 @@ from python_backends.evaluation.runner import (
     plan_cloud_stale,
     plan_runs,
     records_for,
+    scored_answer,
     stale_cloud_requests,
     violations_for,
 )
@@ -78,6 +80,7 @@ QUICK_DEFAULTS = {"videos": 2, "seconds": 5.0, "latencies": "0,2"}
 CLOUD_MAX_INFLIGHT = 120
 # Where each edge model's rendered config names its checkpoint.
 CHECKPOINT_CONFIGS = {"edge": "edge/svlm_generate/config.pbtxt", "cloud": "cloud/lvlm/config.pbtxt"}
+EDGE_PREPROCESS_CONFIG = "edge/svlm_preprocess/config.pbtxt"
 # Real-time tasks ask a standing question of the stream; the cloud's late answer to it is what context transfer reuses.
 EVAL_HOLD_S = 3.0
 
@@ -143,6 +146,16 @@ def rendered_checkpoint(side: str, repository_root: Path = REPOSITORY_ROOT) -> P
     return Path(match.group(1)).resolve() if match else None
 
 
+def edge_input_size(repository_root: Path = REPOSITORY_ROOT) -> tuple[int, int] | None:
+    """The square the built edge resizes every frame to (its preprocess config's image_size), or None."""
+    try:
+        text = (repository_root / EDGE_PREPROCESS_CONFIG).read_text()
+    except OSError:
+        return None
+    match = re.search(r'key:\s*"image_size",\s*value:\s*\{\s*string_value:\s*"(\d+)"', text)
+    return (int(match.group(1)),) * 2 if match else None
+
+
 def checkpoint_problems(args: argparse.Namespace, repository_root: Path = REPOSITORY_ROOT) -> list[str]:
     problems = []
     for side in ("edge", "cloud"):
@@ -205,13 +218,21 @@ def ask_cloud(client: Any, frame: np.ndarray, question: str, max_tokens: int | N
         reply = client.ask_lvlm(frame, question, max_tokens=max_tokens)
     except Exception as exc:  # noqa: BLE001 - one failed request is a wrong answer, not the end of the run
         return Answer("", (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}")
-    return Answer(reply.text, reply.latency_ms)
+    # lvlm's DETECTIONS are already in the frame's pixels (its TEXT is in those of its resized input).
+    box = tuple(reply.detections[0]["bbox_2d"]) if reply.detections else None
+    return Answer(reply.text, reply.latency_ms, box=box)
 
 
 def run_stream(
-    run: StreamRun, url: str, frames: Sequence[np.ndarray], max_tokens: int | None, progress: ProgressBar
+    run: StreamRun,
+    url: str,
+    frames: Sequence[np.ndarray],
+    max_tokens: int | None,
+    progress: ProgressBar,
+    edge_input: tuple[int, int] | None = None,
 ) -> dict[str, Answer]:
-    """One Triton sequence: each question's frame at its time after the start, one request in flight."""
+    """One Triton sequence: each question's frame at its time after the start, one request in flight. `edge_input`:
+    the edge model's input size, which its boxes are in (None: unknown, the text is scored as it is)."""
     from client.streaming import StreamSession
 
     session = StreamSession(url, "grpc", run.sequence_id, params=run.request_parameters(max_tokens), timeout_s=60.0)
@@ -226,7 +247,8 @@ def run_stream(
                 time.sleep(wait)
             session.prompt = example.question
             result = session.send(frames[index], start=index == 0, end=index == len(examples) - 1)
-            answers[example.id] = Answer(result.text, result.latency_ms, result.error, result.context)
+            box = box_in_frame(result.text, edge_input, frames[index].shape[:2]) if edge_input else None
+            answers[example.id] = Answer(result.text, result.latency_ms, result.error, result.context, box)
             progress.advance(label=label)
     finally:
         session.close()
@@ -294,7 +316,7 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     "question": example.question,
                     "expected": list(example.answer) if isinstance(example.answer, tuple) else example.answer,
                     "answer": answer.text,
-                    "correct": answer.error is None and score(example, answer.text).correct,
+                    "correct": answer.error is None and score(example, scored_answer(example, answer)).correct,
                     "latency_ms": None if answer.latency_ms is None else round(answer.latency_ms, 1),
                     "error": answer.error,
                     "context_frame": answer.context.get("context_frame"),
@@ -358,6 +380,11 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
 
         # 5. the spotvlm policies: per-request settings on one linked edge, each trace on an edge of its own
         edge_answers: dict[tuple[str, str, str], dict[str, Answer]] = {}
+        edge_input = edge_input_size()  # the edge's boxes are in these pixels (the locally built repository's)
+        notes.append(
+            "boxes are scored in the frame's pixels: the cloud's from its DETECTIONS, the edge's mapped from its"
+            + (f" {edge_input[1]}x{edge_input[0]} input" if edge_input else " input (size unknown: scored as written)")
+        )
         violations: list[str] = []
         frames: dict[str, list[np.ndarray]] = {}
         truth = TruthIndex()
@@ -376,7 +403,7 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     if run.video.video not in frames:
                         frames[run.video.video] = [_frame(e) for e in run.video.examples]
                     video_frames = frames[run.video.video]
-                    answers = run_stream(run, url, video_frames, args.max_tokens, progress)
+                    answers = run_stream(run, url, video_frames, args.max_tokens, progress, edge_input)
                     edge_answers[(setting.name, run.video.video, run.policy)] = answers
                     violations += violations_for(run, answers)
                     states = context_states(run.video, answers, truth, video_frames[0].shape[:2])

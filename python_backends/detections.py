@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
@@ -96,3 +97,12 @@ def detections_from_json(text: str) -> list[Detection]:
             raise ValueError(f"not a detection: {item!r}")
         result.append(detection)
     return result
+
+
+def scale_box(
+    box: Sequence[float], source_size: tuple[int, int], target_size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """A box from one image's pixels to another's; sizes are (height, width)."""
+    (source_h, source_w), (target_h, target_w) = source_size, target_size
+    x1, y1, x2, y2 = box
+    return x1 * target_w / source_w, y1 * target_h / source_h, x2 * target_w / source_w, y2 * target_h / source_h

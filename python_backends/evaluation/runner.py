@@ -38,7 +38,8 @@ from python_backends.evaluation.questions import QuestionConfig
 from python_backends.evaluation.report import EvalRecord
 from python_backends.evaluation.scenes import SceneConfig
 from python_backends.evaluation.staleness import UNKNOWN, TruthIndex, context_state
-from python_backends.evaluation.scoring import score
+from python_backends.detections import scale_box
+from python_backends.evaluation.scoring import parse_box, score
 
 # spotvlm's cloud_deadline_ms (10 s): a later cloud answer is dropped, in the replay as on the link.
 CLOUD_DEADLINE_S = 10.0
@@ -88,6 +89,24 @@ class Answer:
     latency_ms: float | None = None
     error: str | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
+    # The answer's first box in the frame's pixels, where known (box_in_frame, or the cloud's DETECTIONS): a
+    # Qwen2.5-VL model writes boxes in the pixels of its resized input, and questions are answered in the frame's.
+    box: tuple[float, float, float, float] | None = None
+
+
+def box_in_frame(
+    text: str, input_size: tuple[int, int], frame_size: tuple[int, int]
+) -> tuple[float, float, float, float] | None:
+    """The first box of `text`, moved from the model's resized input (height, width) to the frame's; None if none."""
+    box = parse_box(text)
+    return None if box is None else scale_box(box, input_size, frame_size)
+
+
+def scored_answer(example: Example, answer: Answer) -> str | tuple[float, float, float, float]:
+    """What the scorer reads: the box in frame pixels for a box question where it is known, else the text."""
+    if example.answer_type == "box" and answer.box is not None:
+        return answer.box
+    return answer.text
 
 
 def group_videos(examples: Iterable[Example]) -> list[VideoPlan]:
@@ -179,7 +198,7 @@ def records_for(
     records = []
     for example in examples:
         answer = answers.get(example.id)
-        correct = answer is not None and answer.error is None and score(example, answer.text).correct
+        correct = answer is not None and answer.error is None and score(example, scored_answer(example, answer)).correct
         latency_ms = answer.latency_ms if answer is not None and policy != CLOUD_REFERENCE else None
         age = answer.context.get("context_age_ms") if answer is not None else None
         state = states.get(example.id) if states is not None else None

@@ -28,15 +28,6 @@ def bin_coordinate(value: float, coordinate_bin: int, limit: int) -> int:
     return int(min(limit, max(0, round(value / coordinate_bin) * coordinate_bin)))
 
 
-def scale_box(
-    box: Sequence[float], source_size: tuple[int, int], target_size: tuple[int, int]
-) -> tuple[float, float, float, float]:
-    """A box from one image's pixels to another's; sizes are (height, width)."""
-    (source_h, source_w), (target_h, target_w) = source_size, target_size
-    x1, y1, x2, y2 = box
-    return x1 * target_w / source_w, y1 * target_h / source_h, x2 * target_w / source_w, y2 * target_h / source_h
-
-
 def binned_box(box: Sequence[float], size: tuple[int, int], coordinate_bin: int) -> list[int]:
     """Corners on the bin grid of an image of `size` (height, width); a box never collapses to zero width."""
     height, width = size

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from load_tests.eval_run import ProgressBar, add_arguments, checkpoint_problems, rendered_checkpoint
+from load_tests.eval_run import ProgressBar, add_arguments, checkpoint_problems, edge_input_size, rendered_checkpoint
 from python_backends.evaluation.dataset import Example
 from python_backends.evaluation.latency import constant_setting, trace_setting, write_trace_csv
 from python_backends.evaluation.policies import (
@@ -26,6 +26,7 @@ from python_backends.evaluation.report import EvalRecord
 from python_backends.evaluation.runner import (
     Answer,
     StalePick,
+    box_in_frame,
     cloud_stale_answers,
     cloud_stale_records,
     dataset_cache_dir,
@@ -160,6 +161,31 @@ def test_records_score_answers_and_count_failures_as_wrong():
     assert records[3] == EvalRecord("recognition", CONTEXT_TRANSFER, "2s", False, None)
     failed = records_for(EDGE_ONLY, "0s", examples[:1], {examples[0].id: Answer("red", 30.0, "timeout")})
     assert failed == [EvalRecord("recognition", EDGE_ONLY, "0s", False, 30.0)]
+
+
+def test_boxes_are_scored_in_the_frames_pixels():
+    # A 320x240 frame the model saw at 252x168 (width x height): its box text is in those pixels.
+    grounding = example(
+        "a", 0, question="Locate the red circle.", answer=(200, 60, 240, 100), task="grounding", answer_type="box"
+    )  # fmt: skip
+    text = '[{"bbox_2d": [157.5, 42, 189, 70], "label": "red circle"}]'
+    assert box_in_frame(text, (168, 252), (240, 320)) == pytest.approx((200, 60, 240, 100))
+    assert box_in_frame("no box here", (168, 252), (240, 320)) is None
+    as_text = records_for(EDGE_ONLY, "0s", [grounding], {grounding.id: Answer(text, 30.0)})
+    in_frame = Answer(text, 30.0, box=box_in_frame(text, (168, 252), (240, 320)))
+    mapped = records_for(EDGE_ONLY, "0s", [grounding], {grounding.id: in_frame})
+    assert [r.correct for r in as_text + mapped] == [False, True]
+    # A box known for a question that is not about a box is ignored: its text is scored.
+    colour = example("a", 1)
+    assert records_for(EDGE_ONLY, "0s", [colour], {colour.id: Answer("red", 30.0, box=(0, 0, 1, 1))})[0].correct
+
+
+def test_edge_input_size_reads_the_rendered_preprocess_config(tmp_path):
+    folder = tmp_path / "edge" / "svlm_preprocess"
+    folder.mkdir(parents=True)
+    (folder / "config.pbtxt").write_text('parameters { key: "image_size", value: { string_value: "112" } }\n')
+    assert edge_input_size(tmp_path) == (112, 112)
+    assert edge_input_size(tmp_path / "missing") is None
 
 
 def test_cloud_reference_records_have_no_edge_latency():
