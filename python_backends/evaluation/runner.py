@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from python_backends.detections import scale_box
 from python_backends.evaluation.dataset import Example
 from python_backends.evaluation.latency import LatencySetting, constant_setting, latency_model
 from python_backends.evaluation.policies import (
@@ -38,7 +39,6 @@ from python_backends.evaluation.questions import QuestionConfig
 from python_backends.evaluation.report import EvalRecord
 from python_backends.evaluation.scenes import SceneConfig
 from python_backends.evaluation.staleness import UNKNOWN, TruthIndex, context_state
-from python_backends.detections import scale_box
 from python_backends.evaluation.scoring import parse_box, score
 
 # spotvlm's cloud_deadline_ms (10 s): a later cloud answer is dropped, in the replay as on the link.

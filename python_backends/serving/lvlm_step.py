@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from python_backends.detections import Detection, detections_to_json, parse_detections
+from python_backends.detections import Detection, detections_to_json, parse_detections, scale_box
 from python_backends.errors import InputError
 from python_backends.image_processing import decode_image_bytes, validate_image_array
 from python_backends.params import get_param, model_parameters
@@ -38,17 +38,11 @@ def rescale_detections(
     detections: list[Detection], seen: tuple[int, int], original: tuple[int, int]
 ) -> list[Detection]:
     """Boxes from the model's resized input (h, w) back to the received frame's pixels, clipped to it."""
-    (seen_h, seen_w), (height, width) = seen, original
-    sx, sy = width / seen_w, height / seen_h
+    height, width = original
+    limits = (width, height, width, height)
     result = []
     for d in detections:
-        x1, y1, x2, y2 = d.bbox
-        box = (
-            round(min(max(x1 * sx, 0.0), width), 1),
-            round(min(max(y1 * sy, 0.0), height), 1),
-            round(min(max(x2 * sx, 0.0), width), 1),
-            round(min(max(y2 * sy, 0.0), height), 1),
-        )
+        box = tuple(round(min(max(v, 0.0), limit), 1) for v, limit in zip(scale_box(d.bbox, seen, original), limits))
         result.append(Detection(label=d.label, bbox=box))
     return result
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from python_backends.detections import scale_box
 from python_backends.evaluation.questions import TASKS
 from python_backends.evaluation.scoring import accuracy_with_ci, parse_box, score
 from python_backends.prompts import build_chat_prompt
 from python_backends.training.examples import ModelExample
-from python_backends.detections import scale_box
 from python_backends.training.views import image_grid, image_tokens, pixel_rows
 
 MAX_NEW_TOKENS = 40  # a one-object grounding answer is about 25 tokens
