@@ -243,7 +243,9 @@ def frame_example(
     seen = view.seen_size(height, width)
     boxes = {o.object_id: o.box for o in objects}
     cells = [
-        tuple(sorted({merged_cell(boxes[i], (height, width), seen) for i in q.target_ids if i in boxes}))
+        tuple(
+            sorted({merged_cell(scale_box(boxes[i], (height, width), seen), seen) for i in q.target_ids if i in boxes})
+        )
         for q in chosen
     ]
     turns = [

@@ -86,7 +86,7 @@ def cell_targets(
     for item in objects:
         x1, y1, x2, y2 = item.box
         seen = (x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y)
-        cell = merged_cell(item.box, frame_size, seen_size)
+        cell = merged_cell(seen, seen_size)
         size = (seen[2] - seen[0]) * (seen[3] - seen[1])
         if size <= area[cell]:
             continue

@@ -59,13 +59,12 @@ def image_tokens(grid_thw: tuple[int, int, int]) -> int:
     return t * h * w // (MERGE * MERGE)
 
 
-def merged_cell(box, frame_size: tuple[int, int], seen_size: tuple[int, int]) -> int:
-    """The merged cell (row-major over the tower's output tokens) that holds the centre of `box`, a box in a frame
-    of `frame_size` (height, width) that the tower sees at `seen_size`."""
-    (frame_h, frame_w), (seen_h, seen_w) = frame_size, seen_size
+def merged_cell(box, seen_size: tuple[int, int]) -> int:
+    """The merged cell (row-major over the tower's output tokens) that holds the centre of `box`, a box in the
+    pixels of the image the tower sees, of `seen_size` (height, width)."""
     cell = PATCH * MERGE
-    rows, columns = seen_h // cell, seen_w // cell
+    rows, columns = seen_size[0] // cell, seen_size[1] // cell
     x1, y1, x2, y2 = box
-    row = min(rows - 1, int((y1 + y2) / 2 * seen_h / frame_h // cell))
-    column = min(columns - 1, int((x1 + x2) / 2 * seen_w / frame_w // cell))
+    row = min(rows - 1, int((y1 + y2) / 2 // cell))
+    column = min(columns - 1, int((x1 + x2) / 2 // cell))
     return row * columns + column

@@ -12,6 +12,7 @@ from python_backends.training.attention_supervision import attention_capture, at
 from python_backends.training.examples import MixConfig, frame_example
 from python_backends.training.fresh_frames import FreshCurriculum, FreshQuestionStream
 from python_backends.training.trainer import Encoded, TrainConfig, build_model, collate, encode, train
+from python_backends.detections import scale_box
 from python_backends.training.views import ModelView, merged_cell
 
 from .test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW
@@ -34,7 +35,7 @@ def test_an_answers_cells_are_those_of_its_objects_centres() -> None:
     frame = np.zeros((112, 112, 3), np.uint8)
     red = ObjectTruth(0, "square", "red", (0, 0, 20, 20), 1.0, False)  # centre in cell 0 of a 2x2 merged grid
     blue = ObjectTruth(1, "circle", "blue", (70, 80, 100, 110), 1.0, False)  # centre (85, 95): cell 3
-    assert merged_cell(blue.box, (112, 112), (56, 56)) == 3
+    assert merged_cell(scale_box(blue.box, (112, 112), (56, 56)), (56, 56)) == 3
 
     chosen = [
         Question("counting", "How many objects are there?", "2", (0, 1)),
