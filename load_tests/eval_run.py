@@ -136,24 +136,26 @@ class ProgressBar:
 # -- checkpoints and data ----------------------------------------------------------------------------------------------
 
 
-def rendered_checkpoint(side: str, repository_root: Path = REPOSITORY_ROOT) -> Path | None:
-    """The checkpoint folder the built repository loads on `side`, or None when it cannot be read."""
+def rendered_parameter(config: Path, key: str) -> str | None:
+    """A string parameter of a rendered config.pbtxt, or None when the file or the key cannot be read."""
     try:
-        text = (repository_root / CHECKPOINT_CONFIGS[side]).read_text()
+        text = config.read_text()
     except OSError:
         return None
-    match = re.search(r'key:\s*"checkpoint",\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
-    return Path(match.group(1)).resolve() if match else None
+    match = re.search(rf'key:\s*"{re.escape(key)}",\s*value:\s*\{{\s*string_value:\s*"([^"]*)"', text)
+    return match.group(1) if match else None
+
+
+def rendered_checkpoint(side: str, repository_root: Path = REPOSITORY_ROOT) -> Path | None:
+    """The checkpoint folder the built repository loads on `side`, or None when it cannot be read."""
+    value = rendered_parameter(repository_root / CHECKPOINT_CONFIGS[side], "checkpoint")
+    return Path(value).resolve() if value is not None else None
 
 
 def edge_input_size(repository_root: Path = REPOSITORY_ROOT) -> tuple[int, int] | None:
     """The square the built edge resizes every frame to (its preprocess config's image_size), or None."""
-    try:
-        text = (repository_root / EDGE_PREPROCESS_CONFIG).read_text()
-    except OSError:
-        return None
-    match = re.search(r'key:\s*"image_size",\s*value:\s*\{\s*string_value:\s*"(\d+)"', text)
-    return (int(match.group(1)),) * 2 if match else None
+    value = rendered_parameter(repository_root / EDGE_PREPROCESS_CONFIG, "image_size")
+    return (int(value),) * 2 if value is not None and value.isdigit() else None
 
 
 def checkpoint_problems(args: argparse.Namespace, repository_root: Path = REPOSITORY_ROOT) -> list[str]:
