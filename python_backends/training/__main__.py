@@ -46,12 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="supervise one language-model head's attention onto the asked objects with this weight (default 0)",
     )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="a step budget for the language model: its schedule follows steps, not minutes, which still cap the run",
+    )
+    parser.add_argument("--device", help="torch device to train on, e.g. cuda (default cpu)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
     if args.tower_steps is not None and args.tower_steps < 0:
         parser.error("--tower-steps must be >= 0")
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
     try:
         chosen = recipe(
             args.model,
@@ -64,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             args.tower_empty_weight,
             args.fresh_reading_fraction,
             args.attention_weight,
+            args.steps,
+            args.device,
         )
     except ValueError as exc:
         parser.error(str(exc))

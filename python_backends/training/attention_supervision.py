@@ -69,9 +69,10 @@ def attention_loss(captured: dict, pairs: tuple[np.ndarray, ...], head: int = 0)
 
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
-    rows, queries, keys = (torch.from_numpy(a) for a in pairs)
-    if not len(rows):
+    if not len(pairs[0]):
         return None
+    device = next(iter(captured.values()))[1].device
+    rows, queries, keys = (torch.from_numpy(a).to(device) for a in pairs)
     # One term per (row, query): several target cells add their mass.
     unique, inverse = torch.unique(torch.stack([rows, queries]), dim=1, return_inverse=True)
     total = 0.0
@@ -85,8 +86,8 @@ def attention_loss(captured: dict, pairs: tuple[np.ndarray, ...], head: int = 0)
         # Scores of every position against its row's keys, then the supervised rows: gathering a copy of the keys
         # for each (row, query) pair instead would copy them once per answer token.
         scores = (query[:, 0] @ key[:, 0].transpose(1, 2))[unique[0], unique[1]] * module.scaling
-        causal = torch.arange(length)[None, :] > unique[1][:, None]
+        causal = torch.arange(length, device=device)[None, :] > unique[1][:, None]
         probabilities = scores.masked_fill(causal, float("-inf")).softmax(-1)
-        mass = torch.zeros(len(unique[0])).index_add(0, inverse, probabilities[inverse, keys])
+        mass = torch.zeros(len(unique[0]), device=device).index_add(0, inverse, probabilities[inverse, keys])
         total = total + (-torch.log(mass + 1e-6)).mean()
     return total / len(captured)

@@ -50,13 +50,15 @@ def generate_answers(model, tokenizer, examples: Sequence[ModelExample], batch_s
             prompts.append(tokenizer(prompt, add_special_tokens=False).input_ids)
         tokenizer.padding_side = "left"
         encoded = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
+        device = model.device
+        input_ids = encoded.input_ids.to(device)
         with torch.inference_mode():
             output = model.generate(
-                input_ids=encoded.input_ids,
-                attention_mask=encoded.attention_mask,
-                mm_token_type_ids=(encoded.input_ids == config.image_token_id).int(),
-                pixel_values=torch.from_numpy(np.concatenate(rows, axis=0)),
-                image_grid_thw=torch.tensor(grids, dtype=torch.long),
+                input_ids=input_ids,
+                attention_mask=encoded.attention_mask.to(device),
+                mm_token_type_ids=(input_ids == config.image_token_id).int(),
+                pixel_values=torch.from_numpy(np.concatenate(rows, axis=0)).to(device),
+                image_grid_thw=torch.tensor(grids, dtype=torch.long, device=device),
                 max_new_tokens=MAX_NEW_TOKENS,
                 do_sample=False,
                 bad_words_ids=bad_words,

@@ -89,6 +89,9 @@ class Recipe:
             del recipe["fresh"]
         if self.train.attention_weight == 0:
             del recipe["train"]["attention_weight"], recipe["train"]["supervised_layers"]
+        for name, old_default in (("steps", None), ("device", "cpu")):
+            if recipe["train"][name] == old_default:
+                del recipe["train"][name]
         if self.questions_per_frame == 1:
             del recipe["questions_per_frame"]
         recipe["data"]["train_questions"] = self.data.train_questions.identity()
@@ -156,14 +159,20 @@ def recipe(
     tower_empty_weight: float | None = None,
     fresh_reading_fraction: float | None = None,
     attention_weight: float | None = None,
+    steps: int | None = None,
+    device: str | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
     of each training frame in one sequence; `tower_empty_weight` weighs the tower's empty cells; a
     `fresh_reading_fraction` trains the tower and the language model on fresh frames, single-object grounding for
     that share of the language model's minutes first (fresh_frames.FreshCurriculum); an `attention_weight` > 0
-    supervises one head's attention onto the asked objects (attention_supervision.py; many questions per frame)."""
+    supervises one head's attention onto the asked objects (attention_supervision.py; many questions per frame);
+    `steps` gives the language model a step budget instead of its minutes' schedule (trainer.TrainConfig.steps);
+    `device` ("cuda", say) is where both the tower and the language model train."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
+    if steps is not None or device is not None:
+        base = replace(base, train=replace(base.train, steps=steps, device=device or "cpu"))
     if tower_steps is not None:
         base = replace(base, tower=TowerPretrainConfig(steps=tower_steps, seed=seed) if tower_steps > 0 else None)
     if questions_per_frame is not None:
@@ -256,13 +265,14 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         return info
 
     started = time.monotonic()
-    train_set = load_dataset(split_path("train", recipe.data, out_root))
+    # Fresh frames replace the train split's examples, so that split is not even generated.
+    train_set = load_dataset(split_path("train", recipe.data, out_root)) if recipe.fresh is None else []
     test_set = load_dataset(split_path("test", recipe.data, out_root))
     if eval_limit is not None:
         test_set = test_set[:eval_limit]
     model, tokenizer = build_model(recipe.spec, recipe.max_number)
+    model.to(recipe.train.device)
     parameters = sum(p.numel() for p in model.parameters())
-    # Fresh frames replace the split's training examples (the split still holds the test questions).
     examples = training_examples(recipe, train_set) if recipe.fresh is None else []
     described = f"{len(examples)} training examples" if examples else "fresh frames"
     _say(f"{recipe.model}: {parameters / 1e6:.2f} M parameters, {described}")
@@ -275,7 +285,11 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         # The tower's minutes come out of the same budget: the whole run still ends on time.
         spent_min = (time.monotonic() - tower_started) / 60
         train_config = replace(train_config, minutes=max(0.05, train_config.minutes - spent_min))
-    _say(f"{recipe.model}: training for {train_config.minutes:.1f} min (examples ready in {ready_s:.0f} s)")
+    budget = f"{train_config.steps} steps (at most " if train_config.steps else ""
+    _say(
+        f"{recipe.model}: training for {budget}{train_config.minutes:.1f} min{')' if budget else ''} "
+        f"on {train_config.device} (examples ready in {ready_s:.0f} s)"
+    )
     say = lambda m: _say(f"{recipe.model}: {m}")  # noqa: E731
     stream = None
     if recipe.fresh is not None:
@@ -298,7 +312,7 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         "test_zero_delay": summary,
         "test_with_context": context,
     }
-    save_checkpoint(model, tokenizer, recipe.spec, folder, key, info)
+    save_checkpoint(model.to("cpu"), tokenizer, recipe.spec, folder, key, info)
     print_report(info)
     return info
 

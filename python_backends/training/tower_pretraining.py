@@ -122,7 +122,9 @@ def tower_features(visual, images: Sequence[np.ndarray]):
     import torch
 
     rows, grids = zip(*(pixel_rows(image) for image in images), strict=True)
-    return visual(torch.from_numpy(np.concatenate(rows)), grid_thw=torch.tensor(grids)).pooler_output
+    device = next(visual.parameters()).device
+    pixels, grid_thw = torch.from_numpy(np.concatenate(rows)).to(device), torch.tensor(grids, device=device)
+    return visual(pixels, grid_thw=grid_thw).pooler_output
 
 
 def pretrain_tower(
@@ -144,7 +146,7 @@ def pretrain_tower(
             "shape": torch.nn.Linear(width, len(SHAPES) + 1),
             "box": torch.nn.Linear(width, 4),
         }
-    )
+    ).to(next(visual.parameters()).device)
     optimizer = torch.optim.AdamW(list(visual.parameters()) + list(heads.parameters()), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     visual.train()
@@ -156,8 +158,9 @@ def pretrain_tower(
             batch = [labelled[i] for i in rng.choice(len(labelled), config.batch_size)]
         features = tower_features(visual, [image for image, _ in batch])
 
-        def stacked(name: str, batch=batch):
-            return torch.from_numpy(np.concatenate([getattr(targets, name) for _, targets in batch]))
+        def stacked(name: str, batch=batch, device=features.device):
+            rows = np.concatenate([getattr(targets, name) for _, targets in batch])
+            return torch.from_numpy(rows).to(device)
 
         has_object = stacked("has_object")
         cell_weight = has_object + config.empty_weight * (1 - has_object)

@@ -1,7 +1,8 @@
 """Training a tiny Qwen2.5-VL checkpoint on CPU within a wall-time budget.
 
 The learning rate follows a short linear warm-up, then a cosine from the peak to 10 % of it over the *wall-time*
-budget rather than a step count, so a run ends on time whatever the machine's speed (PLATFORM.md). Loss is on the
+budget rather than a step count, so a run ends on time whatever the machine's speed (PLATFORM.md); a step budget
+(`TrainConfig.steps`) makes a run the same on any machine instead, e.g. on a GPU (`device`). Loss is on the
 answer tokens only (and the closing <|im_end|>): the prompt is context, not something to imitate.
 """
 
@@ -37,6 +38,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     max_steps: int | None = None  # a cap for tests; the wall-time budget always applies
+    # A step budget: the learning rate's schedule (and a stream's curriculum) advance by steps done / `steps`
+    # instead of by wall time, so a run is the same on any machine; the wall-time budget still caps it.
+    steps: int | None = None
+    # Where the model trains: "cpu", or a torch device such as "cuda" (the checkpoint is saved from the CPU).
+    device: str = "cpu"
     # Each example's answer tokens average to one loss term, so a 25-token grounding answer weighs as much as a
     # one-word answer (accuracy counts questions, not tokens); False: the plain mean over all answer tokens.
     loss_per_example: bool = True
@@ -53,6 +59,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.attention_weight < 0:
             raise ValueError(f"attention_weight must be >= 0, got {self.attention_weight}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
 
 
 @dataclass
@@ -256,28 +264,31 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
     optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
     pad_id, image_token_id = tokenizer.pad_token_id, model.config.image_token_id
     budget_s = config.minutes * 60
+    device = torch.device(config.device)
     started = time.monotonic()
     last_log = started
     result = TrainResult(steps=0, seconds=0.0, examples_seen=0)
     model.train()
     while True:
         elapsed = time.monotonic() - started
-        if elapsed >= budget_s or (config.max_steps is not None and result.steps >= config.max_steps):
+        if elapsed >= budget_s or result.steps >= min(config.max_steps or math.inf, config.steps or math.inf):
             break
-        batch = stream(config.batch_size, elapsed / budget_s)
+        progress_fraction = elapsed / budget_s if config.steps is None else result.steps / config.steps
+        batch = stream(config.batch_size, progress_fraction)
         if select is not None:
             select(stream.indices)
-        factor = lr_factor(elapsed / budget_s, result.steps, config.warmup_steps, config.final_lr_fraction)
+        factor = lr_factor(progress_fraction, result.steps, config.warmup_steps, config.final_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = config.peak_lr * factor
-        tensors = collate(batch, pad_id, image_token_id, with_pixels=select is None)
+        collated = collate(batch, pad_id, image_token_id, with_pixels=select is None)
+        tensors = {name: value.to(device) for name, value in collated.items()}
         if config.loss_per_example:
             labels = tensors.pop("labels")
             loss = answer_loss(model, tensors, labels)
         else:
             loss = model(**tensors).loss
         if captured is not None:
-            supervision = attention_loss(captured, target_pairs(tensors["input_ids"], image_token_id, batch))
+            supervision = attention_loss(captured, target_pairs(collated["input_ids"], image_token_id, batch))
             if supervision is not None:
                 loss = loss + config.attention_weight * supervision
         optimizer.zero_grad(set_to_none=True)
@@ -291,8 +302,9 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
         if progress is not None and now - last_log >= config.log_every_s:
             last_log = now
             recent = result.losses[-20:]
+            of = f"/{config.steps}" if config.steps is not None else ""
             progress(
-                f"step {result.steps:5d}  {now - started:6.0f}/{budget_s:.0f} s  "
+                f"step {result.steps:5d}{of}  {now - started:6.0f}/{budget_s:.0f} s  "
                 f"loss {sum(recent) / len(recent):.3f}  lr {config.peak_lr * factor:.2e}  "
                 f"examples {result.examples_seen}"
             )

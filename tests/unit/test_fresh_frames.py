@@ -110,7 +110,12 @@ def test_the_new_options_change_the_key_only_when_set() -> None:
     assert fresh.tower.fresh_frames and fresh.fresh == FreshCurriculum(reading_fraction=0.4)
     supervised = pipeline.recipe("cloud", 20, attention_weight=1.0)
     assert supervised.train.attention_weight == 1.0
-    assert len({cloud.key(), weighted.key(), fresh.key(), supervised.key()}) == 4
+    stepped = pipeline.recipe("cloud", 20, steps=5000)
+    on_gpu = pipeline.recipe("cloud", 20, device="cuda")
+    assert stepped.train.steps == 5000 and on_gpu.train.device == "cuda"
+    assert pipeline.recipe("cloud", 20, device="cpu").key() == cloud.key()
+    keys = {cloud.key(), weighted.key(), fresh.key(), supervised.key(), stepped.key(), on_gpu.key()}
+    assert len(keys) == 6
     with pytest.raises(ValueError, match="pretrained tower"):
         pipeline.recipe("cloud", 20, tower_steps=0, tower_empty_weight=0.1)
     with pytest.raises(ValueError, match="answers' cells"):
@@ -121,3 +126,9 @@ def test_the_training_command_takes_the_fresh_options(capsys) -> None:
     with pytest.raises(SystemExit):
         training_main(["--model", "edge", "--minutes", "1", "--fresh-reading-fraction", "0.5"])
     assert "fresh frames have no history" in capsys.readouterr().err
+
+
+def test_the_training_command_rejects_an_empty_step_budget(capsys) -> None:
+    with pytest.raises(SystemExit):
+        training_main(["--model", "cloud", "--minutes", "1", "--steps", "0"])
+    assert "--steps must be >= 1" in capsys.readouterr().err

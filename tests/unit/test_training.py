@@ -153,6 +153,26 @@ def test_a_short_training_run_lowers_the_loss_on_a_fixed_batch(split, tiny_model
     assert batch_loss(model, batch) < before * 0.8
 
 
+def test_a_step_budget_drives_the_schedule_and_ends_the_run(split) -> None:
+    """With `steps`, the stream and the learning rate see steps done / steps, whatever the wall time."""
+    model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
+    encoded = [encode(tokenizer, e) for e in build_examples(split[:4], TINY_VIEW, MixConfig(), seed=0)]
+    seen: list[float] = []
+
+    def stream(batch_size: int, fraction: float) -> list:
+        seen.append(fraction)
+        return encoded[:batch_size]
+
+    config = TrainConfig(minutes=5, batch_size=2, warmup_steps=1, steps=4, log_every_s=0.0)
+    logged: list[str] = []
+    result = train(model, tokenizer, [], config, progress=logged.append, stream=stream)
+    assert result.steps == 4 and seen == [0.0, 0.25, 0.5, 0.75]
+    assert logged and "/4" in logged[-1]
+    assert train(model, tokenizer, encoded, replace(config, max_steps=2)).steps == 2  # the smaller cap wins
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(minutes=5, steps=0)
+
+
 def test_the_trainer_memorises_a_dozen_examples_of_every_task(split) -> None:
     """The whole path (targets, image rows, token alignment, loss mask, greedy decoding) can learn: a model that
     cannot even memorise 12 examples has a bug, whatever it scores on held-out frames. The full-size models do this
