@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -131,8 +132,9 @@ def _tokenizer_corpus(seed: int) -> list[str]:
     return lines
 
 
-def train_tokenizer(vocab_size: int, seed: int):
-    """A byte-level BPE with Qwen's special tokens, wrapped as a `PreTrainedTokenizerFast`."""
+def train_tokenizer(vocab_size: int, seed: int, corpus: Sequence[str] | None = None):
+    """A byte-level BPE with Qwen's special tokens, wrapped as a `PreTrainedTokenizerFast`, its merges learned from
+    `corpus` (default: the generic scene text of `_tokenizer_corpus`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -145,7 +147,7 @@ def train_tokenizer(vocab_size: int, seed: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_tokenizer_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(corpus if corpus is not None else _tokenizer_corpus(seed), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from python_backends.training.pipeline import DEFAULT_OUT, recipe, run
+from python_backends.training.pipeline import DEFAULT_OUT, VOCABULARIES, recipe, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="a step budget for the language model: its schedule follows steps, not minutes, which still cap the run",
     )
+    parser.add_argument(
+        "--vocabulary",
+        choices=VOCABULARIES,
+        help="where the tokenizer learns its merges; benchmark: its words become whole tokens (default generic)",
+    )
     parser.add_argument("--device", help="torch device to train on, e.g. cuda (default cpu)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             args.attention_weight,
             args.steps,
             args.device,
+            args.vocabulary,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -65,8 +65,13 @@ class Recipe:
     # The language model trains on fresh frames (fresh_frames.py) in this curriculum instead of the train split's
     # cached frames; None: the cached split.
     fresh: FreshCurriculum | None = None
+    # Where the tokenizer learns its merges: "generic" (the tiny checkpoints' corpus) or "benchmark" (the benchmark's
+    # own chats, so its words are whole tokens: vocabulary.py).
+    vocabulary: str = "generic"
 
     def __post_init__(self) -> None:
+        if self.vocabulary not in VOCABULARIES:
+            raise ValueError(f"vocabulary must be one of {VOCABULARIES}, got {self.vocabulary!r}")
         if self.questions_per_frame < 1:
             raise ValueError(f"questions_per_frame must be >= 1, got {self.questions_per_frame}")
         if self.questions_per_frame > 1 and self.mix.has_context:
@@ -94,6 +99,8 @@ class Recipe:
                 del recipe["train"][name]
         if self.questions_per_frame == 1:
             del recipe["questions_per_frame"]
+        if self.vocabulary == "generic":
+            del recipe["vocabulary"]
         recipe["data"]["train_questions"] = self.data.train_questions.identity()
         recipe["data"]["test_questions"] = self.data.test_questions.identity()
         payload = {
@@ -103,6 +110,8 @@ class Recipe:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+
+VOCABULARIES = ("generic", "benchmark")
 
 # With head_dim 32, M-RoPE at Qwen's base of 1e6 leaves the image grid's height and width sections almost unrotated,
 # so where an object is reaches the text model only faintly. A base of 10 turned a one-square localisation probe's
@@ -161,6 +170,7 @@ def recipe(
     attention_weight: float | None = None,
     steps: int | None = None,
     device: str | None = None,
+    vocabulary: str | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
@@ -169,8 +179,11 @@ def recipe(
     that share of the language model's minutes first (fresh_frames.FreshCurriculum); an `attention_weight` > 0
     supervises one head's attention onto the asked objects (attention_supervision.py; many questions per frame);
     `steps` gives the language model a step budget instead of its minutes' schedule (trainer.TrainConfig.steps);
-    `device` ("cuda", say) is where both the tower and the language model train."""
+    `device` ("cuda", say) is where both the tower and the language model train; `vocabulary` "benchmark" learns
+    the tokenizer's merges from the benchmark's chats (vocabulary.py)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
+    if vocabulary is not None:
+        base = replace(base, vocabulary=vocabulary)
     if steps is not None or device is not None:
         base = replace(base, train=replace(base.train, steps=steps, device=device or "cpu"))
     if tower_steps is not None:
@@ -270,7 +283,12 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
     test_set = load_dataset(split_path("test", recipe.data, out_root))
     if eval_limit is not None:
         test_set = test_set[:eval_limit]
-    model, tokenizer = build_model(recipe.spec, recipe.max_number)
+    corpus = None
+    if recipe.vocabulary == "benchmark":
+        from python_backends.training.vocabulary import benchmark_corpus
+
+        corpus = benchmark_corpus(recipe.view, recipe.mix)
+    model, tokenizer = build_model(recipe.spec, recipe.max_number, corpus)
     model.to(recipe.train.device)
     parameters = sum(p.numel() for p in model.parameters())
     examples = training_examples(recipe, train_set) if recipe.fresh is None else []

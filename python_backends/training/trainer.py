@@ -88,8 +88,9 @@ def lr_factor(elapsed_fraction: float, step: int, warmup_steps: int, final_fract
     return warm * cosine
 
 
-def build_model(spec: TinyVLMSpec, max_number: int):
-    """A fresh model and tokenizer of `spec`'s architecture, the tokenizer with single-token numbers."""
+def build_model(spec: TinyVLMSpec, max_number: int, corpus: Sequence[str] | None = None):
+    """A fresh model and tokenizer of `spec`'s architecture, the tokenizer with single-token numbers and its merges
+    learned from `corpus` (vocabulary.benchmark_corpus; default: the tiny checkpoints' generic corpus)."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -97,7 +98,7 @@ def build_model(spec: TinyVLMSpec, max_number: int):
     from python_backends.engines.tiny_checkpoint import _model_config
 
     torch.manual_seed(spec.seed)
-    tokenizer = train_tokenizer(spec.vocab_size, spec.seed)
+    tokenizer = train_tokenizer(spec.vocab_size, spec.seed, corpus)
     add_number_tokens(tokenizer, max_number)
     config = _model_config(spec, tokenizer)
     model = Qwen2_5_VLForConditionalGeneration(config)

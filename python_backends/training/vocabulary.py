@@ -1,0 +1,49 @@
+"""The trained checkpoints' tokenizer learns its merges from the benchmark's own chats.
+
+Why (issue 5, measured on 2 cores): the default tiny tokenizer learns its merges from a generic corpus of other
+phrasings, so the benchmark's words come out in pieces: "assistant" is 7 tokens, "object" 6, "star" 3, and a frame's
+chat of 12 questions is about 600 tokens of which 54 are the image. A language-model step costs about 0.14 ms per
+token on top of a fixed 57 ms (batch 8), so the text is most of a cloud step, and a one-word answer that is three
+tokens is three choices to learn instead of one. Learned from chats rendered exactly as training and serving write
+them (system prompt, roles, questions, answers, grounding JSON), the same 1,024-entry vocabulary holds those words
+whole. Numbers stay the added single tokens of tokens.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from python_backends.evaluation.questions import candidate_questions
+from python_backends.prompts import Turn, build_chat_prompt
+from python_backends.training.examples import MixConfig, balanced_draw, frame_example
+from python_backends.training.fresh_frames import FreshFrames
+from python_backends.training.views import ModelView
+
+# Far from the fresh streams' own seeds (FreshCurriculum.seed and the next two): the corpus never draws their frames.
+CORPUS_SEED = 7_919
+CORPUS_FRAMES = 400
+QUESTIONS_PER_FRAME = 8
+
+
+def benchmark_corpus(view: ModelView, mix: MixConfig, frames: int = CORPUS_FRAMES) -> list[str]:
+    """One chat per frame of fresh train scenes, as the model reads and writes it: the first question after the
+    image (placeholder-free), its answer, then the frame's other questions as follow-up turns; every other chat
+    carries the previous chat's first turn as history, as the edge's context does."""
+    source = FreshFrames(CORPUS_SEED)
+    rng = np.random.default_rng(CORPUS_SEED)
+    lines, previous = [], None
+    while len(lines) < frames:
+        frame, truth = source.draw()
+        height, width = frame.shape[:2]
+        chosen = balanced_draw(candidate_questions(truth, width, height), QUESTIONS_PER_FRAME, rng)
+        if not chosen:
+            continue
+        example = frame_example("corpus", frame, truth, chosen, view, mix)
+        first = (example.question, example.target)
+        history = [Turn(*previous)] if previous is not None and len(lines) % 2 else None
+        text = build_chat_prompt(example.question, [], history) + example.target + "<|im_end|>"
+        for turn in example.follow_ups:
+            text += f"\n<|im_start|>user\n{turn.question}<|im_end|>\n<|im_start|>assistant\n{turn.answer}<|im_end|>"
+        lines.append(text)
+        previous = first
+    return lines
