@@ -303,11 +303,10 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         # The tower's minutes come out of the same budget: the whole run still ends on time.
         spent_min = (time.monotonic() - tower_started) / 60
         train_config = replace(train_config, minutes=max(0.05, train_config.minutes - spent_min))
-    budget = f"{train_config.steps} steps (at most " if train_config.steps else ""
-    _say(
-        f"{recipe.model}: training for {budget}{train_config.minutes:.1f} min{')' if budget else ''} "
-        f"on {train_config.device} (examples ready in {ready_s:.0f} s)"
-    )
+    budget = f"{train_config.minutes:.1f} min"
+    if train_config.steps:
+        budget = f"{train_config.steps} steps (at most {budget})"
+    _say(f"{recipe.model}: training for {budget} on {train_config.device} (examples ready in {ready_s:.0f} s)")
     say = lambda m: _say(f"{recipe.model}: {m}")  # noqa: E731
     stream = None
     if recipe.fresh is not None:
