@@ -287,7 +287,7 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
     if recipe.vocabulary == "benchmark":
         from python_backends.training.vocabulary import benchmark_corpus
 
-        corpus = benchmark_corpus(recipe.view, recipe.mix)
+        corpus = benchmark_corpus(recipe.view, plain_mix(recipe.mix))
     model, tokenizer = build_model(recipe.spec, recipe.max_number, corpus)
     model.to(recipe.train.device)
     parameters = sum(p.numel() for p in model.parameters())

@@ -148,6 +148,11 @@ def answer_loss(model, tensors: dict, labels):
     return (per_row / counts).mean()
 
 
+def follow_up_prompt(question: str) -> str:
+    """What comes between an answer's <|im_end|> and the next answer in a chat of several questions on one image."""
+    return f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
 def encode(tokenizer, example: ModelExample) -> Encoded:
     if len(example.images) != 1:
         raise ValueError(f"example {example.example_id} has {len(example.images)} images; one is supported")
@@ -160,9 +165,7 @@ def encode(tokenizer, example: ModelExample) -> Encoded:
     asked = [(example.question, example.target)] + [(turn.question, turn.answer) for turn in example.follow_ups]
     for number, (question, answer) in enumerate(asked):
         if number > 0:  # a follow-up: the same chat goes on with the next user turn
-            ids += tokenizer(
-                f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False
-            ).input_ids
+            ids += tokenizer(follow_up_prompt(question), add_special_tokens=False).input_ids
         answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False).input_ids
         spans.append((len(ids), len(ids) + len(answer_ids)))
         ids += answer_ids

@@ -11,12 +11,10 @@ whole. Numbers stay the added single tokens of tokens.py.
 
 from __future__ import annotations
 
-import numpy as np
-
-from python_backends.evaluation.questions import candidate_questions
 from python_backends.prompts import Turn, build_chat_prompt
-from python_backends.training.examples import MixConfig, balanced_draw, frame_example
-from python_backends.training.fresh_frames import FreshFrames
+from python_backends.training.examples import MixConfig
+from python_backends.training.fresh_frames import FreshCurriculum, FreshQuestionStream
+from python_backends.training.trainer import follow_up_prompt
 from python_backends.training.views import ModelView
 
 # Far from the fresh streams' own seeds (FreshCurriculum.seed and the next two): the corpus never draws their frames.
@@ -28,22 +26,18 @@ QUESTIONS_PER_FRAME = 8
 def benchmark_corpus(view: ModelView, mix: MixConfig, frames: int = CORPUS_FRAMES) -> list[str]:
     """One chat per frame of fresh train scenes, as the model reads and writes it: the first question after the
     image (placeholder-free), its answer, then the frame's other questions as follow-up turns; every other chat
-    carries the previous chat's first turn as history, as the edge's context does."""
-    source = FreshFrames(CORPUS_SEED)
-    rng = np.random.default_rng(CORPUS_SEED)
+    carries the previous chat's first turn as history, as the edge's context does. `mix` has no context of its
+    own (pipeline.plain_mix): it sets how answers are written."""
+    # The stream's own frame and question draw; it tokenizes nothing until called, so it needs no tokenizer yet.
+    scenes = FreshQuestionStream(None, view, mix, QUESTIONS_PER_FRAME, FreshCurriculum(seed=CORPUS_SEED))
     lines, previous = [], None
     while len(lines) < frames:
-        frame, truth = source.draw()
-        height, width = frame.shape[:2]
-        chosen = balanced_draw(candidate_questions(truth, width, height), QUESTIONS_PER_FRAME, rng)
-        if not chosen:
-            continue
-        example = frame_example("corpus", frame, truth, chosen, view, mix)
+        example = scenes.example(elapsed_fraction=1.0)
         first = (example.question, example.target)
         history = [Turn(*previous)] if previous is not None and len(lines) % 2 else None
         text = build_chat_prompt(example.question, [], history) + example.target + "<|im_end|>"
         for turn in example.follow_ups:
-            text += f"\n<|im_start|>user\n{turn.question}<|im_end|>\n<|im_start|>assistant\n{turn.answer}<|im_end|>"
+            text += follow_up_prompt(turn.question) + turn.answer + "<|im_end|>"
         lines.append(text)
         previous = first
     return lines

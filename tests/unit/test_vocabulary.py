@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from python_backends.engines.tiny_checkpoint import train_tokenizer
@@ -68,3 +70,13 @@ def test_the_vocabulary_option_changes_the_key_only_when_set(capsys) -> None:
     with pytest.raises(SystemExit):
         training_main(["--model", "cloud", "--minutes", "1", "--vocabulary", "words"])
     assert "--vocabulary" in capsys.readouterr().err
+
+
+def test_the_edge_recipe_learns_its_vocabulary_from_a_plain_mix() -> None:
+    edge = pipeline.recipe("edge", 10, vocabulary="benchmark")
+    assert edge.mix.has_context  # the edge's own mix adds history, which fresh scenes cannot
+    corpus = benchmark_corpus(edge.view, pipeline.plain_mix(edge.mix), frames=6)
+    # Its boxes are written as the edge's answers are: on its coordinate grid.
+    corners = [int(v) for box in re.findall(r'"bbox_2d": \[([0-9, ]+)\]', "".join(corpus)) for v in box.split(",")]
+    assert len(corpus) == 6 and corners
+    assert all(v % edge.mix.coordinate_bin == 0 for v in corners)
