@@ -2,11 +2,11 @@
 
 Why (issue 5, measured on 2 cores): the default tiny tokenizer learns its merges from a generic corpus of other
 phrasings, so the benchmark's words come out in pieces: "assistant" is 7 tokens, "object" 6, "star" 3, and a frame's
-chat of 12 questions is about 600 tokens of which 54 are the image. A language-model step costs about 0.14 ms per
-token on top of a fixed 57 ms (batch 8), so the text is most of a cloud step, and a one-word answer that is three
-tokens is three choices to learn instead of one. Learned from chats rendered exactly as training and serving write
-them (system prompt, roles, questions, answers, grounding JSON), the same 1,024-entry vocabulary holds those words
-whole. Numbers stay the added single tokens of tokens.py.
+chat of 12 questions is about 580 tokens of which 54 are the image. A language-model step costs about 0.12 ms per
+token of the batch on top of a fixed 70 ms (batch 8), so the text is most of a cloud step, and a one-word answer
+that is three tokens is three choices to learn instead of one. Learned from chats rendered exactly as training and
+serving write them (system prompt, roles, questions, answers, grounding JSON), the same 1,024-entry vocabulary holds
+those words whole. Numbers stay the added single tokens of tokens.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from python_backends.training.fresh_frames import FreshCurriculum, FreshQuestion
 from python_backends.training.trainer import follow_up_prompt
 from python_backends.training.views import ModelView
 
-# Far from the fresh streams' own seeds (FreshCurriculum.seed and the next two): the corpus never draws their frames.
+# Apart from the training streams' seeds (FreshCurriculum.seed and the next two): it shares none of their draws.
 CORPUS_SEED = 7_919
 CORPUS_FRAMES = 400
 QUESTIONS_PER_FRAME = 8
