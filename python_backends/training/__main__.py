@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from python_backends.training.precision import PRECISIONS
 from python_backends.training.pipeline import DEFAULT_OUT, VOCABULARIES, recipe, run
 
 
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where the tokenizer learns its merges; benchmark: its words become whole tokens (default generic)",
     )
     parser.add_argument("--device", help="torch device to train on, e.g. cuda (default cpu)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="bf16: train under bfloat16 autocast, about twice as fast on CPUs with AVX512-BF16 (default fp32)",
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             args.steps,
             args.device,
             args.vocabulary,
+            args.precision,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -87,7 +87,8 @@ def attention_loss(captured: dict, pairs: tuple[np.ndarray, ...], head: int = 0)
         # for each (row, query) pair instead would copy them once per answer token.
         scores = (query[:, 0] @ key[:, 0].transpose(1, 2))[unique[0], unique[1]] * module.scaling
         causal = torch.arange(length, device=device)[None, :] > unique[1][:, None]
-        probabilities = scores.masked_fill(causal, float("-inf")).softmax(-1)
+        # In float32 under bfloat16 autocast too: the mass is summed into a float32 tensor.
+        probabilities = scores.float().masked_fill(causal, float("-inf")).softmax(-1)
         mass = torch.zeros(len(unique[0]), device=device).index_add(0, inverse, probabilities[inverse, keys])
         total = total + (-torch.log(mass + 1e-6)).mean()
     return total / len(captured)

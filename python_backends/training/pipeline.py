@@ -94,7 +94,7 @@ class Recipe:
             del recipe["fresh"]
         if self.train.attention_weight == 0:
             del recipe["train"]["attention_weight"], recipe["train"]["supervised_layers"]
-        for name, old_default in (("steps", None), ("device", "cpu")):
+        for name, old_default in (("steps", None), ("device", "cpu"), ("precision", "fp32")):
             if recipe["train"][name] == old_default:
                 del recipe["train"][name]
         if self.questions_per_frame == 1:
@@ -171,6 +171,7 @@ def recipe(
     steps: int | None = None,
     device: str | None = None,
     vocabulary: str | None = None,
+    precision: str | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
@@ -180,12 +181,15 @@ def recipe(
     supervises one head's attention onto the asked objects (attention_supervision.py; many questions per frame);
     `steps` gives the language model a step budget instead of its minutes' schedule (trainer.TrainConfig.steps);
     `device` ("cuda", say) is where both the tower and the language model train; `vocabulary` "benchmark" learns
-    the tokenizer's merges from the benchmark's chats (vocabulary.py)."""
+    the tokenizer's merges from the benchmark's chats (vocabulary.py); `precision` "bf16" trains the tower and the
+    language model under bfloat16 autocast (precision.py)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if vocabulary is not None:
         base = replace(base, vocabulary=vocabulary)
-    if steps is not None or device is not None:
-        base = replace(base, train=replace(base.train, steps=steps, device=device or "cpu"))
+    if steps is not None or device is not None or precision is not None:
+        base = replace(
+            base, train=replace(base.train, steps=steps, device=device or "cpu", precision=precision or "fp32")
+        )
     if tower_steps is not None:
         base = replace(base, tower=TowerPretrainConfig(steps=tower_steps, seed=seed) if tower_steps > 0 else None)
     if questions_per_frame is not None:
@@ -357,7 +361,8 @@ def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[f
     else:
         labelled = labelled_examples(examples)
         _say(f"{recipe.model}: pretraining the vision tower for {steps} steps on {len(labelled)} frames")
-    losses = pretrain_tower(model, labelled, recipe.tower, progress=lambda m: _say(f"{recipe.model}: {m}"))
+    say = lambda m: _say(f"{recipe.model}: {m}")  # noqa: E731
+    losses = pretrain_tower(model, labelled, recipe.tower, progress=say, precision=recipe.train.precision)
     freeze_tower(model)
     features = cache_features(model, [e.image for e in encoded]) if encoded else None
     _say(f"{recipe.model}: tower frozen (loss {sum(losses[-20:]) / len(losses[-20:]):.3f})")

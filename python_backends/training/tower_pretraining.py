@@ -132,10 +132,14 @@ def pretrain_tower(
     labelled: Sequence | Callable[[int], list],
     config: TowerPretrainConfig,
     progress: Callable[[str], None] | None = None,
+    precision: str = "fp32",
 ) -> list[float]:
     """Trains `model`'s vision tower (in place) on per-cell labels; returns the loss of every step. `labelled` is
-    a sequence of (image, CellTargets) to sample from, or draw(n) giving n new ones (fresh_labelled_frames)."""
+    a sequence of (image, CellTargets) to sample from, or draw(n) giving n new ones (fresh_labelled_frames);
+    `precision` "bf16" runs each step's forward and loss under bfloat16 autocast (precision.py)."""
     import torch
+
+    from python_backends.training.precision import autocast, training_attention
 
     torch.manual_seed(config.seed)
     visual = model.model.visual
@@ -146,43 +150,53 @@ def pretrain_tower(
             "shape": torch.nn.Linear(width, len(SHAPES) + 1),
             "box": torch.nn.Linear(width, 4),
         }
-    ).to(next(visual.parameters()).device)
+    ).to(device := next(visual.parameters()).device)
     optimizer = torch.optim.AdamW(list(visual.parameters()) + list(heads.parameters()), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     visual.train()
     losses, last_log = [], time.monotonic()
-    for step in range(config.steps):
-        if callable(labelled):
-            batch = labelled(config.batch_size)
-        else:
-            batch = [labelled[i] for i in rng.choice(len(labelled), config.batch_size)]
-        features = tower_features(visual, [image for image, _ in batch])
-
-        def stacked(name: str, batch=batch, device=features.device):
-            rows = np.concatenate([getattr(targets, name) for _, targets in batch])
-            return torch.from_numpy(rows).to(device)
-
-        has_object = stacked("has_object")
-        cell_weight = has_object + config.empty_weight * (1 - has_object)
-
-        def class_loss(head: str, features=features, cell_weight=cell_weight) -> torch.Tensor:
-            losses = torch.nn.functional.cross_entropy(heads[head](features), stacked(head), reduction="none")
-            return (losses * cell_weight).sum() / cell_weight.sum()
-
-        box_error = (heads["box"](features) - stacked("box")).abs().sum(-1)
-        loss = (
-            class_loss("colour")
-            + class_loss("shape")
-            + config.box_weight * (box_error * has_object).sum() / has_object.sum().clamp(min=1)
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if progress is not None and time.monotonic() - last_log >= 20:
-            last_log = time.monotonic()
-            progress(f"tower step {step + 1}/{config.steps}  loss {np.mean(losses[-20:]):.3f}")
+    with training_attention(model, str(device), precision):
+        for step in range(config.steps):
+            if callable(labelled):
+                batch = labelled(config.batch_size)
+            else:
+                batch = [labelled[i] for i in rng.choice(len(labelled), config.batch_size)]
+            with autocast(str(device), precision):
+                loss = _tower_loss(visual, heads, batch, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if progress is not None and time.monotonic() - last_log >= 20:
+                last_log = time.monotonic()
+                progress(f"tower step {step + 1}/{config.steps}  loss {np.mean(losses[-20:]):.3f}")
     return losses
+
+
+def _tower_loss(visual, heads, batch: Sequence, config: TowerPretrainConfig):
+    """The dense loss of one batch of (image, CellTargets): colour and shape cross-entropies per cell (empty cells
+    weighed by `config.empty_weight`) plus the box's L1 error on the cells with an object."""
+    import torch
+
+    features = tower_features(visual, [image for image, _ in batch])
+
+    def stacked(name: str, batch=batch, device=features.device):
+        rows = np.concatenate([getattr(targets, name) for _, targets in batch])
+        return torch.from_numpy(rows).to(device)
+
+    has_object = stacked("has_object")
+    cell_weight = has_object + config.empty_weight * (1 - has_object)
+
+    def class_loss(head: str, features=features, cell_weight=cell_weight) -> torch.Tensor:
+        losses = torch.nn.functional.cross_entropy(heads[head](features), stacked(head), reduction="none")
+        return (losses * cell_weight).sum() / cell_weight.sum()
+
+    box_error = (heads["box"](features) - stacked("box")).abs().sum(-1)
+    return (
+        class_loss("colour")
+        + class_loss("shape")
+        + config.box_weight * (box_error * has_object).sum() / has_object.sum().clamp(min=1)
+    )
 
 
 def freeze_tower(model) -> None:
