@@ -106,7 +106,7 @@ def parse_train_minutes(text: str) -> tuple[float, float]:
     except ValueError:
         values = ()
     if len(values) != 2 or not all(v > 0 for v in values):
-        raise ValueError(f"--train-minutes takes two positive numbers EDGE,CLOUD (e.g. 10,20), got {text!r}")
+        raise ValueError(f"--train-minutes takes two positive numbers EDGE,CLOUD (e.g. 6,24), got {text!r}")
     return values
 
 
@@ -372,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--train-minutes",
-        default="10,20",
-        help="EDGE,CLOUD wall-time training budgets in minutes for --trained (default 10,20: 30 in all)",
+        default="6,24",
+        help="EDGE,CLOUD wall-time training budgets in minutes for --trained (default 6,24: 30 in all)",
     )
     parser.add_argument("--build-dir", type=Path, default=PROJECT_ROOT / "build")
     parser.add_argument("--repository-root", type=Path, default=PROJECT_ROOT / "model_repository")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -103,13 +104,20 @@ def test_the_tower_pretrains_on_fresh_frames_with_weighted_empty_cells() -> None
 
 def test_the_new_options_change_the_key_only_when_set() -> None:
     cloud = pipeline.recipe("cloud", 20)
-    assert cloud.fresh is None and cloud.tower.empty_weight == 1.0 and not cloud.tower.fresh_frames
-    assert cloud.key() == "0d3151da4463f666"  # the cached default checkpoint's key, from before the options
-    weighted = pipeline.recipe("cloud", 20, tower_empty_weight=0.1)
-    fresh = pipeline.recipe("cloud", 20, tower_empty_weight=0.1, fresh_reading_fraction=0.4)
+    assert cloud.fresh == FreshCurriculum(reading_fraction=0.15) and cloud.train.attention_weight == 1.0
+    assert cloud.tower.empty_weight == 0.1 and cloud.tower.fresh_frames
+    assert pipeline.recipe("cloud", 24).key() == "a70e0814a0f42b6d"  # the default checkpoint's key (README)
+    # The recipe that was the default before fresh frames keeps the key of the checkpoint it trained.
+    before = dataclasses.replace(
+        cloud, tower=TowerPretrainConfig(steps=300), fresh=None, vocabulary="generic",
+        train=dataclasses.replace(cloud.train, precision="fp32", attention_weight=0.0),
+    )  # fmt: skip
+    assert before.key() == "0d3151da4463f666"
+    weighted = pipeline.recipe("cloud", 20, tower_empty_weight=0.5)
+    fresh = pipeline.recipe("cloud", 20, fresh_reading_fraction=0.4)
     assert fresh.tower.fresh_frames and fresh.fresh == FreshCurriculum(reading_fraction=0.4)
-    supervised = pipeline.recipe("cloud", 20, attention_weight=1.0)
-    assert supervised.train.attention_weight == 1.0
+    supervised = pipeline.recipe("cloud", 20, attention_weight=0.5)
+    assert supervised.train.attention_weight == 0.5
     stepped = pipeline.recipe("cloud", 20, steps=5000)
     on_gpu = pipeline.recipe("cloud", 20, device="cuda")
     assert stepped.train.steps == 5000 and on_gpu.train.device == "cuda"
@@ -119,7 +127,7 @@ def test_the_new_options_change_the_key_only_when_set() -> None:
     with pytest.raises(ValueError, match="pretrained tower"):
         pipeline.recipe("cloud", 20, tower_steps=0, tower_empty_weight=0.1)
     with pytest.raises(ValueError, match="answers' cells"):
-        pipeline.recipe("cloud", 20, questions_per_frame=1, attention_weight=1.0)
+        pipeline.recipe("edge", 10, attention_weight=1.0)  # one question a cached frame: no cells
 
 
 def test_the_training_command_takes_the_fresh_options(capsys) -> None:

@@ -115,11 +115,16 @@ def test_bf16_tower_pretraining_learns_as_float32_does() -> None:
     assert final["bf16"] == pytest.approx(final["fp32"], rel=0.1)
 
 
-def test_precision_enters_the_cache_key_only_when_not_float32() -> None:
-    default = pipeline.recipe("cloud", 20)
-    assert pipeline.recipe("cloud", 20, precision="fp32").key() == default.key()
-    assert pipeline.recipe("cloud", 20, precision="bf16").key() != default.key()
-    assert pipeline.recipe("cloud", 20, precision="bf16").train.precision == "bf16"
+def test_both_defaults_train_in_bf16_and_precision_enters_the_key_only_when_not_float32() -> None:
+    for model in ("edge", "cloud"):
+        default = pipeline.recipe(model, 20)
+        assert default.train.precision == "bf16" and pipeline.recipe(model, 20, precision="bf16").key() == default.key()
+        in_fp32 = pipeline.recipe(model, 20, precision="fp32")
+        assert in_fp32.key() != default.key()
+        assert in_fp32.key() == replace(default, train=replace(default.train, precision="fp32")).key()
+    # float32 stays out of the key, so checkpoints from before the option keep theirs (test_fresh_frames pins one).
+    stepped = pipeline.recipe("cloud", 20, steps=100)  # another option leaves the default's precision alone
+    assert stepped.train.precision == "bf16" and stepped.train.steps == 100
 
 
 def test_batches_with_pixels_are_drawn_ahead_in_a_thread_and_none_is_wasted() -> None:

@@ -107,7 +107,8 @@ def test_training_on_cached_features_leaves_the_frozen_tower_untouched(examples)
 
 def test_tower_pretraining_is_part_of_the_cache_key_and_on_for_the_cloud_only() -> None:
     cloud = pipeline.recipe("cloud", 20)
-    assert cloud.tower == TowerPretrainConfig(steps=300) and pipeline.recipe("edge", 10).tower is None
+    assert cloud.tower == TowerPretrainConfig(steps=600, empty_weight=0.1, fresh_frames=True)
+    assert pipeline.recipe("edge", 10).tower is None
     end_to_end = pipeline.recipe("cloud", 20, tower_steps=0)
     assert end_to_end.tower is None
     assert len({cloud.key(), end_to_end.key(), pipeline.recipe("cloud", 20, tower_steps=200).key()}) == 3

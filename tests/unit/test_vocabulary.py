@@ -62,9 +62,11 @@ def test_built_models_keep_numbers_whole_with_the_benchmark_vocabulary(corpus) -
 
 
 def test_the_vocabulary_option_changes_the_key_only_when_set(capsys) -> None:
-    cloud = pipeline.recipe("cloud", 20)
-    assert cloud.vocabulary == "generic" and pipeline.recipe("cloud", 20, vocabulary="generic").key() == cloud.key()
-    assert pipeline.recipe("cloud", 20, vocabulary="benchmark").key() != cloud.key()
+    cloud, edge = pipeline.recipe("cloud", 20), pipeline.recipe("edge", 10)
+    assert cloud.vocabulary == "benchmark" and edge.vocabulary == "generic"
+    assert pipeline.recipe("edge", 10, vocabulary="generic").key() == edge.key()
+    assert pipeline.recipe("edge", 10, vocabulary="benchmark").key() != edge.key()
+    assert pipeline.recipe("cloud", 20, vocabulary="generic").key() != cloud.key()
     with pytest.raises(ValueError, match="vocabulary"):
         pipeline.recipe("cloud", 20, vocabulary="words")
     with pytest.raises(SystemExit):
