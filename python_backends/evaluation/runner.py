@@ -308,7 +308,8 @@ def cloud_stale_answers(
         if cloud is None:
             out[pick.example.id] = Answer("", latency_ms, f"no cloud answer for frame {pick.cloud_frame}")
         else:
-            out[pick.example.id] = Answer(cloud.text, latency_ms, cloud.error)
+            # The cloud's box in frame pixels comes along: its text's box is in the cloud's input pixels.
+            out[pick.example.id] = Answer(cloud.text, latency_ms, cloud.error, box=cloud.box)
     return out
 
 

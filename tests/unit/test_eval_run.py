@@ -266,6 +266,23 @@ def test_cloud_stale_assembly_with_fake_answers():
     assert missing[e2.id].error == "no cloud answer for frame 0"
 
 
+def test_cloud_stale_scores_the_clouds_box_in_frame_pixels():
+    """A late cloud box is scored where lvlm's DETECTIONS put it (frame pixels), not from its text, whose box is in
+    the cloud's input pixels: shown on the next frame, a box that is still right counts."""
+    truth = (100.0, 50.0, 140.0, 90.0)
+    first, second = (
+        example("g", i, question="Locate the red square.", answer=list(truth), task="grounding", answer_type="box")
+        for i in (0, 1)
+    )
+    video = group_videos([first, second])[0]
+    text = '[{"bbox_2d": [70, 35, 98, 63], "label": "red square"}]'  # the same box in a 224x157 input
+    cloud = {(0, video.examples[0].question): Answer(text, 90.0, box=truth)}
+    edge = {e.id: Answer("[]", 30.0) for e in video.examples}
+    picks = [StalePick(video.examples[0], None), StalePick(video.examples[1], 0, 0.1)]
+    records = cloud_stale_records(picks, "1s", cloud, edge)
+    assert [r.correct for r in records] == [False, True]
+
+
 # -- dataset cache, progress, checkpoints ---------------------------------------------------------------------------
 
 
