@@ -78,6 +78,8 @@ class Recipe:
             raise ValueError(f"the {self.model} mix has context (history or focus): it asks one question per image")
         if self.train.attention_weight > 0 and self.questions_per_frame == 1 and self.fresh is None:
             raise ValueError("attention supervision needs the answers' cells: many questions per frame or fresh frames")
+        if self.fresh is not None and self.tower is not None and not self.tower.fresh_frames:
+            raise ValueError("a fresh-frame recipe has no cached split to pretrain the tower on: use fresh frames")
         if self.fresh is not None and self.mix.has_context:
             raise ValueError(f"the {self.model} mix has context (history or focus): fresh frames have no history")
 
@@ -189,7 +191,15 @@ def recipe(
     given = {"steps": steps, "device": device, "precision": precision}
     base = replace(base, train=replace(base.train, **{k: v for k, v in given.items() if v is not None}))
     if tower_steps is not None:
-        base = replace(base, tower=TowerPretrainConfig(steps=tower_steps, seed=seed) if tower_steps > 0 else None)
+        # A pretrained tower keeps the recipe's other tower settings; a recipe without one gets the defaults, on
+        # fresh frames when the language model trains on them (there is no cached split to label).
+        if tower_steps == 0:
+            base = replace(base, tower=None)
+        elif base.tower is not None:
+            base = replace(base, tower=replace(base.tower, steps=tower_steps))
+        else:
+            tower = TowerPretrainConfig(steps=tower_steps, seed=seed, fresh_frames=base.fresh is not None)
+            base = replace(base, tower=tower)
     if questions_per_frame is not None:
         base = replace(base, questions_per_frame=questions_per_frame)
     if tower_empty_weight is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,8 @@ def test_tower_pretraining_is_part_of_the_cache_key_and_on_for_the_cloud_only() 
     assert end_to_end.tower is None
     assert len({cloud.key(), end_to_end.key(), pipeline.recipe("cloud", 20, tower_steps=200).key()}) == 3
     assert ModelView(224, keep_aspect=True) == cloud.view
+    # Another step count keeps the recipe's other tower settings (fresh frames: the recipe has no cached split).
+    longer = pipeline.recipe("cloud", 20, tower_steps=900).tower
+    assert longer == TowerPretrainConfig(steps=900, empty_weight=0.1, fresh_frames=True)
+    with pytest.raises(ValueError, match="no cached split"):
+        dataclasses.replace(cloud, tower=TowerPretrainConfig(steps=10))
