@@ -273,32 +273,23 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
     optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
     pad_id, image_token_id = tokenizer.pad_token_id, model.config.image_token_id
     budget_s = config.minutes * 60
-    limit = min(config.max_steps or math.inf, config.steps or math.inf)
     device = torch.device(config.device)
-
-    def draw(fraction: float) -> tuple[list[Encoded], dict]:
-        batch = stream(config.batch_size, fraction)
-        if select is not None:
-            select(stream.indices)
-        return batch, collate(batch, pad_id, image_token_id, with_pixels=select is None)
-
-    # Cached features are selected for the step that runs next, so only batches with pixels are made ahead.
-    batches = _Prefetcher(draw, ahead=select is None)
     started = time.monotonic()
     last_log = started
     result = TrainResult(steps=0, seconds=0.0, examples_seen=0)
     model.train()
     while True:
         elapsed = time.monotonic() - started
-        if elapsed >= budget_s or result.steps >= limit:
+        if elapsed >= budget_s or result.steps >= min(config.max_steps or math.inf, config.steps or math.inf):
             break
         progress_fraction = elapsed / budget_s if config.steps is None else result.steps / config.steps
-        # The next batch's progress: exact with a step budget, this step's under a wall-time one (a step early).
-        next_fraction = progress_fraction if config.steps is None else (result.steps + 1) / config.steps
-        batch, collated = batches(progress_fraction, next_fraction if result.steps + 1 < limit else None)
+        batch = stream(config.batch_size, progress_fraction)
+        if select is not None:
+            select(stream.indices)
         factor = lr_factor(progress_fraction, result.steps, config.warmup_steps, config.final_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = config.peak_lr * factor
+        collated = collate(batch, pad_id, image_token_id, with_pixels=select is None)
         tensors = {name: value.to(device) for name, value in collated.items()}
         with autocast(config.device, config.precision):
             if config.loss_per_example:
@@ -307,8 +298,7 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
             else:
                 loss = model(**tensors).loss
             if captured is not None:
-                pairs = target_pairs(collated["input_ids"], image_token_id, batch)
-                supervision = attention_loss(captured, pairs)
+                supervision = attention_loss(captured, target_pairs(collated["input_ids"], image_token_id, batch))
                 if supervision is not None:
                     loss = loss + config.attention_weight * supervision
         optimizer.zero_grad(set_to_none=True)
@@ -328,36 +318,9 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
                 f"loss {sum(recent) / len(recent):.3f}  lr {config.peak_lr * factor:.2e}  "
                 f"examples {result.examples_seen}"
             )
-    batches.close()  # an exception leaves it to the garbage collector: its worker ends after one draw
     result.seconds = time.monotonic() - started
     model.eval()
     return result
-
-
-class _Prefetcher:
-    """Draws and collates the next step's batch in a thread while the current step trains. Why (2 cores): a batch
-    of 8 fresh 12-question frames took 0.054 s to draw and collate, a quarter of a bfloat16 step, and torch's
-    kernels release the GIL; overlapped, a step took 0.207 s instead of 0.227. `ahead=False` draws each batch
-    when it is asked for."""
-
-    def __init__(self, draw: Callable[[float], tuple], ahead: bool = True) -> None:
-        import concurrent.futures
-
-        self._draw, self._ahead = draw, ahead
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
-        self._pending = None
-
-    def __call__(self, fraction: float, next_fraction: float | None) -> tuple:
-        """The batch for `fraction` (if the last call started it, the one it made at its `next_fraction`); then
-        starts the one at `next_fraction`, unless that is None (no further step)."""
-        item = self._pending.result() if self._pending is not None else self._draw(fraction)
-        self._pending = None
-        if self._ahead and next_fraction is not None:
-            self._pending = self._pool.submit(self._draw, next_fraction)
-        return item
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def image_processor_config(spec: TinyVLMSpec) -> dict:

@@ -1,10 +1,8 @@
-"""Fast training: bfloat16 autocast (training/precision.py), packed window attention (packed_attention.py) and the
-trainer's batches made ahead."""
+"""Fast training: bfloat16 autocast (training/precision.py) and packed window attention (packed_attention.py)."""
 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -125,21 +123,3 @@ def test_both_defaults_train_in_bf16_and_precision_enters_the_key_only_when_not_
     # float32 stays out of the key, so checkpoints from before the option keep theirs (test_fresh_frames pins one).
     stepped = pipeline.recipe("cloud", 20, steps=100)  # another option leaves the default's precision alone
     assert stepped.train.precision == "bf16" and stepped.train.steps == 100
-
-
-def test_batches_with_pixels_are_drawn_ahead_in_a_thread_and_none_is_wasted() -> None:
-    """Each step's batch after the first is drawn in the prefetch thread during the step before, in order, and no
-    batch is drawn past the last step."""
-    model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
-    stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 2, FreshCurriculum(seed=4))
-    drawn: list[tuple[float, str]] = []
-
-    def recording(batch_size: int, fraction: float) -> list:
-        drawn.append((fraction, threading.current_thread().name))
-        return stream(batch_size, fraction)
-
-    config = TrainConfig(minutes=5, batch_size=2, warmup_steps=1, steps=5)
-    assert train(model, tokenizer, [], config, stream=recording).steps == 5
-    assert [fraction for fraction, _ in drawn] == [0.0, 0.2, 0.4, 0.6, 0.8]
-    assert drawn[0][1] == threading.current_thread().name
-    assert all(name.startswith("batches") for _, name in drawn[1:])
