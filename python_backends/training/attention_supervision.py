@@ -62,9 +62,10 @@ def target_pairs(input_ids, image_token_id: int, batch: Sequence) -> tuple[np.nd
     return np.asarray(rows, np.int64), np.asarray(queries, np.int64), np.asarray(keys, np.int64)
 
 
-def attention_loss(captured: dict, pairs: tuple[np.ndarray, ...], head: int = 0):
+def attention_loss(captured: dict, pairs: tuple[np.ndarray, ...], head: int = 0, float32_scores: bool = False):
     """Mean -log attention mass on the target tokens, over every supervised (row, query) and layer; None when the
-    batch has no target."""
+    batch has no target. `float32_scores`: the scores in float32 under autocast too, as the model's own are then
+    (precision.float32_score_attention)."""
     import torch
 
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
@@ -85,7 +86,11 @@ def attention_loss(captured: dict, pairs: tuple[np.ndarray, ...], head: int = 0)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         # Scores of every position against its row's keys, then the supervised rows: gathering a copy of the keys
         # for each (row, query) pair instead would copy them once per answer token.
-        scores = (query[:, 0] @ key[:, 0].transpose(1, 2))[unique[0], unique[1]] * module.scaling
+        exact = torch.autocast(device_type=device.type, enabled=False) if float32_scores else contextlib.nullcontext()
+        with exact:
+            if float32_scores:
+                query, key = query.float(), key.float()
+            scores = (query[:, 0] @ key[:, 0].transpose(1, 2))[unique[0], unique[1]] * module.scaling
         causal = torch.arange(length, device=device)[None, :] > unique[1][:, None]
         # In float32 under bfloat16 autocast too: the mass is summed into a float32 tensor.
         probabilities = scores.float().masked_fill(causal, float("-inf")).softmax(-1)

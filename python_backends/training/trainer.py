@@ -22,7 +22,7 @@ from python_backends.engines.tiny_checkpoint import BUILD_INFO_FILE, TinyVLMSpec
 from python_backends.prompts import build_chat_prompt
 from python_backends.training.attention_supervision import attention_capture, attention_loss, target_pairs
 from python_backends.training.examples import ModelExample
-from python_backends.training.precision import autocast, check_precision, training_attention
+from python_backends.training.precision import autocast, check_precision, float32_scores, training_attention
 from python_backends.training.tokens import add_number_tokens, number_tokens
 from python_backends.training.views import image_grid, image_tokens, pixel_rows
 
@@ -298,7 +298,8 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
             else:
                 loss = model(**tensors).loss
             if captured is not None:
-                supervision = attention_loss(captured, target_pairs(collated["input_ids"], image_token_id, batch))
+                pairs = target_pairs(collated["input_ids"], image_token_id, batch)
+                supervision = attention_loss(captured, pairs, float32_scores=float32_scores(config.precision))
                 if supervision is not None:
                     loss = loss + config.attention_weight * supervision
         optimizer.zero_grad(set_to_none=True)

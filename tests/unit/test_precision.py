@@ -18,7 +18,8 @@ from python_backends.training.fresh_frames import (
     fresh_labelled_frames,
 )
 from python_backends.training.packed_attention import PACKED_ATTENTION
-from python_backends.training.precision import autocast, training_attention
+from python_backends.training.attention_supervision import attention_capture, attention_loss, target_pairs
+from python_backends.training.precision import TEXT_ATTENTION, autocast, float32_scores, training_attention
 from python_backends.training.tower_pretraining import TowerPretrainConfig, pretrain_tower, tower_features
 from python_backends.training.trainer import TrainConfig, batch_loss, build_model, collate, save_checkpoint, train
 
@@ -82,7 +83,8 @@ def test_precision_is_checked_and_float32_is_a_no_op() -> None:
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def test_bf16_training_with_attention_supervision_learns_and_keeps_float32_weights() -> None:
+@pytest.mark.parametrize("precision", ["bf16", "bf16-fp32-scores"])
+def test_bf16_training_with_attention_supervision_learns_and_keeps_float32_weights(precision) -> None:
     """The whole cloud path in bfloat16: fresh frames, many questions a frame, attention supervision (whose mass
     sums in float32), then a float32 evaluation."""
     model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
@@ -91,7 +93,7 @@ def test_bf16_training_with_attention_supervision_learns_and_keeps_float32_weigh
     before = batch_loss(model, held)
     config = TrainConfig(
         minutes=5, batch_size=4, peak_lr=5e-3, warmup_steps=1, max_steps=40, attention_weight=1.0,
-        supervised_layers=(0,), precision="bf16",
+        supervised_layers=(0,), precision=precision,
     )  # fmt: skip
     result = train(model, tokenizer, [], config, stream=stream)
     assert result.steps == 40 and all(np.isfinite(result.losses))
@@ -121,5 +123,53 @@ def test_both_defaults_train_in_bf16_and_precision_enters_the_key_only_when_not_
         assert in_fp32.key() != default.key()
         assert in_fp32.key() == replace(default, train=replace(default.train, precision="fp32")).key()
     # float32 stays out of the key, so checkpoints from before the option keep theirs (test_fresh_frames pins one).
+    scores = pipeline.recipe("cloud", 20, precision="bf16-fp32-scores")
+    assert scores.key() not in {
+        pipeline.recipe("cloud", 20).key(),
+        pipeline.recipe("cloud", 20, precision="fp32").key(),
+    }
     stepped = pipeline.recipe("cloud", 20, steps=100)  # another option leaves the default's precision alone
     assert stepped.train.precision == "bf16" and stepped.train.steps == 100
+
+
+def test_float32_scores_are_eager_attention_with_exact_scores_under_autocast() -> None:
+    """The float32-score attention is the model's eager attention (same language-model output in float32, same
+    supervision loss); under bfloat16 autocast its weights stay those of float32 scores, where eager attention's
+    scores are rounded to bfloat16."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
+
+    from python_backends.training.precision import float32_score_attention
+
+    model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
+    model.eval()
+    stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 4, FreshCurriculum(seed=7))
+    batch = stream(2, 0.5)
+    tensors = collate(batch, tokenizer.pad_token_id, model.config.image_token_id)
+    tensors.pop("labels")
+    pairs = target_pairs(tensors["input_ids"], model.config.image_token_id, batch)
+
+    def run(precision: str):
+        with torch.no_grad(), training_attention(model, "cpu", precision), attention_capture(model, [0]) as captured:
+            hidden = model.model(**tensors).last_hidden_state
+            return hidden, float(attention_loss(captured, pairs, float32_scores=float32_scores(precision)))
+
+    reference, reference_loss = run("fp32")
+    with training_attention(model, "cpu", "bf16-fp32-scores"):
+        assert _implementations(model)[0] == TEXT_ATTENTION
+    exact, exact_loss = run("bf16-fp32-scores")  # no autocast: float32 throughout
+    torch.testing.assert_close(exact, reference, rtol=1e-4, atol=1e-5)
+    assert exact_loss == pytest.approx(reference_loss, rel=1e-5)
+
+    # Scores near 40 (bfloat16 steps of 0.25 there) that differ by 0.05: rounded, they tie.
+    module = model.model.language_model.layers[0].self_attn
+    query = torch.zeros(1, module.config.num_attention_heads, 1, module.head_dim)
+    query[..., 0] = 1.0
+    key = torch.zeros(1, module.config.num_key_value_heads, 2, module.head_dim)
+    key[..., 0, 0], key[..., 1, 0] = 40.0 / module.scaling, 40.05 / module.scaling
+    value = torch.eye(2).expand(1, module.config.num_key_value_heads, 2, 2).contiguous()
+    with autocast("cpu", "bf16"):
+        ours, _ = float32_score_attention(module, query, key, value, None, module.scaling)
+        theirs, _ = eager_attention_forward(module, query, key, value, None, module.scaling)
+    expected = torch.softmax(torch.tensor([40.0, 40.05]), 0)
+    torch.testing.assert_close(ours[0, 0, 0].float(), expected, atol=4e-3, rtol=0)
+    assert float(theirs[0, 0, 0, 1] - theirs[0, 0, 0, 0]) == 0.0
