@@ -183,8 +183,8 @@ def recipe(
     supervises one head's attention onto the asked objects (attention_supervision.py; many questions per frame);
     `steps` gives the language model a step budget instead of its minutes' schedule (trainer.TrainConfig.steps);
     `device` ("cuda", say) is where both the tower and the language model train; `vocabulary` "benchmark" learns
-    the tokenizer's merges from the benchmark's chats (vocabulary.py); `precision` "bf16" trains the tower and the
-    language model under bfloat16 autocast (precision.py)."""
+    the tokenizer's merges from the benchmark's chats (vocabulary.py); `precision` is "bf16" (the defaults:
+    bfloat16 autocast), "bf16-fp32-scores" or "fp32" (precision.py)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if vocabulary is not None:
         base = replace(base, vocabulary=vocabulary)
