@@ -183,8 +183,8 @@ def recipe(
     supervises one head's attention onto the asked objects (attention_supervision.py; many questions per frame);
     `steps` gives the language model a step budget instead of its minutes' schedule (trainer.TrainConfig.steps);
     `device` ("cuda", say) is where both the tower and the language model train; `vocabulary` "benchmark" learns
-    the tokenizer's merges from the benchmark's chats (vocabulary.py); `precision` is "bf16" (the defaults:
-    bfloat16 autocast), "bf16-fp32-scores" or "fp32" (precision.py)."""
+    the tokenizer's merges from the benchmark's chats (vocabulary.py); `precision` is "bf16" (bfloat16 autocast;
+    the edge's default), "bf16-fp32-scores" (the cloud's) or "fp32" (precision.py)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if vocabulary is not None:
         base = replace(base, vocabulary=vocabulary)
@@ -230,7 +230,7 @@ def _base_recipe(model: str, minutes: float, seed: int, batch_size: int | None, 
     if model == "cloud":
         # The tower learns colour, shape and box per cell on fresh frames, then is frozen; the language model reads
         # single objects' boxes for 15% of its minutes, then answers 12 questions per fresh frame with one head's
-        # attention supervised, all in bfloat16 (README, "Trained tiny checkpoints").
+        # attention supervised, all in bfloat16 but the attention scores (README, "Trained tiny checkpoints").
         return Recipe(
             "cloud",
             CLOUD_TRAINED_SPEC,
@@ -238,7 +238,7 @@ def _base_recipe(model: str, minutes: float, seed: int, batch_size: int | None, 
             CLOUD_MIX,
             TrainConfig(
                 minutes=float(minutes), batch_size=batch_size or 8, peak_lr=peak_lr or 1.5e-3, seed=seed,
-                precision="bf16", attention_weight=1.0,
+                precision="bf16-fp32-scores", attention_weight=1.0,
             ),
             tower=TowerPretrainConfig(steps=600, seed=seed, empty_weight=0.1, fresh_frames=True),
             questions_per_frame=12,

@@ -115,21 +115,20 @@ def test_bf16_tower_pretraining_learns_as_float32_does() -> None:
     assert final["bf16"] == pytest.approx(final["fp32"], rel=0.1)
 
 
-def test_both_defaults_train_in_bf16_and_precision_enters_the_key_only_when_not_float32() -> None:
-    for model in ("edge", "cloud"):
+def test_the_defaults_train_in_bf16_and_precision_enters_the_key_only_when_not_float32() -> None:
+    """The edge trains in bfloat16, the cloud in bfloat16 with float32 attention scores; every precision is its own
+    cache entry, and float32 stays out of the key (so checkpoints from before the option keep theirs: test_fresh_frames
+    pins one)."""
+    for model, expected in (("edge", "bf16"), ("cloud", "bf16-fp32-scores")):
         default = pipeline.recipe(model, 20)
-        assert default.train.precision == "bf16" and pipeline.recipe(model, 20, precision="bf16").key() == default.key()
+        assert default.train.precision == expected
+        assert pipeline.recipe(model, 20, precision=expected).key() == default.key()
+        keys = {pipeline.recipe(model, 20, precision=p).key() for p in ("fp32", "bf16", "bf16-fp32-scores")}
+        assert len(keys) == 3
         in_fp32 = pipeline.recipe(model, 20, precision="fp32")
-        assert in_fp32.key() != default.key()
         assert in_fp32.key() == replace(default, train=replace(default.train, precision="fp32")).key()
-    # float32 stays out of the key, so checkpoints from before the option keep theirs (test_fresh_frames pins one).
-    scores = pipeline.recipe("cloud", 20, precision="bf16-fp32-scores")
-    assert scores.key() not in {
-        pipeline.recipe("cloud", 20).key(),
-        pipeline.recipe("cloud", 20, precision="fp32").key(),
-    }
     stepped = pipeline.recipe("cloud", 20, steps=100)  # another option leaves the default's precision alone
-    assert stepped.train.precision == "bf16" and stepped.train.steps == 100
+    assert stepped.train.precision == "bf16-fp32-scores" and stepped.train.steps == 100
 
 
 def test_float32_scores_are_eager_attention_with_exact_scores_under_autocast() -> None:
