@@ -43,8 +43,8 @@ def packed_window_attention(module, query, key, value, attention_mask=None, scal
 
 
 def _attend(query, key, value, valid, scaling: float):
-    """Softmax attention by matmuls: on a CPU its backward beat torch's flash kernel's several times over at these
-    lengths (16 to 256 tokens)."""
+    """Softmax attention by matmuls: on 2 cores, with the windows packed, a bfloat16 tower step took 0.20 s this way
+    and 0.31 s through torch's flash kernel, whose backward dominated (windows of 16 tokens, images of 256)."""
     import torch
 
     scores = (query @ key.transpose(-1, -2)) * scaling
