@@ -86,11 +86,9 @@ def attention_loss(captured: dict, pairs: tuple[np.ndarray, ...], head: int = 0,
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         # Scores of every position against its row's keys, then the supervised rows: gathering a copy of the keys
         # for each (row, query) pair instead would copy them once per answer token.
-        exact = torch.autocast(device_type=device.type, enabled=False) if float32_scores else contextlib.nullcontext()
-        with exact:
-            if float32_scores:
-                query, key = query.float(), key.float()
-            scores = (query[:, 0] @ key[:, 0].transpose(1, 2))[unique[0], unique[1]] * module.scaling
+        # Outside autocast the float32 operands stay float32; inside it, they are cast to bfloat16 as before.
+        with torch.autocast(device.type, enabled=False) if float32_scores else contextlib.nullcontext():
+            scores = (query[:, 0].float() @ key[:, 0].float().transpose(1, 2))[unique[0], unique[1]] * module.scaling
         causal = torch.arange(length, device=device)[None, :] > unique[1][:, None]
         # In float32 under bfloat16 autocast too: the mass is summed into a float32 tensor.
         probabilities = scores.float().masked_fill(causal, float("-inf")).softmax(-1)

@@ -44,7 +44,8 @@ class TrainConfig:
     steps: int | None = None
     # Where the model trains: "cpu", or a torch device such as "cuda" (the checkpoint is saved from the CPU).
     device: str = "cpu"
-    # "bf16": forward and loss under bfloat16 autocast (precision.py), about twice as fast on a CPU with AVX512-BF16.
+    # "bf16" / "bf16-fp32-scores": forward and loss under bfloat16 autocast (precision.py), about 1.5 times as fast
+    # on a CPU with AVX512-BF16; the second keeps the language model's attention scores in float32.
     precision: str = "fp32"
     # Each example's answer tokens average to one loss term, so a 25-token grounding answer weighs as much as a
     # one-word answer (accuracy counts questions, not tokens); False: the plain mean over all answer tokens.
