@@ -9,6 +9,16 @@ from python_backends.training.precision import PRECISIONS
 from python_backends.training.pipeline import DEFAULT_OUT, VOCABULARIES, recipe, run
 
 
+def _quota(text: str) -> dict[str, int]:
+    if text == "none":
+        return {}
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {task.strip(): int(count) for task, count in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TASK=N[,TASK=N...], got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m python_backends.training",
@@ -63,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=PRECISIONS,
         help="bf16: train under bfloat16 autocast, about twice as fast on CPUs with AVX512-BF16 (default fp32)",
     )
+    parser.add_argument(
+        "--tower-precision", choices=PRECISIONS, help="the tower's precision (default: the language model's)"
+    )
+    parser.add_argument(
+        "--scene-quota",
+        type=_quota,
+        help="full-scene frames ask at least N questions of a task, as TASK=N[,TASK=N...]; 'none': the tasks take "
+        "turns (default: the recipe's)",
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
@@ -87,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.vocabulary,
             args.precision,
+            args.scene_quota,
+            args.tower_precision,
         )
     except ValueError as exc:
         parser.error(str(exc))

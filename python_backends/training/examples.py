@@ -198,6 +198,19 @@ def balanced_draw(by_task: dict[str, list], count: int, rng: np.random.Generator
     return chosen
 
 
+def quota_draw(by_task: dict[str, list], quotas: dict[str, int], count: int, rng: np.random.Generator) -> list:
+    """Up to `count` questions: first up to `quotas[task]` of each task's questions, then the tasks taking turns over
+    the rest (balanced_draw), in a random order. A quota weighs a task the frame alone would ask too seldom."""
+    chosen, rest = [], {}
+    for task, questions in by_task.items():
+        shuffled = [questions[i] for i in rng.permutation(len(questions))]
+        take = min(quotas.get(task, 0), len(shuffled), count - len(chosen))
+        chosen.extend(shuffled[:take])
+        rest[task] = shuffled[take:]
+    chosen.extend(balanced_draw(rest, count - len(chosen), rng))
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
 def build_frame_examples(
     dataset: list[Example],
     view: ModelView,

@@ -18,7 +18,7 @@ import numpy as np
 from python_backends.evaluation.dataset import TRAIN_SEED_START, check_seeds
 from python_backends.evaluation.questions import TASKS, candidate_questions
 from python_backends.evaluation.scenes import ObjectTruth, Scene, SceneConfig
-from python_backends.training.examples import MixConfig, ModelExample, balanced_draw, frame_example
+from python_backends.training.examples import MixConfig, ModelExample, balanced_draw, frame_example, quota_draw
 from python_backends.training.tower_pretraining import cell_targets
 from python_backends.training.trainer import encode
 from python_backends.training.views import ModelView
@@ -54,6 +54,9 @@ class FreshCurriculum:
     reading_fraction: float = 0.0
     reading_tasks: tuple[str, ...] = ("grounding",)
     seed: int = 0
+    # Full scenes: at least this many questions of a task per frame where it has them ((task, count) pairs; the rest
+    # take turns). Empty: the tasks only take turns (examples.balanced_draw).
+    scene_quota: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.reading_fraction <= 1.0:
@@ -61,6 +64,11 @@ class FreshCurriculum:
         unknown = set(self.reading_tasks) - set(TASKS)
         if not self.reading_tasks or unknown:
             raise ValueError(f"reading_tasks must be a non-empty subset of {TASKS}, got {self.reading_tasks}")
+        tasks = [task for task, _ in self.scene_quota]
+        if set(tasks) - set(TASKS) or len(set(tasks)) != len(tasks):
+            raise ValueError(f"scene_quota must name tasks of {TASKS} once each, got {self.scene_quota}")
+        if any(count < 0 for _, count in self.scene_quota):
+            raise ValueError(f"scene_quota counts must be >= 0, got {self.scene_quota}")
 
 
 class FreshQuestionStream:
@@ -90,7 +98,11 @@ class FreshQuestionStream:
             candidates = candidate_questions(truth, width, height)
             if reading:
                 candidates = {task: qs for task, qs in candidates.items() if task in self.curriculum.reading_tasks}
-            chosen = balanced_draw(candidates, self.questions_per_frame, self.rng)
+            if reading or not self.curriculum.scene_quota:
+                chosen = balanced_draw(candidates, self.questions_per_frame, self.rng)
+            else:
+                quotas = dict(self.curriculum.scene_quota)
+                chosen = quota_draw(candidates, quotas, self.questions_per_frame, self.rng)
             if chosen:  # a frame whose objects are all leaving has nothing to ask
                 break
         return frame_example("fresh", frame, truth, chosen, self.view, self.mix)

@@ -80,6 +80,8 @@ class Recipe:
             raise ValueError("attention supervision needs the answers' cells: many questions per frame or fresh frames")
         if self.fresh is not None and self.tower is not None and not self.tower.fresh_frames:
             raise ValueError("a fresh-frame recipe has no cached split to pretrain the tower on: use fresh frames")
+        if self.fresh is not None and sum(count for _, count in self.fresh.scene_quota) > self.questions_per_frame:
+            raise ValueError(f"scene_quota {self.fresh.scene_quota} asks more than {self.questions_per_frame} a frame")
         if self.fresh is not None and self.mix.has_context:
             raise ValueError(f"the {self.model} mix has context (history or focus): fresh frames have no history")
 
@@ -94,6 +96,8 @@ class Recipe:
             recipe["tower"] = self.tower.identity()
         if self.fresh is None:
             del recipe["fresh"]
+        elif not self.fresh.scene_quota:
+            del recipe["fresh"]["scene_quota"]
         if self.train.attention_weight == 0:
             del recipe["train"]["attention_weight"], recipe["train"]["supervised_layers"]
         for name, old_default in (("steps", None), ("device", "cpu"), ("precision", "fp32")):
@@ -174,6 +178,8 @@ def recipe(
     device: str | None = None,
     vocabulary: str | None = None,
     precision: str | None = None,
+    scene_quota: dict[str, int] | None = None,
+    tower_precision: str | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
@@ -184,7 +190,9 @@ def recipe(
     `steps` gives the language model a step budget instead of its minutes' schedule (trainer.TrainConfig.steps);
     `device` ("cuda", say) is where both the tower and the language model train; `vocabulary` "benchmark" learns
     the tokenizer's merges from the benchmark's chats (vocabulary.py); `precision` is "bf16" (bfloat16 autocast;
-    the edge's default), "bf16-fp32-scores" (the cloud's) or "fp32" (precision.py)."""
+    the edge's default), "bf16-fp32-scores" (the cloud's) or "fp32" (precision.py); `scene_quota` {task: n} asks
+    at least n of a task's questions per full-scene frame (fresh_frames.FreshCurriculum; {}: the tasks take turns);
+    `tower_precision` is the tower's own precision (default: the language model's)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if vocabulary is not None:
         base = replace(base, vocabulary=vocabulary)
@@ -200,6 +208,10 @@ def recipe(
         else:
             tower = TowerPretrainConfig(steps=tower_steps, seed=seed, fresh_frames=base.fresh is not None)
             base = replace(base, tower=tower)
+    if tower_precision is not None:
+        if base.tower is None:
+            raise ValueError("tower_precision needs a pretrained tower (tower_steps > 0)")
+        base = replace(base, tower=replace(base.tower, precision=tower_precision))
     if questions_per_frame is not None:
         base = replace(base, questions_per_frame=questions_per_frame)
     if tower_empty_weight is not None:
@@ -209,9 +221,14 @@ def recipe(
     if attention_weight is not None:
         base = replace(base, train=replace(base.train, attention_weight=attention_weight))
     if fresh_reading_fraction is not None:
-        base = replace(base, fresh=FreshCurriculum(reading_fraction=fresh_reading_fraction, seed=seed))
+        fresh = base.fresh or FreshCurriculum(seed=seed)
+        base = replace(base, fresh=replace(fresh, reading_fraction=fresh_reading_fraction))
         if base.tower is not None:
             base = replace(base, tower=replace(base.tower, fresh_frames=True))
+    if scene_quota is not None:
+        if base.fresh is None:
+            raise ValueError("scene_quota needs fresh frames (fresh_reading_fraction)")
+        base = replace(base, fresh=replace(base.fresh, scene_quota=tuple(sorted(scene_quota.items()))))
     return base
 
 
@@ -379,7 +396,8 @@ def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[f
         labelled = labelled_examples(examples)
         _say(f"{recipe.model}: pretraining the vision tower for {steps} steps on {len(labelled)} frames")
     say = lambda m: _say(f"{recipe.model}: {m}")  # noqa: E731
-    losses = pretrain_tower(model, labelled, recipe.tower, progress=say, precision=recipe.train.precision)
+    precision = recipe.tower.precision or recipe.train.precision
+    losses = pretrain_tower(model, labelled, recipe.tower, progress=say, precision=precision)
     freeze_tower(model)
     features = cache_features(model, [e.image for e in encoded]) if encoded else None
     _say(f"{recipe.model}: tower frozen (loss {sum(losses[-20:]) / len(losses[-20:]):.3f})")

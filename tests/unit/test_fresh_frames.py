@@ -13,7 +13,7 @@ from python_backends.evaluation.questions import TASKS
 from python_backends.evaluation.scenes import SHAPES
 from python_backends.training import pipeline
 from python_backends.training.__main__ import main as training_main
-from python_backends.training.examples import MixConfig
+from python_backends.training.examples import MixConfig, quota_draw
 from python_backends.training.fresh_frames import (
     FRESH_SEED_START,
     SINGLE_OBJECT_SCENE,
@@ -140,3 +140,47 @@ def test_the_training_command_rejects_an_empty_step_budget(capsys) -> None:
     with pytest.raises(SystemExit):
         training_main(["--model", "cloud", "--minutes", "1", "--steps", "0"])
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_a_quota_draw_asks_each_task_its_quota_first_then_lets_the_tasks_take_turns() -> None:
+    by_task = {"grounding": [f"g{i}" for i in range(4)], "counting": [f"c{i}" for i in range(10)], "recognition": []}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        chosen = quota_draw(by_task, {"grounding": 3, "recognition": 2}, 6, rng)
+        assert len(chosen) == len(set(chosen)) == 6
+        assert sum(q.startswith("g") for q in chosen) >= 3  # the quota, then turns may add the fourth
+    # A quota larger than what the frame has takes all of it; the count still caps the draw.
+    assert sorted(quota_draw(by_task, {"grounding": 9}, 4, rng)) == ["g0", "g1", "g2", "g3"]
+    assert quota_draw(by_task, {"grounding": 2}, 0, rng) == []
+
+
+def test_the_stream_fills_a_scene_quota_in_full_scenes_but_not_while_reading(tokenizer) -> None:
+    def grounding_share(curriculum: FreshCurriculum, fraction: float) -> float:
+        stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 8, curriculum)
+        examples = [stream.example(fraction) for _ in range(40)]
+        answers = [answer for e in examples for answer in [e.target] + [turn.answer for turn in e.follow_ups]]
+        return sum("bbox_2d" in answer for answer in answers) / len(answers)
+
+    plain = FreshCurriculum(reading_fraction=0.5, seed=3)
+    quota = dataclasses.replace(plain, scene_quota=(("grounding", 8),))
+    assert grounding_share(quota, 0.9) > grounding_share(plain, 0.9) + 0.05
+    assert grounding_share(quota, 0.1) == grounding_share(plain, 0.1) == 1.0  # reading: grounding only
+    with pytest.raises(ValueError, match="scene_quota"):
+        FreshCurriculum(scene_quota=(("naming", 2),))
+    with pytest.raises(ValueError, match="scene_quota"):
+        FreshCurriculum(scene_quota=(("grounding", -1),))
+    with pytest.raises(ValueError, match="asks more than 12"):
+        pipeline.recipe("cloud", 20, scene_quota={"grounding": 8, "counting": 5})
+    with pytest.raises(ValueError, match="needs fresh frames"):
+        pipeline.recipe("edge", 10, scene_quota={"grounding": 2})
+
+
+def test_a_scene_quota_enters_the_key_only_when_set_and_keeps_the_reading_fraction(capsys) -> None:
+    cloud = pipeline.recipe("cloud", 24)
+    assert pipeline.recipe("cloud", 24, scene_quota={}).key() == cloud.key()
+    quota = pipeline.recipe("cloud", 24, scene_quota={"grounding": 6}, fresh_reading_fraction=0.2)
+    assert quota.fresh == FreshCurriculum(reading_fraction=0.2, scene_quota=(("grounding", 6),))
+    assert quota.key() != pipeline.recipe("cloud", 24, fresh_reading_fraction=0.2).key()
+    with pytest.raises(SystemExit):
+        training_main(["--model", "cloud", "--minutes", "1", "--scene-quota", "grounding=many"])
+    assert "expected TASK=N" in capsys.readouterr().err

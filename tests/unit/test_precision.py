@@ -172,3 +172,26 @@ def test_float32_scores_are_eager_attention_with_exact_scores_under_autocast() -
     expected = torch.softmax(torch.tensor([40.0, 40.05]), 0)
     torch.testing.assert_close(ours[0, 0, 0].float(), expected, atol=4e-3, rtol=0)
     assert float(theirs[0, 0, 0, 1] - theirs[0, 0, 0, 0]) == 0.0
+
+
+def test_the_tower_precision_defaults_to_the_language_models_and_enters_the_key_only_when_set(monkeypatch) -> None:
+    cloud = pipeline.recipe("cloud", 20)
+    assert cloud.tower.precision is None
+    assert pipeline.recipe("cloud", 20, tower_precision="bf16").tower.precision == "bf16"
+    mixed = pipeline.recipe("cloud", 20, precision="fp32", tower_precision="bf16")
+    assert mixed.train.precision == "fp32" and mixed.tower.precision == "bf16"
+    assert mixed.key() != pipeline.recipe("cloud", 20, precision="fp32").key()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TowerPretrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="pretrained tower"):
+        pipeline.recipe("edge", 10, tower_precision="bf16")
+    # The tower pretrains in its own precision, the language model's when it has none.
+    seen = []
+    monkeypatch.setattr(
+        "python_backends.training.tower_pretraining.pretrain_tower",
+        lambda model, labelled, config, progress=None, precision="fp32": seen.append(precision) or [1.0],
+    )
+    model, _ = build_model(WINDOWED_SPEC, MAX_NUMBER)
+    for chosen in (mixed, pipeline.recipe("cloud", 20, precision="fp32")):
+        pipeline.pretrain_and_cache(model, [], [], chosen)
+    assert seen == ["bf16", "fp32"]
