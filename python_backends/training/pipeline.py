@@ -301,7 +301,7 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
     """Train (or reuse) and evaluate one model; returns the contents of its training.json."""
     import torch
 
-    from python_backends.training.evaluate import evaluate, summarise
+    from python_backends.training.evaluate import evaluate, summarise, target_size_class
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -352,7 +352,9 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
     result = train(model, tokenizer, encoded, train_config, progress=say, image_features=features, stream=stream)
     _say(f"{recipe.model}: {result.steps} steps in {result.seconds:.0f} s; evaluating on {len(test_set)} questions")
     test_examples = build_examples(test_set, recipe.view, plain_mix(recipe.mix), seed=0)
-    summary = summarise(evaluate(model, tokenizer, test_examples))
+    predictions = evaluate(model, tokenizer, test_examples)
+    summary = summarise(predictions)
+    grounding = [p for p in predictions if p.parsed_box is not None]
     context = evaluate_with_context(model, tokenizer, recipe, test_set) if recipe.mix.history_fraction > 0 else {}
     info = {
         "key": key,
@@ -365,6 +367,7 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         "final_loss": sum(result.losses[-20:]) / max(1, len(result.losses[-20:])),
         "tower_final_loss": sum(tower_losses[-20:]) / len(tower_losses[-20:]) if tower_losses else None,
         "test_zero_delay": summary,
+        "grounding_by_target_size": summarise(grounding, target_size_class),
         "test_with_context": context,
     }
     save_checkpoint(model.to("cpu"), tokenizer, recipe.spec, folder, key, info)
@@ -409,6 +412,9 @@ def print_report(info: dict) -> None:
 
     print(f"{info['model']} on the test split at zero delay (accuracy [95% CI]):")
     print(format_summary(info["test_zero_delay"]))
+    if info.get("grounding_by_target_size"):
+        print("  grounding by the target's longest side (small < 8% of the frame's, medium < 14%):")
+        print(format_summary(info["grounding_by_target_size"]))
     for age, rows in info.get("test_with_context", {}).items():
         print(f"{info['model']} with the right answer {age} old in its history (stale: no longer right now):")
         print(format_summary(rows))

@@ -14,12 +14,12 @@ import pytest
 
 from python_backends.detections import parse_detections
 from python_backends.engines.tiny_checkpoint import TinyVLMSpec, train_tokenizer
-from python_backends.evaluation.dataset import generate_split, load_dataset
+from python_backends.evaluation.dataset import Example, generate_split, load_dataset
 from python_backends.evaluation.questions import QuestionConfig
 from python_backends.evaluation.scenes import COLOURS, SHAPES, SceneConfig
 from python_backends.training import pipeline
-from python_backends.training.evaluate import evaluate, score_answer, summarise
-from python_backends.training.examples import EDGE_MIX, MixConfig, build_examples
+from python_backends.training.evaluate import Prediction, evaluate, score_answer, summarise, target_size_class
+from python_backends.training.examples import EDGE_MIX, MixConfig, ModelExample, build_examples
 from python_backends.training.tokens import add_number_tokens, binned_box, grounding_answer
 from python_backends.training.trainer import (
     IGNORE,
@@ -296,3 +296,27 @@ def test_train_minutes_must_be_two_positive_numbers(text: str) -> None:
     with pytest.raises(ValueError, match="--train-minutes"):
         parse_train_minutes(text)
     assert parse_train_minutes("10,20") == (10.0, 20.0)
+
+
+def test_grounding_is_summarised_by_the_targets_size_against_the_frames() -> None:
+    def prediction(task: str, answer, correct: bool) -> Prediction:
+        answer_type = "box" if task == "grounding" else "text"
+        meta = {"_frame_size": (240, 320)}  # (height, width): no frame to read
+        source = Example("q", "test", "/v", 0, 0.0, "?", answer, task, answer_type, meta)
+        return Prediction(ModelExample("q", task, "?", "", [], source=source), "", correct)
+
+    # Longest sides 16, 40 and 60 px of a 320 px frame: 5%, 12.5% and 19%.
+    small, medium, large = ((10, 10, 26, 20), (0, 0, 40, 30), (100, 50, 130, 110))
+    predictions = [
+        prediction("grounding", small, False),
+        prediction("grounding", small, True),
+        prediction("grounding", medium, True),
+        prediction("grounding", large, True),
+        prediction("counting", "2", True),
+    ]
+    assert [target_size_class(p) for p in predictions] == [
+        "grounding small", "grounding small", "grounding medium", "grounding large", "counting",
+    ]  # fmt: skip
+    summary = summarise(predictions[:4], target_size_class)
+    assert list(summary) == ["grounding large", "grounding medium", "grounding small"]
+    assert summary["grounding small"]["n"] == 2 and summary["grounding small"]["accuracy"] == 0.5
