@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
     parser.add_argument(
+        "--final-lr-fraction", type=float, help="where the cosine learning rate ends, as a share of the peak (0.1)"
+    )
+    parser.add_argument(
         "--tower-steps",
         type=int,
         help="pretrain the vision tower densely for N steps, then freeze it; 0: end to end (default: the recipe's)",
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             args.precision,
             args.scene_quota,
             args.tower_precision,
+            args.final_lr_fraction,
         )
     except ValueError as exc:
         parser.error(str(exc))

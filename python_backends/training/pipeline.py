@@ -180,6 +180,7 @@ def recipe(
     precision: str | None = None,
     scene_quota: dict[str, int] | None = None,
     tower_precision: str | None = None,
+    final_lr_fraction: float | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
@@ -192,11 +193,12 @@ def recipe(
     the tokenizer's merges from the benchmark's chats (vocabulary.py); `precision` is "bf16" (bfloat16 autocast;
     the edge's default), "bf16-fp32-scores" (the cloud's) or "fp32" (precision.py); `scene_quota` {task: n} asks
     at least n of a task's questions per full-scene frame (fresh_frames.FreshCurriculum; {}: the tasks take turns);
-    `tower_precision` is the tower's own precision (default: the language model's)."""
+    `tower_precision` is the tower's own precision (default: the language model's); `final_lr_fraction` is where
+    the language model's cosine ends, as a share of its peak."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if vocabulary is not None:
         base = replace(base, vocabulary=vocabulary)
-    given = {"steps": steps, "device": device, "precision": precision}
+    given = {"steps": steps, "device": device, "precision": precision, "final_lr_fraction": final_lr_fraction}
     base = replace(base, train=replace(base.train, **{k: v for k, v in given.items() if v is not None}))
     if tower_steps is not None:
         # A pretrained tower keeps the recipe's other tower settings; a recipe without one gets the defaults, on

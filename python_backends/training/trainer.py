@@ -61,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"minutes must be > 0, got {self.minutes}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
         if self.attention_weight < 0:
             raise ValueError(f"attention_weight must be >= 0, got {self.attention_weight}")
         if self.steps is not None and self.steps < 1:

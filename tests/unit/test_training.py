@@ -141,6 +141,17 @@ def test_lr_warms_up_then_falls_to_the_final_fraction_at_the_budget() -> None:
     assert lr_factor(2.0, 100, 10, 0.1) == pytest.approx(0.1)
 
 
+def test_the_final_learning_rate_fraction_is_a_checked_option_that_keys_only_when_changed() -> None:
+    cloud = pipeline.recipe("cloud", 24)
+    assert cloud.train.final_lr_fraction == 0.1
+    assert pipeline.recipe("cloud", 24, final_lr_fraction=0.1).key() == cloud.key()
+    flatter = pipeline.recipe("cloud", 24, final_lr_fraction=0.4)
+    assert flatter.train.final_lr_fraction == 0.4 and flatter.key() != cloud.key()
+    assert flatter.train.precision == cloud.train.precision  # the other settings stay the recipe's
+    with pytest.raises(ValueError, match="final_lr_fraction"):
+        TrainConfig(minutes=1, final_lr_fraction=1.5)
+
+
 def test_a_short_training_run_lowers_the_loss_on_a_fixed_batch(split, tiny_model) -> None:
     model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
     examples = build_examples(split[:8], TINY_VIEW, MixConfig(), seed=0)
