@@ -82,6 +82,7 @@ class FreshQuestionStream:
             raise ValueError("fresh frames take a mix without history or focus context")
         self.tokenizer, self.view, self.mix = tokenizer, view, mix
         self.questions_per_frame, self.curriculum = questions_per_frame, curriculum
+        self.scene_quota = dict(curriculum.scene_quota)
         self.reading = FreshFrames(curriculum.seed, SINGLE_OBJECT_SCENE)
         self.scenes = FreshFrames(curriculum.seed + 1)
         self.rng = np.random.default_rng(curriculum.seed + 2)
@@ -98,11 +99,10 @@ class FreshQuestionStream:
             candidates = candidate_questions(truth, width, height)
             if reading:
                 candidates = {task: qs for task, qs in candidates.items() if task in self.curriculum.reading_tasks}
-            if reading or not self.curriculum.scene_quota:
+            if reading or not self.scene_quota:
                 chosen = balanced_draw(candidates, self.questions_per_frame, self.rng)
             else:
-                quotas = dict(self.curriculum.scene_quota)
-                chosen = quota_draw(candidates, quotas, self.questions_per_frame, self.rng)
+                chosen = quota_draw(candidates, self.scene_quota, self.questions_per_frame, self.rng)
             if chosen:  # a frame whose objects are all leaving has nothing to ask
                 break
         return frame_example("fresh", frame, truth, chosen, self.view, self.mix)
