@@ -144,6 +144,12 @@ def target_size_class(prediction: Prediction) -> str:
     return f"{source.task} {next(name for limit, name in SIZE_CLASSES if share < limit)}"
 
 
+def size_classes_legend() -> str:
+    """How SIZE_CLASSES split the targets, e.g. "small < 8% of the frame's longest side, medium < 14%"."""
+    (small, small_name), (medium, medium_name), *_ = SIZE_CLASSES
+    return f"{small_name} < {small:.0%} of the frame's longest side, {medium_name} < {medium:.0%}"
+
+
 def format_summary(summary: dict) -> str:
     lines = []
     for name, row in summary.items():

@@ -410,12 +410,12 @@ def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[f
 
 
 def print_report(info: dict) -> None:
-    from python_backends.training.evaluate import format_summary
+    from python_backends.training.evaluate import format_summary, size_classes_legend
 
     print(f"{info['model']} on the test split at zero delay (accuracy [95% CI]):")
     print(format_summary(info["test_zero_delay"]))
     if info.get("grounding_by_target_size"):
-        print("  grounding by the target's longest side (small < 8% of the frame's, medium < 14%):")
+        print(f"  grounding by the target's size ({size_classes_legend()}):")
         print(format_summary(info["grounding_by_target_size"]))
     for age, rows in info.get("test_with_context", {}).items():
         print(f"{info['model']} with the right answer {age} old in its history (stale: no longer right now):")

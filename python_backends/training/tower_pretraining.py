@@ -24,6 +24,7 @@ import numpy as np
 from python_backends.evaluation.scenes import COLOURS, SHAPES, ObjectTruth
 from python_backends.evaluation.staleness import TruthIndex
 from python_backends.training.examples import ModelExample
+from python_backends.training.precision import check_precision
 from python_backends.training.views import MERGE, PATCH, image_grid, image_tokens, merged_cell, pixel_rows
 
 CELL = PATCH * MERGE  # pixels of the resized image behind one merged token
@@ -49,8 +50,6 @@ class TowerPretrainConfig:
 
     def __post_init__(self) -> None:
         if self.precision is not None:
-            from python_backends.training.precision import check_precision
-
             check_precision(self.precision)
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")

@@ -276,6 +276,7 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
     optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
     pad_id, image_token_id = tokenizer.pad_token_id, model.config.image_token_id
     budget_s = config.minutes * 60
+    limit = min(config.max_steps or math.inf, config.steps or math.inf)
     device = torch.device(config.device)
     started = time.monotonic()
     last_log = started
@@ -283,7 +284,7 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
     model.train()
     while True:
         elapsed = time.monotonic() - started
-        if elapsed >= budget_s or result.steps >= min(config.max_steps or math.inf, config.steps or math.inf):
+        if elapsed >= budget_s or result.steps >= limit:
             break
         progress_fraction = elapsed / budget_s if config.steps is None else result.steps / config.steps
         batch = stream(config.batch_size, progress_fraction)

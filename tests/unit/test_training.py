@@ -18,7 +18,14 @@ from python_backends.evaluation.dataset import Example, generate_split, load_dat
 from python_backends.evaluation.questions import QuestionConfig
 from python_backends.evaluation.scenes import COLOURS, SHAPES, SceneConfig
 from python_backends.training import pipeline
-from python_backends.training.evaluate import Prediction, evaluate, score_answer, summarise, target_size_class
+from python_backends.training.evaluate import (
+    Prediction,
+    evaluate,
+    score_answer,
+    size_classes_legend,
+    summarise,
+    target_size_class,
+)
 from python_backends.training.examples import EDGE_MIX, MixConfig, ModelExample, build_examples
 from python_backends.training.tokens import add_number_tokens, binned_box, grounding_answer
 from python_backends.training.trainer import (
@@ -331,3 +338,4 @@ def test_grounding_is_summarised_by_the_targets_size_against_the_frames() -> Non
     summary = summarise(predictions[:4], target_size_class)
     assert list(summary) == ["grounding large", "grounding medium", "grounding small"]
     assert summary["grounding small"]["n"] == 2 and summary["grounding small"]["accuracy"] == 0.5
+    assert size_classes_legend() == "small < 8% of the frame's longest side, medium < 14%"
