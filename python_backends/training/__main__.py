@@ -85,6 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         help="full-scene frames ask at least N questions of a task, as TASK=N[,TASK=N...]; 'none': the tasks take "
         "turns (default: the recipe's)",
     )
+    parser.add_argument(
+        "--number-weight",
+        type=float,
+        help="a number token (box corner, count) counts as this many tokens in its answer's loss (default 1)",
+    )
+    parser.add_argument(
+        "--number-distance-weight",
+        type=float,
+        help="add this times the expected distance of the predicted number from the target to a number token's "
+        "loss (default 0)",
+    )
+    parser.add_argument(
+        "--coordinate-bin",
+        type=int,
+        help="box corners in training targets lie on multiples of this many input pixels (default: the recipe's)",
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
@@ -112,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             args.scene_quota,
             args.tower_precision,
             args.final_lr_fraction,
+            args.number_weight,
+            args.number_distance_weight,
+            args.coordinate_bin,
         )
     except ValueError as exc:
         parser.error(str(exc))

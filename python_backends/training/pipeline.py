@@ -26,6 +26,7 @@ from python_backends.training.fresh_frames import (
     fresh_labelled_frames,
 )
 from python_backends.training.examples import CLOUD_MIX, EDGE_MIX, MixConfig, build_examples, build_frame_examples
+from python_backends.training.number_loss import NumberTokens
 from python_backends.training.tokens import DEFAULT_MAX_NUMBER
 from python_backends.training.tower_pretraining import TowerPretrainConfig
 from python_backends.training.trainer import TrainConfig, build_model, encode, save_checkpoint, train
@@ -100,6 +101,8 @@ class Recipe:
             del recipe["fresh"]["scene_quota"]
         if self.train.attention_weight == 0:
             del recipe["train"]["attention_weight"], recipe["train"]["supervised_layers"]
+        if self.train.number_loss.is_plain:
+            del recipe["train"]["number_loss"]
         for name, old_default in (("steps", None), ("device", "cpu"), ("precision", "fp32")):
             if recipe["train"][name] == old_default:
                 del recipe["train"][name]
@@ -181,6 +184,9 @@ def recipe(
     scene_quota: dict[str, int] | None = None,
     tower_precision: str | None = None,
     final_lr_fraction: float | None = None,
+    number_weight: float | None = None,
+    number_distance_weight: float | None = None,
+    coordinate_bin: int | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
@@ -194,12 +200,19 @@ def recipe(
     the edge's default), "bf16-fp32-scores" (the cloud's) or "fp32" (precision.py); `scene_quota` {task: n} asks
     at least n of a task's questions per full-scene frame (fresh_frames.FreshCurriculum; {}: the tasks take turns);
     `tower_precision` is the tower's own precision (default: the language model's); `final_lr_fraction` is where
-    the language model's cosine ends, as a share of its peak."""
+    the language model's cosine ends, as a share of its peak; `number_weight` and `number_distance_weight` set how
+    the answer loss treats number tokens (number_loss.NumberLoss); `coordinate_bin` is the grid, in the model's input
+    pixels, that training targets put box corners on (examples.MixConfig)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if vocabulary is not None:
         base = replace(base, vocabulary=vocabulary)
+    if coordinate_bin is not None:
+        base = replace(base, mix=replace(base.mix, coordinate_bin=coordinate_bin))
     given = {"steps": steps, "device": device, "precision": precision, "final_lr_fraction": final_lr_fraction}
     base = replace(base, train=replace(base.train, **{k: v for k, v in given.items() if v is not None}))
+    numbers = {"weight": number_weight, "distance_weight": number_distance_weight}
+    number_loss = replace(base.train.number_loss, **{k: v for k, v in numbers.items() if v is not None})
+    base = replace(base, train=replace(base.train, number_loss=number_loss))
     if tower_steps is not None:
         # A pretrained tower keeps the recipe's other tower settings; a recipe without one gets the defaults, on
         # fresh frames when the language model trains on them (there is no cached split to label).
@@ -351,7 +364,10 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
     stream = None
     if recipe.fresh is not None:
         stream = FreshQuestionStream(tokenizer, recipe.view, recipe.mix, recipe.questions_per_frame, recipe.fresh)
-    result = train(model, tokenizer, encoded, train_config, progress=say, image_features=features, stream=stream)
+    numbers = None if recipe.train.number_loss.is_plain else NumberTokens(tokenizer, recipe.max_number, len(tokenizer))
+    result = train(
+        model, tokenizer, encoded, train_config, progress=say, image_features=features, stream=stream, numbers=numbers
+    )
     _say(f"{recipe.model}: {result.steps} steps in {result.seconds:.0f} s; evaluating on {len(test_set)} questions")
     test_examples = build_examples(test_set, recipe.view, plain_mix(recipe.mix), seed=0)
     predictions = evaluate(model, tokenizer, test_examples)

@@ -22,6 +22,7 @@ from python_backends.engines.tiny_checkpoint import BUILD_INFO_FILE, TinyVLMSpec
 from python_backends.prompts import build_chat_prompt
 from python_backends.training.attention_supervision import attention_capture, attention_loss, target_pairs
 from python_backends.training.examples import ModelExample
+from python_backends.training.number_loss import NumberLoss, NumberTokens, token_losses
 from python_backends.training.precision import autocast, check_precision, float32_scores, training_attention
 from python_backends.training.tokens import add_number_tokens, number_tokens
 from python_backends.training.views import image_grid, image_tokens, pixel_rows
@@ -55,6 +56,8 @@ class TrainConfig:
     # examples give their answers' cells.
     attention_weight: float = 0.0
     supervised_layers: tuple[int, ...] = (1, 2)
+    # How the answer loss weighs number tokens (number_loss.py); the default is plain cross-entropy.
+    number_loss: NumberLoss = NumberLoss()
 
     def __post_init__(self) -> None:
         if self.minutes <= 0:
@@ -138,21 +141,25 @@ def init_number_embeddings(model, tokenizer, max_number: int) -> None:
             weight[ids] = number_code(max_number, weight.shape[1]) * float(weight.std())
 
 
-def answer_loss(model, tensors: dict, labels):
-    """Cross-entropy averaged over each example's answer tokens, then over the batch (rows without answer tokens count
-    as 0). The vocabulary projection is computed only where an answer token is predicted: a frame's sequence of 12
-    questions is ~550 tokens of which ~100 are answers, and projecting every position made a cloud step about 10%
-    slower (0.51 s against 0.47 s at batch 8)."""
+PLAIN_NUMBER_LOSS = NumberLoss()
+
+
+def answer_loss(model, tensors: dict, labels, numbers: NumberTokens | None = None, number_loss=PLAIN_NUMBER_LOSS):
+    """Cross-entropy averaged over each example's answer tokens (number tokens weighed and scored by `number_loss`),
+    then over the batch (rows without answer tokens count as 0). The vocabulary projection is computed only where an
+    answer token is predicted: a frame's sequence of 12 questions is ~550 tokens of which ~100 are answers, and
+    projecting every position made a cloud step about 10% slower (0.51 s against 0.47 s at batch 8)."""
     import torch
 
     hidden = model.model(**tensors).last_hidden_state[:, :-1]
     targets = labels[:, 1:]
     mask = targets != IGNORE
     rows = torch.nonzero(mask)[:, 0]
-    tokens = torch.nn.functional.cross_entropy(model.lm_head(hidden[mask]).float(), targets[mask], reduction="none")
-    counts = mask.sum(1).clamp(min=1).to(tokens.dtype)
-    per_row = torch.zeros(labels.shape[0], dtype=tokens.dtype, device=tokens.device).index_add(0, rows, tokens)
-    return (per_row / counts).mean()
+    tokens, weights = token_losses(model.lm_head(hidden[mask]).float(), targets[mask], numbers, number_loss)
+    totals = torch.zeros(labels.shape[0], dtype=tokens.dtype, device=tokens.device)
+    per_row = totals.index_add(0, rows, tokens * weights)
+    row_weights = totals.index_add(0, rows, weights).clamp(min=1e-6)
+    return (per_row / row_weights).mean()
 
 
 def follow_up_prompt(question: str) -> str:
@@ -227,18 +234,22 @@ def train(
     progress: Callable[[str], None] | None = None,
     image_features: Sequence | None = None,
     stream: Callable[[int, float], list[Encoded]] | None = None,
+    numbers: NumberTokens | None = None,
 ) -> TrainResult:
     """Trains in place until the wall-time budget (or `max_steps`) is used; shuffles each epoch with the seed.
 
     `image_features` (one tensor per encoded example, from a frozen tower: tower_pretraining.cache_features) are
     used instead of running the tower; only parameters that require grad are trained. `stream(batch_size,
-    elapsed_fraction)`, when given, makes every batch instead of `encoded` (fresh_frames.FreshQuestionStream)."""
+    elapsed_fraction)`, when given, makes every batch instead of `encoded` (fresh_frames.FreshQuestionStream).
+    `numbers` (the tokenizer's number tokens) is needed when `config.number_loss` is not plain cross-entropy."""
     from python_backends.training.tower_pretraining import serving_cached_features
 
     if stream is not None and (encoded or image_features is not None):
         raise ValueError("a stream makes every batch: pass no encoded examples and no cached features with it")
     if image_features is not None and len(image_features) != len(encoded):
         raise ValueError(f"{len(image_features)} cached image features for {len(encoded)} examples")
+    if not config.number_loss.is_plain and (numbers is None or not config.loss_per_example):
+        raise ValueError("a number loss other than plain cross-entropy needs the number tokens and per-example loss")
     if stream is None:
         stream = _ShuffledBatches(encoded, config.seed)
     cached = image_features is not None
@@ -248,7 +259,8 @@ def train(
         attention_capture(model, supervised) as captured,
         training_attention(model, config.device, config.precision),
     ):
-        return _train(model, tokenizer, stream, config, progress, select, captured if supervised else None)
+        numbers = numbers.to(config.device) if numbers is not None else None
+        return _train(model, tokenizer, stream, config, progress, select, captured if supervised else None, numbers)
 
 
 class _ShuffledBatches:
@@ -268,7 +280,7 @@ class _ShuffledBatches:
         return [self.encoded[i] for i in self.indices]
 
 
-def _train(model, tokenizer, stream, config: TrainConfig, progress, select, captured) -> TrainResult:
+def _train(model, tokenizer, stream, config: TrainConfig, progress, select, captured, numbers) -> TrainResult:
     import torch
 
     torch.manual_seed(config.seed)
@@ -298,7 +310,7 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
         with autocast(config.device, config.precision):
             if config.loss_per_example:
                 labels = tensors.pop("labels")
-                loss = answer_loss(model, tensors, labels)
+                loss = answer_loss(model, tensors, labels, numbers, config.number_loss)
             else:
                 loss = model(**tensors).loss
             if captured is not None:

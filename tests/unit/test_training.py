@@ -159,6 +159,23 @@ def test_the_final_learning_rate_fraction_is_a_checked_option_that_keys_only_whe
         TrainConfig(minutes=1, final_lr_fraction=1.5)
 
 
+def test_the_coordinate_bin_is_an_option_that_keys_only_when_changed(split, capsys) -> None:
+    from python_backends.training.__main__ import main as training_main
+
+    cloud = pipeline.recipe("cloud", 24)
+    assert cloud.mix.coordinate_bin == 4
+    assert pipeline.recipe("cloud", 24, coordinate_bin=4).key() == cloud.key()
+    finer = pipeline.recipe("cloud", 24, coordinate_bin=2)
+    assert finer.mix == replace(cloud.mix, coordinate_bin=2) and finer.key() != cloud.key()
+    grounding = [q for q in split if q.task == "grounding"]
+    examples = build_examples(grounding, TINY_VIEW, finer.mix, seed=0)
+    corners = [v for e in examples for v in parse_detections(e.target)[0].bbox]
+    assert all(v % 2 == 0 for v in corners) and any(v % 4 for v in corners)  # targets on the finer grid
+    with pytest.raises(SystemExit):
+        training_main(["--model", "cloud", "--minutes", "1", "--coordinate-bin", "0"])
+    assert "coordinate_bin must be >= 1" in capsys.readouterr().err
+
+
 def test_a_short_training_run_lowers_the_loss_on_a_fixed_batch(split, tiny_model) -> None:
     model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
     examples = build_examples(split[:8], TINY_VIEW, MixConfig(), seed=0)
