@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from python_backends.training.tokens import number_tokens
+
 
 @dataclass(frozen=True)
 class NumberLoss:
@@ -36,8 +38,6 @@ class NumberTokens:
 
     def __init__(self, tokenizer, max_number: int, vocab_size: int) -> None:
         import torch
-
-        from python_backends.training.tokens import number_tokens
 
         self.ids = torch.tensor(tokenizer.convert_tokens_to_ids(number_tokens(max_number)), dtype=torch.long)
         self.values = torch.arange(max_number + 1, dtype=torch.float32)
