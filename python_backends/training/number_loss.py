@@ -22,6 +22,9 @@ class NumberLoss:
     distance_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        # Floats whatever was passed, so 3 and 3.0 give one recipe key (the command line passes floats).
+        for name in ("weight", "distance_weight"):
+            object.__setattr__(self, name, float(getattr(self, name)))
         if self.weight <= 0:
             raise ValueError(f"number weight must be > 0, got {self.weight}")
         if self.distance_weight < 0:
@@ -36,12 +39,12 @@ class NumberLoss:
 class NumberTokens:
     """The vocabulary's number tokens: `value_of[token id]` is its number, or -1 for any other token."""
 
-    def __init__(self, tokenizer, max_number: int, vocab_size: int) -> None:
+    def __init__(self, tokenizer, max_number: int) -> None:
         import torch
 
         self.ids = torch.tensor(tokenizer.convert_tokens_to_ids(number_tokens(max_number)), dtype=torch.long)
         self.values = torch.arange(max_number + 1, dtype=torch.float32)
-        self.value_of = torch.full((vocab_size,), -1.0)
+        self.value_of = torch.full((len(tokenizer),), -1.0)
         self.value_of[self.ids] = self.values
 
     def to(self, device) -> NumberTokens:

@@ -208,11 +208,11 @@ def recipe(
         base = replace(base, vocabulary=vocabulary)
     if coordinate_bin is not None:
         base = replace(base, mix=replace(base.mix, coordinate_bin=coordinate_bin))
-    given = {"steps": steps, "device": device, "precision": precision, "final_lr_fraction": final_lr_fraction}
-    base = replace(base, train=replace(base.train, **{k: v for k, v in given.items() if v is not None}))
     numbers = {"weight": number_weight, "distance_weight": number_distance_weight}
     number_loss = replace(base.train.number_loss, **{k: v for k, v in numbers.items() if v is not None})
-    base = replace(base, train=replace(base.train, number_loss=number_loss))
+    given = {"steps": steps, "device": device, "precision": precision, "final_lr_fraction": final_lr_fraction}
+    given = {k: v for k, v in given.items() if v is not None}
+    base = replace(base, train=replace(base.train, number_loss=number_loss, **given))
     if tower_steps is not None:
         # A pretrained tower keeps the recipe's other tower settings; a recipe without one gets the defaults, on
         # fresh frames when the language model trains on them (there is no cached split to label).
@@ -364,7 +364,7 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
     stream = None
     if recipe.fresh is not None:
         stream = FreshQuestionStream(tokenizer, recipe.view, recipe.mix, recipe.questions_per_frame, recipe.fresh)
-    numbers = None if recipe.train.number_loss.is_plain else NumberTokens(tokenizer, recipe.max_number, len(tokenizer))
+    numbers = None if recipe.train.number_loss.is_plain else NumberTokens(tokenizer, recipe.max_number)
     result = train(
         model, tokenizer, encoded, train_config, progress=say, image_features=features, stream=stream, numbers=numbers
     )

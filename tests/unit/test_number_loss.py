@@ -21,9 +21,12 @@ class _DigitTokenizer:
     def convert_tokens_to_ids(self, tokens):
         return [int(t) for t in tokens]
 
+    def __len__(self) -> int:
+        return 5
+
 
 def _numbers() -> NumberTokens:
-    return NumberTokens(_DigitTokenizer(), max_number=3, vocab_size=5)
+    return NumberTokens(_DigitTokenizer(), max_number=3)
 
 
 def test_plain_number_loss_is_cross_entropy_with_unit_weights() -> None:
@@ -67,7 +70,7 @@ def test_answer_loss_weighs_number_tokens_within_each_answer(split) -> None:  # 
     examples = build_examples(split[:8], TINY_VIEW, MixConfig(), seed=0)
     tensors = collate([encode(tokenizer, e) for e in examples], tokenizer.pad_token_id, model.config.image_token_id)
     labels = tensors.pop("labels")
-    numbers = NumberTokens(tokenizer, MAX_NUMBER, len(tokenizer))
+    numbers = NumberTokens(tokenizer, MAX_NUMBER)
     assert bool((numbers.value_of[labels.clamp(min=0)][labels != IGNORE] >= 0).any())  # some answers hold numbers
     logits = model(**tensors).logits
     expected = []
@@ -87,7 +90,7 @@ def test_training_with_a_number_loss_needs_the_number_tokens(split) -> None:  # 
     config = TrainConfig(minutes=1, batch_size=2, max_steps=2, number_loss=NumberLoss(weight=2.0, distance_weight=0.1))
     with pytest.raises(ValueError, match="number tokens"):
         train(model, tokenizer, encoded, config)
-    numbers = NumberTokens(tokenizer, MAX_NUMBER, len(tokenizer))
+    numbers = NumberTokens(tokenizer, MAX_NUMBER)
     result = train(model, tokenizer, encoded, config, numbers=numbers)
     assert result.steps == 2 and all(math.isfinite(loss) for loss in result.losses)
 
@@ -98,6 +101,7 @@ def test_number_loss_enters_the_key_only_when_set(capsys) -> None:
     assert pipeline.recipe("cloud", 24, number_weight=1.0, number_distance_weight=0.0).key() == cloud.key()
     weighted = pipeline.recipe("cloud", 24, number_weight=6.0)
     assert weighted.train.number_loss == NumberLoss(weight=6.0) and weighted.key() != cloud.key()
+    assert pipeline.recipe("cloud", 24, number_weight=6).key() == weighted.key()  # an int keys as its float
     both = pipeline.recipe("cloud", 24, number_weight=6.0, number_distance_weight=0.05)
     assert both.key() not in (cloud.key(), weighted.key())
     with pytest.raises(SystemExit):
