@@ -97,10 +97,14 @@ def test_training_with_a_number_loss_needs_the_number_tokens(split) -> None:  # 
 
 def test_number_loss_enters_the_key_only_when_set(capsys) -> None:
     cloud = pipeline.recipe("cloud", 24)
-    assert cloud.train.number_loss == NumberLoss()
-    assert pipeline.recipe("cloud", 24, number_weight=1.0, number_distance_weight=0.0).key() == cloud.key()
+    assert cloud.train.number_loss == NumberLoss(distance_weight=0.1)  # the cloud's default (probe Q)
+    assert pipeline.recipe("cloud", 24, number_weight=1.0, number_distance_weight=0.1).key() == cloud.key()
+    plain = pipeline.recipe("cloud", 24, number_distance_weight=0.0)
+    assert plain.train.number_loss.is_plain and plain.key() == "ff40d9f6904e1f57"  # probe G, the default before
+    edge = pipeline.recipe("edge", 6)
+    assert edge.train.number_loss.is_plain and edge.key() == "fae29be78ee37836"
     weighted = pipeline.recipe("cloud", 24, number_weight=6.0)
-    assert weighted.train.number_loss == NumberLoss(weight=6.0) and weighted.key() != cloud.key()
+    assert weighted.train.number_loss == NumberLoss(weight=6.0, distance_weight=0.1) and weighted.key() != cloud.key()
     assert pipeline.recipe("cloud", 24, number_weight=6).key() == weighted.key()  # an int keys as its float
     both = pipeline.recipe("cloud", 24, number_weight=6.0, number_distance_weight=0.05)
     assert both.key() not in (cloud.key(), weighted.key())
