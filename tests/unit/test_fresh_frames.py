@@ -14,7 +14,6 @@ from python_backends.evaluation.scenes import SHAPES
 from python_backends.training import pipeline
 from python_backends.training.__main__ import main as training_main
 from python_backends.training.examples import MixConfig, quota_draw
-from python_backends.training.number_loss import NumberLoss
 from python_backends.training.fresh_frames import (
     FRESH_SEED_START,
     SINGLE_OBJECT_SCENE,
@@ -23,6 +22,7 @@ from python_backends.training.fresh_frames import (
     FreshQuestionStream,
     fresh_labelled_frames,
 )
+from python_backends.training.number_loss import NumberLoss
 from python_backends.training.tower_pretraining import TowerPretrainConfig, pretrain_tower
 from python_backends.training.trainer import TrainConfig, build_model, train
 
