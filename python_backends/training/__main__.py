@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="box corners in training targets lie on multiples of this many input pixels (default: the recipe's)",
     )
+    parser.add_argument(
+        "--reading-scene-share",
+        type=float,
+        help="this share of the reading phase's frames are full scenes asking every task (default 0)",
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             args.number_weight,
             args.number_distance_weight,
             args.coordinate_bin,
+            args.reading_scene_share,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -57,10 +57,16 @@ class FreshCurriculum:
     # Full scenes: at least this many questions of a task per frame where it has them ((task, count) pairs; the rest
     # take turns). Empty: the tasks only take turns (examples.balanced_draw).
     scene_quota: tuple[tuple[str, int], ...] = ()
+    # This share of the reading phase's frames are full scenes asking every task already. Why: finding the asked
+    # object among several is learned only on full scenes, and on 2 cores a hard switch left some seeds on a plateau
+    # for about 1,500 steps before it "clicked" (README, probes Q and S).
+    reading_scene_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.reading_fraction <= 1.0:
             raise ValueError(f"reading_fraction must be in [0, 1], got {self.reading_fraction}")
+        if not 0.0 <= self.reading_scene_share <= 1.0:
+            raise ValueError(f"reading_scene_share must be in [0, 1], got {self.reading_scene_share}")
         unknown = set(self.reading_tasks) - set(TASKS)
         if not self.reading_tasks or unknown:
             raise ValueError(f"reading_tasks must be a non-empty subset of {TASKS}, got {self.reading_tasks}")
@@ -86,12 +92,17 @@ class FreshQuestionStream:
         self.reading = FreshFrames(curriculum.seed, SINGLE_OBJECT_SCENE)
         self.scenes = FreshFrames(curriculum.seed + 1)
         self.rng = np.random.default_rng(curriculum.seed + 2)
+        # Its own generator: a share of 0 leaves every other draw as it was (and the recipe's key with it).
+        self.share_rng = np.random.default_rng(curriculum.seed + 3)
 
     def phase(self, elapsed_fraction: float) -> str:
         return "reading" if elapsed_fraction < self.curriculum.reading_fraction else "scenes"
 
     def example(self, elapsed_fraction: float) -> ModelExample:
         reading = self.phase(elapsed_fraction) == "reading"
+        share = self.curriculum.reading_scene_share
+        if reading and share > 0 and self.share_rng.random() < share:
+            reading = False
         source = self.reading if reading else self.scenes
         while True:
             frame, truth = source.draw()

@@ -97,8 +97,11 @@ class Recipe:
             recipe["tower"] = self.tower.identity()
         if self.fresh is None:
             del recipe["fresh"]
-        elif not self.fresh.scene_quota:
-            del recipe["fresh"]["scene_quota"]
+        else:
+            if not self.fresh.scene_quota:
+                del recipe["fresh"]["scene_quota"]
+            if self.fresh.reading_scene_share == 0:
+                del recipe["fresh"]["reading_scene_share"]
         if self.train.attention_weight == 0:
             del recipe["train"]["attention_weight"], recipe["train"]["supervised_layers"]
         if self.train.number_loss.is_plain:
@@ -187,6 +190,7 @@ def recipe(
     number_weight: float | None = None,
     number_distance_weight: float | None = None,
     coordinate_bin: int | None = None,
+    reading_scene_share: float | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
@@ -202,7 +206,8 @@ def recipe(
     `tower_precision` is the tower's own precision (default: the language model's); `final_lr_fraction` is where
     the language model's cosine ends, as a share of its peak; `number_weight` and `number_distance_weight` set how
     the answer loss treats number tokens (number_loss.NumberLoss); `coordinate_bin` is the grid, in the model's input
-    pixels, that training targets put box corners on (examples.MixConfig)."""
+    pixels, that training targets put box corners on (examples.MixConfig); `reading_scene_share` is the share of
+    full scenes among the reading phase's frames (fresh_frames.FreshCurriculum)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if vocabulary is not None:
         base = replace(base, vocabulary=vocabulary)
@@ -244,6 +249,10 @@ def recipe(
         if base.fresh is None:
             raise ValueError("scene_quota needs fresh frames (fresh_reading_fraction)")
         base = replace(base, fresh=replace(base.fresh, scene_quota=tuple(sorted(scene_quota.items()))))
+    if reading_scene_share is not None:
+        if base.fresh is None:
+            raise ValueError("reading_scene_share needs fresh frames (fresh_reading_fraction)")
+        base = replace(base, fresh=replace(base.fresh, reading_scene_share=float(reading_scene_share)))
     return base
 
 

@@ -185,3 +185,33 @@ def test_a_scene_quota_enters_the_key_only_when_set_and_keeps_the_reading_fracti
     with pytest.raises(SystemExit):
         training_main(["--model", "cloud", "--minutes", "1", "--scene-quota", "grounding=many"])
     assert "expected TASK=N" in capsys.readouterr().err
+
+
+def test_a_reading_scene_share_mixes_full_scenes_into_the_reading_phase_only(tokenizer) -> None:
+    def questions_per_example(curriculum: FreshCurriculum, fraction: float) -> list[int]:
+        stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 6, curriculum)
+        return [1 + len(stream.example(fraction).follow_ups) for _ in range(60)]
+
+    plain = FreshCurriculum(reading_fraction=0.5, seed=4)
+    mixed = dataclasses.replace(plain, reading_scene_share=0.5)
+    # Reading a single object asks one question; a full scene asks several.
+    assert questions_per_example(plain, 0.1) == [1] * 60
+    reading = questions_per_example(mixed, 0.1)
+    assert 10 <= sum(count > 1 for count in reading) <= 50
+    # Full scenes are drawn exactly as without the share.
+    assert questions_per_example(mixed, 0.9) == questions_per_example(plain, 0.9)
+    with pytest.raises(ValueError, match="reading_scene_share"):
+        FreshCurriculum(reading_scene_share=1.5)
+
+
+def test_a_reading_scene_share_enters_the_key_only_when_set(capsys) -> None:
+    cloud = pipeline.recipe("cloud", 24)
+    assert pipeline.recipe("cloud", 24, reading_scene_share=0).key() == cloud.key() == "f13b7547853f1738"
+    shared = pipeline.recipe("cloud", 24, reading_scene_share=0.25)
+    assert shared.fresh == dataclasses.replace(cloud.fresh, reading_scene_share=0.25)
+    assert shared.key() != cloud.key()
+    with pytest.raises(ValueError, match="needs fresh frames"):
+        pipeline.recipe("edge", 10, reading_scene_share=0.25)
+    with pytest.raises(SystemExit):
+        training_main(["--model", "cloud", "--minutes", "1", "--reading-scene-share", "2"])
+    assert "reading_scene_share must be in [0, 1]" in capsys.readouterr().err
