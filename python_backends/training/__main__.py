@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="this share of the reading phase's frames are full scenes asking every task (default 0)",
     )
+    parser.add_argument(
+        "--tower-final-lr-fraction",
+        type=float,
+        help="the tower's learning rate falls along a cosine to this share of its peak (default: the recipe's)",
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             args.number_distance_weight,
             args.coordinate_bin,
             args.reading_scene_share,
+            args.tower_final_lr_fraction,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -191,6 +191,7 @@ def recipe(
     number_distance_weight: float | None = None,
     coordinate_bin: int | None = None,
     reading_scene_share: float | None = None,
+    tower_final_lr_fraction: float | None = None,
 ) -> Recipe:
     """The default recipe of `model`, with any of its settings overridden. `tower_steps` > 0 pretrains the vision
     tower densely first and freezes it (0: trained end to end); `questions_per_frame` > 1 asks that many questions
@@ -207,7 +208,8 @@ def recipe(
     the language model's cosine ends, as a share of its peak; `number_weight` and `number_distance_weight` set how
     the answer loss treats number tokens (number_loss.NumberLoss); `coordinate_bin` is the grid, in the model's input
     pixels, that training targets put box corners on (examples.MixConfig); `reading_scene_share` is the share of
-    full scenes among the reading phase's frames (fresh_frames.FreshCurriculum)."""
+    full scenes among the reading phase's frames (fresh_frames.FreshCurriculum); `tower_final_lr_fraction` is where
+    the tower's cosine learning rate ends, as a share of its rate (1: constant)."""
     base = _base_recipe(model, minutes, seed, batch_size, peak_lr)
     if vocabulary is not None:
         base = replace(base, vocabulary=vocabulary)
@@ -228,6 +230,10 @@ def recipe(
         else:
             tower = TowerPretrainConfig(steps=tower_steps, seed=seed, fresh_frames=base.fresh is not None)
             base = replace(base, tower=tower)
+    if tower_final_lr_fraction is not None:
+        if base.tower is None:
+            raise ValueError("tower_final_lr_fraction needs a pretrained tower (tower_steps > 0)")
+        base = replace(base, tower=replace(base.tower, final_lr_fraction=float(tower_final_lr_fraction)))
     if tower_precision is not None:
         if base.tower is None:
             raise ValueError("tower_precision needs a pretrained tower (tower_steps > 0)")

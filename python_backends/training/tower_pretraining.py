@@ -15,6 +15,7 @@ frozen tower once per example; `serving_cached_features` makes the model read th
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -47,10 +48,15 @@ class TowerPretrainConfig:
     # The tower's own precision (precision.PRECISIONS); None: the language model's. A bfloat16 tower step costs 0.27 s
     # against float32's 0.46 s on 2 cores, and its tower learns as a float32 one does (tests/unit/test_precision.py).
     precision: str | None = None
+    # The learning rate falls along a cosine from `lr` to this share of it over the steps; 1.0: constant (the old
+    # default). Why: the frozen tower keeps whatever its last steps left, and a constant rate leaves them noisy.
+    final_lr_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.precision is not None:
             check_precision(self.precision)
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
         if not 0.0 < self.empty_weight <= 1.0:
@@ -59,7 +65,8 @@ class TowerPretrainConfig:
     def identity(self) -> dict:
         """The fields that decide the tower, without options at their old default (cache keys from before them)."""
         fields = asdict(self)
-        for name, old_default in (("empty_weight", 1.0), ("fresh_frames", False), ("precision", None)):
+        old_defaults = (("empty_weight", 1.0), ("fresh_frames", False), ("precision", None), ("final_lr_fraction", 1.0))
+        for name, old_default in old_defaults:
             if fields[name] == old_default:
                 del fields[name]
         return fields
@@ -163,6 +170,8 @@ def pretrain_tower(
     losses, last_log = [], time.monotonic()
     with training_attention(model, str(device), precision):
         for step in range(config.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * tower_lr_factor(step, config.steps, config.final_lr_fraction)
             if callable(labelled):
                 batch = labelled(config.batch_size)
             else:
@@ -177,6 +186,12 @@ def pretrain_tower(
                 last_log = time.monotonic()
                 progress(f"tower step {step + 1}/{config.steps}  loss {np.mean(losses[-20:]):.3f}")
     return losses
+
+
+def tower_lr_factor(step: int, steps: int, final_fraction: float) -> float:
+    """Multiplier of the tower's learning rate at `step` of `steps`: a cosine from 1 to `final_fraction`."""
+    progress = step / max(1, steps - 1)
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _tower_loss(visual, heads, batch: Sequence, config: TowerPretrainConfig):

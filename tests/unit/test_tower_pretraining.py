@@ -22,6 +22,7 @@ from python_backends.training.tower_pretraining import (
     labelled_examples,
     pretrain_tower,
     serving_cached_features,
+    tower_lr_factor,
 )
 from python_backends.training.trainer import TrainConfig, build_model, collate, encode, train
 from python_backends.training.views import ModelView
@@ -120,3 +121,30 @@ def test_tower_pretraining_is_part_of_the_cache_key_and_on_for_the_cloud_only() 
     assert longer == TowerPretrainConfig(steps=900, empty_weight=0.1, fresh_frames=True)
     with pytest.raises(ValueError, match="no cached split"):
         dataclasses.replace(cloud, tower=TowerPretrainConfig(steps=10))
+
+
+def test_the_tower_learning_rate_falls_along_a_cosine_only_when_asked(examples) -> None:
+    assert tower_lr_factor(0, 100, 0.1) == 1.0 and tower_lr_factor(99, 100, 0.1) == pytest.approx(0.1)
+    assert tower_lr_factor(50, 101, 0.1) == pytest.approx(0.55)
+    assert {tower_lr_factor(step, 100, 1.0) for step in range(100)} == {1.0}  # the old default: constant
+    cloud = pipeline.recipe("cloud", 24)
+    assert cloud.tower.final_lr_fraction == 1.0 and cloud.key() == "f13b7547853f1738"
+    decaying = pipeline.recipe("cloud", 24, tower_final_lr_fraction=0.1)
+    assert decaying.tower.final_lr_fraction == 0.1 and decaying.key() != cloud.key()
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def record(optimizer, *args, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return original(optimizer, *args, **kwargs)
+
+    model, _ = build_model(TINY_SPEC, MAX_NUMBER)
+    config = TowerPretrainConfig(steps=5, batch_size=2, lr=1e-3, final_lr_fraction=0.2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", record)
+        pretrain_tower(model, labelled_examples(examples), config)
+    assert seen == pytest.approx([1e-3 * tower_lr_factor(step, 5, 0.2) for step in range(5)])
+    with pytest.raises(ValueError, match="final_lr_fraction"):
+        TowerPretrainConfig(final_lr_fraction=1.5)
+    with pytest.raises(ValueError, match="pretrained tower"):
+        pipeline.recipe("cloud", 24, tower_steps=0, tower_final_lr_fraction=0.1)
