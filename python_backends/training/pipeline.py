@@ -275,10 +275,11 @@ def _base_recipe(model: str, minutes: float, seed: int, batch_size: int | None, 
             ),
         )  # fmt: skip
     if model == "cloud":
-        # The tower learns colour, shape and box per cell on fresh frames, then is frozen; the language model reads
-        # single objects' boxes for 15% of its minutes, then answers 12 questions per fresh frame with one head's
-        # attention supervised, all in bfloat16 but the attention scores; a number token's loss adds 0.1 times the
-        # expected distance of the predicted number from the right one (README, "Trained tiny checkpoints").
+        # The tower learns colour, shape and box per cell on fresh frames, its learning rate falling along a cosine
+        # to a tenth, then is frozen; the language model reads single objects' boxes for 15% of its minutes, then
+        # answers 12 questions per fresh frame with one head's attention supervised, all in bfloat16 but the
+        # attention scores; a number token's loss adds 0.1 times the expected distance of the predicted number from
+        # the right one (README, "Trained tiny checkpoints").
         return Recipe(
             "cloud",
             CLOUD_TRAINED_SPEC,
@@ -288,7 +289,9 @@ def _base_recipe(model: str, minutes: float, seed: int, batch_size: int | None, 
                 minutes=float(minutes), batch_size=batch_size or 8, peak_lr=peak_lr or 1.5e-3, seed=seed,
                 precision="bf16-fp32-scores", attention_weight=1.0, number_loss=NumberLoss(distance_weight=0.1),
             ),
-            tower=TowerPretrainConfig(steps=600, seed=seed, empty_weight=0.1, fresh_frames=True),
+            tower=TowerPretrainConfig(
+                steps=600, seed=seed, empty_weight=0.1, fresh_frames=True, final_lr_fraction=0.1,
+            ),
             questions_per_frame=12,
             fresh=FreshCurriculum(reading_fraction=0.15, seed=seed),
             vocabulary="benchmark",

@@ -99,7 +99,7 @@ def test_number_loss_enters_the_key_only_when_set(capsys) -> None:
     cloud = pipeline.recipe("cloud", 24)
     assert cloud.train.number_loss == NumberLoss(distance_weight=0.1)  # the cloud's default (probe Q)
     assert pipeline.recipe("cloud", 24, number_weight=1.0, number_distance_weight=0.1).key() == cloud.key()
-    plain = pipeline.recipe("cloud", 24, number_distance_weight=0.0)
+    plain = pipeline.recipe("cloud", 24, number_distance_weight=0.0, tower_final_lr_fraction=1.0)
     assert plain.train.number_loss.is_plain and plain.key() == "ff40d9f6904e1f57"  # probe G, the default before
     edge = pipeline.recipe("edge", 6)
     assert edge.train.number_loss.is_plain and edge.key() == "fae29be78ee37836"

@@ -110,7 +110,7 @@ def test_training_on_cached_features_leaves_the_frozen_tower_untouched(examples)
 
 def test_tower_pretraining_is_part_of_the_cache_key_and_on_for_the_cloud_only() -> None:
     cloud = pipeline.recipe("cloud", 20)
-    assert cloud.tower == TowerPretrainConfig(steps=600, empty_weight=0.1, fresh_frames=True)
+    assert cloud.tower == TowerPretrainConfig(steps=600, empty_weight=0.1, fresh_frames=True, final_lr_fraction=0.1)
     assert pipeline.recipe("edge", 10).tower is None
     end_to_end = pipeline.recipe("cloud", 20, tower_steps=0)
     assert end_to_end.tower is None
@@ -118,7 +118,7 @@ def test_tower_pretraining_is_part_of_the_cache_key_and_on_for_the_cloud_only() 
     assert ModelView(224, keep_aspect=True) == cloud.view
     # Another step count keeps the recipe's other tower settings (fresh frames: the recipe has no cached split).
     longer = pipeline.recipe("cloud", 20, tower_steps=900).tower
-    assert longer == TowerPretrainConfig(steps=900, empty_weight=0.1, fresh_frames=True)
+    assert longer == TowerPretrainConfig(steps=900, empty_weight=0.1, fresh_frames=True, final_lr_fraction=0.1)
     with pytest.raises(ValueError, match="no cached split"):
         dataclasses.replace(cloud, tower=TowerPretrainConfig(steps=10))
 
@@ -127,10 +127,10 @@ def test_the_tower_learning_rate_falls_along_a_cosine_only_when_asked(examples) 
     assert tower_lr_factor(0, 100, 0.1) == 1.0 and tower_lr_factor(99, 100, 0.1) == pytest.approx(0.1)
     assert tower_lr_factor(50, 101, 0.1) == pytest.approx(0.55)
     assert {tower_lr_factor(step, 100, 1.0) for step in range(100)} == {1.0}  # the old default: constant
-    cloud = pipeline.recipe("cloud", 24)
-    assert cloud.tower.final_lr_fraction == 1.0 and cloud.key() == "f13b7547853f1738"
-    decaying = pipeline.recipe("cloud", 24, tower_final_lr_fraction=0.1)
-    assert decaying.tower.final_lr_fraction == 0.1 and decaying.key() != cloud.key()
+    cloud = pipeline.recipe("cloud", 24)  # the cloud's default since probe W
+    assert cloud.tower.final_lr_fraction == 0.1 and cloud.key() == "5a54ae4138f761fd"
+    constant = pipeline.recipe("cloud", 24, tower_final_lr_fraction=1)
+    assert constant.tower.final_lr_fraction == 1.0 and constant.key() == "f13b7547853f1738"  # probe Q
     seen = []
     original = torch.optim.AdamW.step
 
