@@ -15,7 +15,6 @@ frozen tower once per example; `serving_cached_features` makes the model read th
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from python_backends.evaluation.scenes import COLOURS, SHAPES, ObjectTruth
 from python_backends.evaluation.staleness import TruthIndex
 from python_backends.training.examples import ModelExample
 from python_backends.training.precision import check_precision
+from python_backends.training.trainer import lr_factor
 from python_backends.training.views import MERGE, PATCH, image_grid, image_tokens, merged_cell, pixel_rows
 
 CELL = PATCH * MERGE  # pixels of the resized image behind one merged token
@@ -189,9 +189,9 @@ def pretrain_tower(
 
 
 def tower_lr_factor(step: int, steps: int, final_fraction: float) -> float:
-    """Multiplier of the tower's learning rate at `step` of `steps`: a cosine from 1 to `final_fraction`."""
-    progress = step / max(1, steps - 1)
-    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+    """Multiplier of the tower's learning rate at `step` of `steps`: the language model's cosine (trainer.lr_factor)
+    from 1 to `final_fraction`, over steps and without a warm-up."""
+    return lr_factor(step / max(1, steps - 1), step, warmup_steps=0, final_fraction=final_fraction)
 
 
 def _tower_loss(visual, heads, batch: Sequence, config: TowerPretrainConfig):
