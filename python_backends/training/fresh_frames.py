@@ -11,7 +11,7 @@ nor a frame of the cached train split. A source is deterministic for its seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -75,6 +75,14 @@ class FreshCurriculum:
             raise ValueError(f"scene_quota must name tasks of {TASKS} once each, got {self.scene_quota}")
         if any(count < 0 for _, count in self.scene_quota):
             raise ValueError(f"scene_quota counts must be >= 0, got {self.scene_quota}")
+
+    def identity(self) -> dict:
+        """The fields that decide the data, without options at their old default (cache keys from before them)."""
+        fields = asdict(self)
+        for name, old_default in (("scene_quota", ()), ("reading_scene_share", 0.0)):
+            if fields[name] == old_default:
+                del fields[name]
+        return fields
 
 
 class FreshQuestionStream:

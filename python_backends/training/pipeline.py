@@ -98,10 +98,7 @@ class Recipe:
         if self.fresh is None:
             del recipe["fresh"]
         else:
-            if not self.fresh.scene_quota:
-                del recipe["fresh"]["scene_quota"]
-            if self.fresh.reading_scene_share == 0:
-                del recipe["fresh"]["reading_scene_share"]
+            recipe["fresh"] = self.fresh.identity()
         if self.train.attention_weight == 0:
             del recipe["train"]["attention_weight"], recipe["train"]["supervised_layers"]
         if self.train.number_loss.is_plain:
