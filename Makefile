@@ -35,8 +35,8 @@ test-integration: engines
 	$(VENV)/bin/pytest tests/integration
 
 lint: install
-	$(VENV)/bin/ruff check python_backends client load_tests tests model_repository
-	$(VENV)/bin/ruff format --check python_backends client load_tests tests model_repository
+	$(VENV)/bin/ruff check python_backends client engines evaluation training load_tests spotvlm tests model_repository
+	$(VENV)/bin/ruff format --check python_backends client engines evaluation training load_tests spotvlm tests model_repository
 
 clean:
 	rm -rf build model_repository/*/*/config.pbtxt model_repository/*/*/1/model.onnx* model_repository/*/*/1/model.plan model_repository/*/*/1/export.json

@@ -12,9 +12,9 @@ PYTHON="${PYTHON:-}"
 if [[ -z "$PYTHON" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-if ! "$PYTHON" -c "import python_backends, torch, transformers, onnx, onnxruntime" 2>/dev/null; then
+if ! "$PYTHON" -c "import spotvlm, python_backends, torch, transformers, onnx, onnxruntime" 2>/dev/null; then
   echo "build_engines.sh: $PYTHON cannot import the project and its dependencies; run 'make install' first" >&2
   exit 2
 fi
 export TOKENIZERS_PARALLELISM=false
-exec "$PYTHON" -m python_backends.engines.build "$@"
+exec "$PYTHON" -m spotvlm.build "$@"

@@ -876,7 +876,7 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm bench") -> int:
     except ValueError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    from python_backends.templates import unrendered_templates
+    from client.model_repository import unrendered_templates
 
     missing = unrendered_templates(REPOSITORY_ROOT)
     if missing:

@@ -3,7 +3,7 @@
     spotvlm eval [--quick] [--out DIR] [--dataset FILE.jsonl] [--latencies 0,0.5,1,2,4,9,trace] ...
     python -m load_tests.eval_run ...                                  (the same options)
 
-Steps (the pure parts are python_backends/evaluation/runner.py):
+Steps (the pure parts are evaluation/runner.py):
 1. the dataset: `--dataset FILE.jsonl` (docs/dataset.md), else the synthetic test split, generated once and cached
    under --data-dir (build/eval/data)/<split>-<hash of seeds and settings>, next to the seed-0 latency trace;
 2. the servers: the cloud and an edge linked to it on free loopback ports, the edge sending every frame to the cloud
@@ -42,12 +42,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from python_backends.evaluation.dataset import DatasetError, Example, default_seeds, generate_split, load_dataset
-from python_backends.evaluation.latency import LatencySetting, ensure_default_trace, trace_setting
-from python_backends.evaluation.policies import CLOUD_REFERENCE, EDGE_ONLY, SPOTVLM_POLICIES
-from python_backends.evaluation.questions import QuestionConfig
-from python_backends.evaluation.report import EvalRecord, write_report
-from python_backends.evaluation.runner import (
+from evaluation.dataset import DatasetError, Example, default_seeds, generate_split, load_dataset
+from evaluation.latency import LatencySetting, ensure_default_trace, trace_setting
+from evaluation.policies import CLOUD_REFERENCE, EDGE_ONLY, SPOTVLM_POLICIES
+from evaluation.questions import QuestionConfig
+from evaluation.report import EvalRecord, write_report
+from evaluation.runner import (
     Answer,
     StreamRun,
     VideoPlan,
@@ -66,9 +66,9 @@ from python_backends.evaluation.runner import (
     stale_cloud_requests,
     violations_for,
 )
-from python_backends.evaluation.scenes import SceneConfig
-from python_backends.evaluation.staleness import TruthIndex
-from python_backends.evaluation.scoring import score
+from evaluation.scenes import SceneConfig
+from evaluation.staleness import TruthIndex
+from evaluation.scoring import score
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY_ROOT = PROJECT_ROOT / "model_repository"
@@ -207,7 +207,7 @@ def _ready(url: str) -> bool:
 
 
 def _frame(example: Example, frame_index: int | None = None) -> np.ndarray:
-    from python_backends.evaluation.dataset import load_frame
+    from evaluation.dataset import load_frame
 
     if frame_index is not None and frame_index != example.frame_index:
         example = dataclasses.replace(example, frame_index=frame_index)
@@ -507,7 +507,7 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm eval") -> int:
         print(f"{prog}: --max-tokens must be >= 1", file=sys.stderr)
         return 2
     if args.edge_url is None:
-        from python_backends.templates import unrendered_templates
+        from client.model_repository import unrendered_templates
 
         missing = unrendered_templates(REPOSITORY_ROOT)
         if missing:

@@ -527,7 +527,7 @@ def _check_edge(url: str, protocol: str) -> str | None:
 
 def _start_servers(stack: contextlib.ExitStack, out: Path, protocol: str) -> str:
     """Starts cloud then edge (linked to that cloud) on free loopback ports; returns the edge URL for `protocol`."""
-    from client.demo import check_built
+    from client.model_repository import check_built
     from client.launcher import TritonServer
 
     repositories = PROJECT_ROOT / "model_repository"

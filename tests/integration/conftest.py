@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from client.launcher import descendant_pids, find_shm_regions, free_ports
-from python_backends.templates import unrendered_templates
+from client.model_repository import unrendered_templates
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 240

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from load_tests.bench import PHASE_NAMES
-from python_backends.templates import unrendered_templates
+from client.model_repository import unrendered_templates
 
 pytestmark = pytest.mark.integration
 

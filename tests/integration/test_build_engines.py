@@ -10,7 +10,7 @@ import pytest
 from client.frames import sample_frame
 from client.launcher import TritonServer
 from client.triton_client import VLMClient
-from python_backends.engines.tiny_checkpoint import CLOUD_SPEC, EDGE_SPEC, build_tiny_checkpoint
+from engines.tiny_checkpoint import CLOUD_SPEC, EDGE_SPEC, build_tiny_checkpoint
 from tests.build_helpers import PROJECT_ROOT, copy_repository_templates
 
 pytestmark = pytest.mark.integration

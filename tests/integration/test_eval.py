@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from python_backends.evaluation.policies import CLOUD_REFERENCE, POLICIES
-from python_backends.evaluation.report import CSV_COLUMNS, GAP_CSV_COLUMNS
-from python_backends.templates import unrendered_templates
+from evaluation.policies import CLOUD_REFERENCE, POLICIES
+from evaluation.report import CSV_COLUMNS, GAP_CSV_COLUMNS
+from client.model_repository import unrendered_templates
 
 pytestmark = pytest.mark.integration
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from python_backends.evaluation.questions import Question
-from python_backends.evaluation.scenes import ObjectTruth
-from python_backends.training.attention_supervision import attention_capture, attention_loss, target_pairs
-from python_backends.training.examples import MixConfig, frame_example
-from python_backends.training.fresh_frames import FreshCurriculum, FreshQuestionStream
-from python_backends.training.trainer import Encoded, TrainConfig, build_model, collate, encode, train
+from evaluation.questions import Question
+from evaluation.scenes import ObjectTruth
+from training.attention_supervision import attention_capture, attention_loss, target_pairs
+from training.examples import MixConfig, frame_example
+from training.fresh_frames import FreshCurriculum, FreshQuestionStream
+from training.trainer import Encoded, TrainConfig, build_model, collate, encode, train
 from python_backends.detections import scale_box
-from python_backends.training.views import ModelView, merged_cell
+from training.views import ModelView, merged_cell
 
 from .test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW
 

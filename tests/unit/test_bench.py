@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client import cli
+from spotvlm import cli
 from client.streaming import FrameResult, run_streams
 from load_tests import bench
 from python_backends.context.store import ContextStore, StoreLimits

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from python_backends.engines import build
-from python_backends.engines.tiny_checkpoint import EDGE_SPEC, build_tiny_checkpoint, is_built
+from spotvlm import build
+from engines.tiny_checkpoint import EDGE_SPEC, build_tiny_checkpoint, is_built
 from tests.build_helpers import copy_repository_templates
 
 FAKE_TRTEXEC = """#!{python}
@@ -107,7 +107,7 @@ def test_model_facts_read_a_checkpoint(tiny_edge_checkpoint):
 
 
 def test_trained_trains_each_side_with_its_budget_and_serves_the_cached_folders(monkeypatch, tmp_path):
-    from python_backends.training import pipeline
+    from training import pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "run", lambda recipe, out_root: calls.append((recipe.model, recipe.train.minutes)))

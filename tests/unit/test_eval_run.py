@@ -1,4 +1,4 @@
-"""`spotvlm eval`'s pure parts (python_backends/evaluation/runner.py and the helpers of load_tests/eval_run.py):
+"""`spotvlm eval`'s pure parts (evaluation/runner.py and the helpers of load_tests/eval_run.py):
 planning the streams, turning answers into EvalRecords, assembling cloud_stale from fake answers, the cached
 dataset's folder, the progress line and the checkpoint check. No server."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from load_tests.eval_run import ProgressBar, add_arguments, checkpoint_problems, edge_input_size, rendered_checkpoint
-from python_backends.evaluation.dataset import Example
-from python_backends.evaluation.latency import constant_setting, trace_setting, write_trace_csv
-from python_backends.evaluation.policies import (
+from evaluation.dataset import Example
+from evaluation.latency import constant_setting, trace_setting, write_trace_csv
+from evaluation.policies import (
     CLOUD_REFERENCE,
     CLOUD_STALE,
     CONTEXT_TRANSFER,
@@ -21,9 +21,9 @@ from python_backends.evaluation.policies import (
     FOCUS_ONLY,
     SPOTVLM_POLICIES,
 )
-from python_backends.evaluation.questions import QuestionConfig
-from python_backends.evaluation.report import EvalRecord
-from python_backends.evaluation.runner import (
+from evaluation.questions import QuestionConfig
+from evaluation.report import EvalRecord
+from evaluation.runner import (
     Answer,
     StalePick,
     box_in_frame,
@@ -41,7 +41,7 @@ from python_backends.evaluation.runner import (
     stale_cloud_requests,
     violations_for,
 )
-from python_backends.evaluation.scenes import SceneConfig
+from evaluation.scenes import SceneConfig
 
 
 def example(video: str, frame: int, question: str = "What colour is the square?", answer="red", task="recognition",

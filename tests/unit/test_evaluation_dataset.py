@@ -1,4 +1,4 @@
-"""The replay benchmark's generator, questions and JSONL format (python_backends.evaluation; no server)."""
+"""The replay benchmark's generator, questions and JSONL format (evaluation; no server)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from python_backends.evaluation import dataset as ds
-from python_backends.evaluation.dataset import DatasetError, Example, generate_split, load_dataset, write_dataset
-from python_backends.evaluation.questions import (
+from evaluation import dataset as ds
+from evaluation.dataset import DatasetError, Example, generate_split, load_dataset, write_dataset
+from evaluation.questions import (
     REGIONS,
     QuestionConfig,
     candidate_questions,
     frame_questions,
     region_of,
 )
-from python_backends.evaluation.scenes import COLOURS, EXIT_SPEED, SHAPES, ObjectTruth, Scene, SceneConfig
-from python_backends.evaluation.scoring import score
+from evaluation.scenes import COLOURS, EXIT_SPEED, SHAPES, ObjectTruth, Scene, SceneConfig
+from evaluation.scoring import score
 
 SHORT = SceneConfig(seconds=1.5)  # 15 frames at 10 fps
 # Busy scenes: objects come and go within 3 s, so a short video shows every kind of event.

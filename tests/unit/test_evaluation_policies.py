@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from python_backends.context.focus import FocusMode, parse_focus_mode
-from python_backends.evaluation.latency import DelaySpecLatency, TraceConfig, write_trace_csv
-from python_backends.evaluation.policies import (
+from evaluation.latency import DelaySpecLatency, TraceConfig, write_trace_csv
+from evaluation.policies import (
     CLOUD_STALE,
     CONTEXT_TRANSFER,
     EDGE_ONLY,

@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from python_backends.cloud.delay import ConstantDelay, NoDelay, TraceDelay, parse_delay_spec
-from python_backends.evaluation.latency import (
+from evaluation.latency import (
     CONSTANT_DELAYS_S,
     DEFAULT_TRACE_NAME,
     TraceConfig,
@@ -20,8 +20,8 @@ from python_backends.evaluation.latency import (
     trace_setting,
     write_trace_csv,
 )
-from python_backends.evaluation.policies import CLOUD_REFERENCE, POLICIES
-from python_backends.evaluation.report import (
+from evaluation.policies import CLOUD_REFERENCE, POLICIES
+from evaluation.report import (
     ALL_TASKS,
     CSV_COLUMNS,
     GAP_CSV_COLUMNS,

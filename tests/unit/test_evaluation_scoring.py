@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from python_backends.evaluation.scoring import (
+from evaluation.scoring import (
     IOU_THRESHOLD,
     accuracy_with_ci,
     box_iou,

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from python_backends.evaluation.dataset import generate_split, load_dataset
-from python_backends.evaluation.questions import QuestionConfig, candidate_questions
-from python_backends.evaluation.report import CONTEXT_GROUPS, EvalRecord, summarize, write_report
-from python_backends.evaluation.runner import Answer, context_states, group_videos
-from python_backends.evaluation.scenes import SceneConfig
-from python_backends.evaluation.staleness import FRESH, NO_CONTEXT, STALE, UNKNOWN, TruthIndex, context_state
+from evaluation.dataset import generate_split, load_dataset
+from evaluation.questions import QuestionConfig, candidate_questions
+from evaluation.report import CONTEXT_GROUPS, EvalRecord, summarize, write_report
+from evaluation.runner import Answer, context_states, group_videos
+from evaluation.scenes import SceneConfig
+from evaluation.staleness import FRESH, NO_CONTEXT, STALE, UNKNOWN, TruthIndex, context_state
 
 SCENE = SceneConfig(seconds=3.0, fps=10.0, change_probability=1.0, speed=(0.02, 0.03))
 

@@ -7,15 +7,15 @@ from collections import Counter
 
 import pytest
 
-from python_backends.evaluation.dataset import generate_split, load_dataset
-from python_backends.evaluation.questions import QuestionConfig, candidate_questions
-from python_backends.evaluation.scenes import SceneConfig
-from python_backends.evaluation.staleness import TruthIndex
-from python_backends.training import pipeline
-from python_backends.training.__main__ import main as training_main
-from python_backends.training.examples import EDGE_MIX, MixConfig, answer_text, build_examples, build_frame_examples
-from python_backends.training.tower_pretraining import labelled_examples
-from python_backends.training.trainer import IGNORE, TrainConfig, build_model, collate, encode, train
+from evaluation.dataset import generate_split, load_dataset
+from evaluation.questions import QuestionConfig, candidate_questions
+from evaluation.scenes import SceneConfig
+from evaluation.staleness import TruthIndex
+from training import pipeline
+from training.__main__ import main as training_main
+from training.examples import EDGE_MIX, MixConfig, answer_text, build_examples, build_frame_examples
+from training.tower_pretraining import labelled_examples
+from training.trainer import IGNORE, TrainConfig, build_model, collate, encode, train
 
 from .test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW
 

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from python_backends.evaluation.dataset import TEST_SEED_START, TRAIN_SEED_START
-from python_backends.evaluation.questions import TASKS
-from python_backends.evaluation.scenes import SHAPES
-from python_backends.training import pipeline
-from python_backends.training.__main__ import main as training_main
-from python_backends.training.examples import MixConfig, quota_draw
-from python_backends.training.fresh_frames import (
+from evaluation.dataset import TEST_SEED_START, TRAIN_SEED_START
+from evaluation.questions import TASKS
+from evaluation.scenes import SHAPES
+from training import pipeline
+from training.__main__ import main as training_main
+from training.examples import MixConfig, quota_draw
+from training.fresh_frames import (
     FRESH_SEED_START,
     SINGLE_OBJECT_SCENE,
     FreshCurriculum,
@@ -22,9 +22,9 @@ from python_backends.training.fresh_frames import (
     FreshQuestionStream,
     fresh_labelled_frames,
 )
-from python_backends.training.number_loss import NumberLoss
-from python_backends.training.tower_pretraining import TowerPretrainConfig, pretrain_tower
-from python_backends.training.trainer import TrainConfig, build_model, train
+from training.number_loss import NumberLoss
+from training.tower_pretraining import TowerPretrainConfig, pretrain_tower
+from training.trainer import TrainConfig, build_model, train
 
 from .test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.cli import build_parser as build_cli_parser
+from spotvlm.cli import build_parser as build_cli_parser
 from load_tests import load_run as lr
 
 # -- sequence ids ------------------------------------------------------------------------------------------------------

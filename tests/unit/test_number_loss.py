@@ -1,4 +1,4 @@
-"""The answer loss's treatment of number tokens (python_backends.training.number_loss): weights and the distance term,
+"""The answer loss's treatment of number tokens (training.number_loss): weights and the distance term,
 on hand-made logits, through answer_loss on a tiny model, in the recipe's key and on the command line."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from python_backends.training import pipeline
-from python_backends.training.__main__ import main as training_main
-from python_backends.training.examples import MixConfig, build_examples
-from python_backends.training.number_loss import NumberLoss, NumberTokens, token_losses
-from python_backends.training.trainer import IGNORE, TrainConfig, answer_loss, build_model, collate, encode, train
+from training import pipeline
+from training.__main__ import main as training_main
+from training.examples import MixConfig, build_examples
+from training.number_loss import NumberLoss, NumberTokens, token_losses
+from training.trainer import IGNORE, TrainConfig, answer_loss, build_model, collate, encode, train
 from tests.unit.test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW, split  # noqa: F401 (fixture)
 
 

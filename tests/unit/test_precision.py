@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from python_backends.training import pipeline
-from python_backends.training.examples import MixConfig
-from python_backends.training.fresh_frames import (
+from training import pipeline
+from training.examples import MixConfig
+from training.fresh_frames import (
     FreshCurriculum,
     FreshFrames,
     FreshQuestionStream,
     fresh_labelled_frames,
 )
-from python_backends.training.packed_attention import PACKED_ATTENTION
-from python_backends.training.attention_supervision import attention_capture, attention_loss, target_pairs
-from python_backends.training.precision import TEXT_ATTENTION, autocast, float32_scores, training_attention
-from python_backends.training.tower_pretraining import TowerPretrainConfig, pretrain_tower, tower_features
-from python_backends.training.trainer import TrainConfig, batch_loss, build_model, collate, save_checkpoint, train
+from training.packed_attention import PACKED_ATTENTION
+from training.attention_supervision import attention_capture, attention_loss, target_pairs
+from training.precision import TEXT_ATTENTION, autocast, float32_scores, training_attention
+from training.tower_pretraining import TowerPretrainConfig, pretrain_tower, tower_features
+from training.trainer import TrainConfig, batch_loss, build_model, collate, save_checkpoint, train
 
 from .test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW
 
@@ -137,7 +137,7 @@ def test_float32_scores_are_eager_attention_with_exact_scores_under_autocast() -
     scores are rounded to bfloat16."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 
-    from python_backends.training.precision import float32_score_attention
+    from training.precision import float32_score_attention
 
     model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
     model.eval()
@@ -188,7 +188,7 @@ def test_the_tower_precision_defaults_to_the_language_models_and_enters_the_key_
     # The tower pretrains in its own precision, the language model's when it has none.
     seen = []
     monkeypatch.setattr(
-        "python_backends.training.tower_pretraining.pretrain_tower",
+        "training.tower_pretraining.pretrain_tower",
         lambda model, labelled, config, progress=None, precision="fp32": seen.append(precision) or [1.0],
     )
     model, _ = build_model(WINDOWED_SPEC, MAX_NUMBER)

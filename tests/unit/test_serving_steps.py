@@ -33,7 +33,7 @@ def _args(params: dict, version_dir=None) -> dict:
 def steps(tiny_edge_checkpoint, tmp_path_factory):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from python_backends.engines.vision_onnx import export_vision_onnx
+    from engines.vision_onnx import export_vision_onnx
 
     version_dir = tmp_path_factory.mktemp("svlm_vision") / "1"
     version_dir.mkdir()

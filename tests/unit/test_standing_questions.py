@@ -1,5 +1,5 @@
 """Standing questions (QuestionConfig.hold_s > 0): the benchmark asks a task's question again while its answer
-changes, as real-time video tasks do (python_backends.evaluation.questions.QuestionSchedule; no server)."""
+changes, as real-time video tasks do (evaluation.questions.QuestionSchedule; no server)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from python_backends.evaluation import dataset as ds
-from python_backends.evaluation.dataset import generate_split, load_dataset
-from python_backends.evaluation.questions import (
+from evaluation import dataset as ds
+from evaluation.dataset import generate_split, load_dataset
+from evaluation.questions import (
     TASKS,
     QuestionConfig,
     QuestionSchedule,
     candidate_questions,
     frame_questions,
 )
-from python_backends.evaluation.runner import dataset_cache_dir
-from python_backends.evaluation.scenes import ObjectTruth, Scene, SceneConfig
+from evaluation.runner import dataset_cache_dir
+from evaluation.scenes import ObjectTruth, Scene, SceneConfig
 
 SIZE = 300
 FPS = 10.0
@@ -217,7 +217,7 @@ def test_keys_leave_hold_s_out_at_zero(tmp_path: Path) -> None:
     assert base == dataset_cache_dir(tmp_path, "test", [1, 2], scene, QuestionConfig(hold_s=0.0))
     assert base != dataset_cache_dir(tmp_path, "test", [1, 2], scene, QuestionConfig(hold_s=3.0))
 
-    from python_backends.training.pipeline import recipe
+    from training.pipeline import recipe
 
     edge = recipe("edge", 10)
     held = dataclasses.replace(edge.data, test_questions=dataclasses.replace(edge.data.test_questions, hold_s=3.0))

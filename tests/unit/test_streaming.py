@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import cli
+from spotvlm import cli
 from client.frame_sources import ImageDirSource, SyntheticSource
 from client.launcher import free_ports
 from client.streaming import (

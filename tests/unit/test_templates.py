@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from python_backends.params import get_param, model_parameters, with_env_overrides
-from python_backends.templates import TemplateError, fill_template, placeholders, render_repository
+from client.model_repository import TemplateError, fill_template, placeholders, render_repository
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -49,7 +49,7 @@ def test_render_repository_writes_config_and_picks_variants(tmp_path):
 
 
 def test_build_fills_every_placeholder_of_the_shipped_templates():
-    from python_backends.engines.build import ModelFacts, build_parser, template_values
+    from spotvlm.build import ModelFacts, build_parser, template_values
 
     args = build_parser().parse_args([])
     facts = ModelFacts(text_hidden=64, patch_size=14, merge_size=2, temporal_patch_size=2)
@@ -66,7 +66,7 @@ def test_build_fills_every_placeholder_of_the_shipped_templates():
     [([], 4), (["--trained"], 0), (["--trained", "--context-turns", "2"], 2), (["--context-turns", "0"], 0)],
 )
 def test_the_trained_edge_reads_only_the_freshest_cloud_answer_unless_told_otherwise(argv, turns):
-    from python_backends.engines.build import ModelFacts, build_parser, template_values
+    from spotvlm.build import ModelFacts, build_parser, template_values
 
     facts = ModelFacts(text_hidden=64, patch_size=14, merge_size=2, temporal_patch_size=2)
     values = template_values(build_parser().parse_args(argv), Path("/e"), Path("/c"), 112, facts)
@@ -83,7 +83,7 @@ def test_the_trained_edge_reads_only_the_freshest_cloud_answer_unless_told_other
     ],
 )
 def test_the_trained_edge_is_focused_as_it_learned(argv, mode, questions):
-    from python_backends.engines.build import ModelFacts, build_parser, template_values
+    from spotvlm.build import ModelFacts, build_parser, template_values
 
     facts = ModelFacts(text_hidden=64, patch_size=14, merge_size=2, temporal_patch_size=2)
     values = template_values(build_parser().parse_args(argv), Path("/e"), Path("/c"), 112, facts)
@@ -91,7 +91,7 @@ def test_the_trained_edge_is_focused_as_it_learned(argv, mode, questions):
 
 
 def test_a_focus_questions_that_is_no_regex_is_refused(capsys):
-    from python_backends.engines.build import build_parser
+    from spotvlm.build import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--focus-questions", "what (colour"])
@@ -99,7 +99,7 @@ def test_a_focus_questions_that_is_no_regex_is_refused(capsys):
 
 
 def test_a_negative_context_turns_is_refused(capsys):
-    from python_backends.engines.build import build_parser
+    from spotvlm.build import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--context-turns", "-1"])
@@ -120,7 +120,7 @@ def test_get_param_names_the_bad_parameter():
 
 
 def test_unrendered_templates_lists_models_not_yet_built(tmp_path):
-    from python_backends.templates import unrendered_templates
+    from client.model_repository import unrendered_templates
 
     for side, model in (("edge", "a"), ("edge", "b"), ("cloud", "c")):
         (tmp_path / side / model).mkdir(parents=True)

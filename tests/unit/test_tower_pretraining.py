@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from python_backends.evaluation.dataset import generate_split, load_dataset
-from python_backends.evaluation.questions import QuestionConfig
-from python_backends.evaluation.scenes import COLOURS, SHAPES, ObjectTruth, SceneConfig
-from python_backends.training import pipeline
-from python_backends.training.examples import MixConfig, build_examples
-from python_backends.training.tower_pretraining import (
+from evaluation.dataset import generate_split, load_dataset
+from evaluation.questions import QuestionConfig
+from evaluation.scenes import COLOURS, SHAPES, ObjectTruth, SceneConfig
+from training import pipeline
+from training.examples import MixConfig, build_examples
+from training.tower_pretraining import (
     NO_OBJECT,
     TowerPretrainConfig,
     cache_features,
@@ -24,8 +24,8 @@ from python_backends.training.tower_pretraining import (
     serving_cached_features,
     tower_lr_factor,
 )
-from python_backends.training.trainer import TrainConfig, build_model, collate, encode, train
-from python_backends.training.views import ModelView
+from training.trainer import TrainConfig, build_model, collate, encode, train
+from training.views import ModelView
 
 from .test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW
 

@@ -1,4 +1,4 @@
-"""Training the default checkpoints (python_backends.training): examples, tokenizer, trainer, cache key, saved model.
+"""Training the default checkpoints (training): examples, tokenizer, trainer, cache key, saved model.
 
 Everything here is a tiny version: a 1 s video, a model of a few thousand parameters, a few steps.
 """
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from python_backends.detections import parse_detections
-from python_backends.engines.tiny_checkpoint import TinyVLMSpec, train_tokenizer
-from python_backends.evaluation.dataset import Example, generate_split, load_dataset
-from python_backends.evaluation.questions import QuestionConfig
-from python_backends.evaluation.scenes import COLOURS, SHAPES, SceneConfig
-from python_backends.training import pipeline
-from python_backends.training.evaluate import (
+from engines.tiny_checkpoint import TinyVLMSpec, train_tokenizer
+from evaluation.dataset import Example, generate_split, load_dataset
+from evaluation.questions import QuestionConfig
+from evaluation.scenes import COLOURS, SHAPES, SceneConfig
+from training import pipeline
+from training.evaluate import (
     Prediction,
     evaluate,
     score_answer,
@@ -26,9 +26,9 @@ from python_backends.training.evaluate import (
     summarise,
     target_size_class,
 )
-from python_backends.training.examples import EDGE_MIX, MixConfig, ModelExample, build_examples
-from python_backends.training.tokens import add_number_tokens, binned_box, grounding_answer
-from python_backends.training.trainer import (
+from training.examples import EDGE_MIX, MixConfig, ModelExample, build_examples
+from training.tokens import add_number_tokens, binned_box, grounding_answer
+from training.trainer import (
     IGNORE,
     TrainConfig,
     answer_loss,
@@ -41,7 +41,7 @@ from python_backends.training.trainer import (
     save_checkpoint,
     train,
 )
-from python_backends.training.views import ModelView
+from training.views import ModelView
 
 TINY_SPEC = TinyVLMSpec(
     name="test-tiny",
@@ -160,7 +160,7 @@ def test_the_final_learning_rate_fraction_is_a_checked_option_that_keys_only_whe
 
 
 def test_the_coordinate_bin_is_an_option_that_keys_only_when_changed(split, capsys) -> None:
-    from python_backends.training.__main__ import main as training_main
+    from training.__main__ import main as training_main
 
     cloud = pipeline.recipe("cloud", 24)
     assert cloud.mix.coordinate_bin == 4
@@ -260,7 +260,7 @@ def test_a_cached_run_reports_without_training(tmp_path, capsys) -> None:
 
 
 def test_saved_checkpoint_loads_with_transformers_and_generates(split, tiny_model, tmp_path: Path) -> None:
-    from python_backends.engines.build import tiny_image_size
+    from spotvlm.build import tiny_image_size
     from python_backends.generation import GenerationRequest, QwenVLGenerator
 
     model, tokenizer = tiny_model
@@ -326,7 +326,7 @@ def test_trained_specs_rope_bases_and_default_digests_stay_put() -> None:
 
 @pytest.mark.parametrize("text", ["10", "10,0", "a,b", "1,2,3", "-1,5", ""])
 def test_train_minutes_must_be_two_positive_numbers(text: str) -> None:
-    from python_backends.engines.build import parse_train_minutes
+    from spotvlm.build import parse_train_minutes
 
     with pytest.raises(ValueError, match="--train-minutes"):
         parse_train_minutes(text)

@@ -1,4 +1,4 @@
-"""Fixed-grid ONNX export of the Qwen2.5-VL vision tower (python_backends/engines/vision_onnx.py).
+"""Fixed-grid ONNX export of the Qwen2.5-VL vision tower (engines/vision_onnx.py).
 
 Tiny tower built offline from a config: depth 4 with full-attention blocks [1, 3] and windowed blocks [0, 2];
 window_size 56 at 112 px gives 4 equal windows of 16 patches, at 140 px 9 unequal windows (mask path).
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from python_backends.engines.vision_onnx import (
+from engines.vision_onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
     FixedGridVisionTower,

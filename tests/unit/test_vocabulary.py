@@ -6,14 +6,14 @@ import re
 
 import pytest
 
-from python_backends.engines.tiny_checkpoint import train_tokenizer
-from python_backends.evaluation.scenes import COLOURS, SHAPES
-from python_backends.training import pipeline
-from python_backends.training.__main__ import main as training_main
-from python_backends.training.examples import CLOUD_MIX
-from python_backends.training.trainer import build_model
-from python_backends.training.views import ModelView
-from python_backends.training.vocabulary import benchmark_corpus
+from engines.tiny_checkpoint import train_tokenizer
+from evaluation.scenes import COLOURS, SHAPES
+from training import pipeline
+from training.__main__ import main as training_main
+from training.examples import CLOUD_MIX
+from training.trainer import build_model
+from training.views import ModelView
+from training.vocabulary import benchmark_corpus
 
 VIEW = ModelView(224, keep_aspect=True)
 

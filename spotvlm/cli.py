@@ -23,7 +23,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     http, grpc, metrics = DEFAULT_PORTS[args.side]
     repository = Path(args.repository) if args.repository else REPOSITORIES[args.side]
-    from python_backends.templates import unrendered_templates
+    from client.model_repository import unrendered_templates
 
     if unrendered_templates(repository) or not any(repository.glob("*/config.pbtxt")):
         print(
@@ -66,7 +66,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from client.demo import run_demo
+    from spotvlm.demo import run_demo
 
     return run_demo(protocol=args.protocol)
 
@@ -99,7 +99,7 @@ def _stream_sources(args: argparse.Namespace) -> list:
 def _start_servers(stack: contextlib.ExitStack) -> tuple[str, str]:
     """Starts cloud then edge on free ports, the edge's cloud link pointed at this cloud; returns the edge's URLs
     (http, grpc). The servers stop when `stack` closes."""
-    from client.demo import check_built
+    from client.model_repository import check_built
     from client.launcher import TritonServer
 
     check_built(REPOSITORIES["edge"].parent)

@@ -70,7 +70,7 @@ def training_attention(model, device: str, precision: str) -> Iterator[None]:
     implementations are restored afterwards, and the saved config never records the change."""
     import torch
 
-    from python_backends.training.packed_attention import register
+    from training.packed_attention import register
 
     check_precision(precision)
     before = {name: getattr(model.config, name)._attn_implementation for name in ("text_config", "vision_config")}

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from python_backends.evaluation.latency import LatencyModel
+from evaluation.latency import LatencyModel
 
 EDGE_ONLY = "edge_only"
 CLOUD_STALE = "cloud_stale"

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from python_backends.detections import parse_detections
-from python_backends.evaluation.questions import REGIONS
-from python_backends.evaluation.scenes import COLOURS, SHAPES
+from evaluation.questions import REGIONS
+from evaluation.scenes import COLOURS, SHAPES
 
 IOU_THRESHOLD = 0.5
 Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile

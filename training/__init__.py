@@ -2,5 +2,5 @@
 
 tokens (single-token numbers, binned boxes), views (what each model sees), examples (the training mix), trainer
 (wall-time budget, cosine LR), evaluate (per-task accuracy with CI), pipeline (caching by input hash). Command line:
-`python -m python_backends.training --model edge|cloud --minutes M --out DIR`.
+`python -m training --model edge|cloud --minutes M --out DIR`.
 """

@@ -9,15 +9,9 @@ from pathlib import Path
 from client.frames import SAMPLE_FRAMES, sample_frame
 from client.launcher import TritonServer
 from client.triton_client import VLMClient
-from python_backends.templates import unrendered_templates
+from client.model_repository import check_built
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def check_built(repository_root: Path) -> None:
-    missing = [str(p.relative_to(repository_root)) for p in unrendered_templates(repository_root)]
-    if missing:
-        raise SystemExit(f"the model repositories are not built ({', '.join(missing)}); run ./build_engines.sh first")
 
 
 def _cell(text: str, width: int) -> list[str]:
@@ -91,10 +85,10 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
 
 def benchmark_demo(edge_client: VLMClient, cloud_client: VLMClient, data_dir: Path, questions: int = 8) -> None:
     """Questions of the benchmark's first test video, with their true answers, to the edge alone and to the cloud."""
-    from python_backends.evaluation.dataset import generate_split, load_dataset, load_frame
-    from python_backends.evaluation.questions import QuestionConfig
-    from python_backends.evaluation.scenes import SceneConfig
-    from python_backends.evaluation.scoring import score
+    from evaluation.dataset import generate_split, load_dataset, load_frame
+    from evaluation.questions import QuestionConfig
+    from evaluation.scenes import SceneConfig
+    from evaluation.scoring import score
 
     path = data_dir / "test.jsonl"
     if not path.is_file():

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from python_backends.detections import scale_box
-from python_backends.evaluation.dataset import Example
-from python_backends.evaluation.latency import LatencySetting, constant_setting, latency_model
-from python_backends.evaluation.policies import (
+from evaluation.dataset import Example
+from evaluation.latency import LatencySetting, constant_setting, latency_model
+from evaluation.policies import (
     CLOUD_REFERENCE,
     CLOUD_STALE,
     SPOTVLM_POLICIES,
@@ -35,11 +35,11 @@ from python_backends.evaluation.policies import (
     policy_violations,
     replay_cloud_stale,
 )
-from python_backends.evaluation.questions import QuestionConfig
-from python_backends.evaluation.report import EvalRecord
-from python_backends.evaluation.scenes import SceneConfig
-from python_backends.evaluation.staleness import UNKNOWN, TruthIndex, context_state
-from python_backends.evaluation.scoring import parse_box, score
+from evaluation.questions import QuestionConfig
+from evaluation.report import EvalRecord
+from evaluation.scenes import SceneConfig
+from evaluation.staleness import UNKNOWN, TruthIndex, context_state
+from evaluation.scoring import parse_box, score
 
 # spotvlm's cloud_deadline_ms (10 s): a later cloud answer is dropped, in the replay as on the link.
 CLOUD_DEADLINE_S = 10.0

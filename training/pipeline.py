@@ -15,22 +15,22 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from python_backends.engines.tiny_checkpoint import TinyVLMSpec
-from python_backends.evaluation.dataset import default_seeds, generate_split, load_dataset
-from python_backends.evaluation.questions import QuestionConfig
-from python_backends.evaluation.scenes import GENERATOR_VERSION, SceneConfig
-from python_backends.training.fresh_frames import (
+from engines.tiny_checkpoint import TinyVLMSpec
+from evaluation.dataset import default_seeds, generate_split, load_dataset
+from evaluation.questions import QuestionConfig
+from evaluation.scenes import GENERATOR_VERSION, SceneConfig
+from training.fresh_frames import (
     FreshCurriculum,
     FreshFrames,
     FreshQuestionStream,
     fresh_labelled_frames,
 )
-from python_backends.training.examples import CLOUD_MIX, EDGE_MIX, MixConfig, build_examples, build_frame_examples
-from python_backends.training.number_loss import NumberLoss, NumberTokens
-from python_backends.training.tokens import DEFAULT_MAX_NUMBER
-from python_backends.training.tower_pretraining import TowerPretrainConfig
-from python_backends.training.trainer import TrainConfig, build_model, encode, save_checkpoint, train
-from python_backends.training.views import ModelView
+from training.examples import CLOUD_MIX, EDGE_MIX, MixConfig, build_examples, build_frame_examples
+from training.number_loss import NumberLoss, NumberTokens
+from training.tokens import DEFAULT_MAX_NUMBER
+from training.tower_pretraining import TowerPretrainConfig
+from training.trainer import TrainConfig, build_model, encode, save_checkpoint, train
+from training.views import ModelView
 
 # Bumped whenever the same inputs would train a different model (examples, targets, trainer).
 PIPELINE_VERSION = 2
@@ -332,7 +332,7 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
     """Train (or reuse) and evaluate one model; returns the contents of its training.json."""
     import torch
 
-    from python_backends.training.evaluate import evaluate, summarise, target_size_class
+    from training.evaluate import evaluate, summarise, target_size_class
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -354,7 +354,7 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         test_set = test_set[:eval_limit]
     corpus = None
     if recipe.vocabulary == "benchmark":
-        from python_backends.training.vocabulary import benchmark_corpus
+        from training.vocabulary import benchmark_corpus
 
         corpus = benchmark_corpus(recipe.view, plain_mix(recipe.mix))
     model, tokenizer = build_model(recipe.spec, recipe.max_number, corpus)
@@ -418,7 +418,7 @@ def training_examples(recipe: Recipe, train_set) -> list:
 def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[float], list | None]:
     """Pretrains and freezes the tower (recipe.tower), then computes its features of every encoded example (None
     without encoded examples: with fresh frames the frozen tower runs at every step)."""
-    from python_backends.training.tower_pretraining import (
+    from training.tower_pretraining import (
         cache_features,
         freeze_tower,
         labelled_examples,
@@ -442,7 +442,7 @@ def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[f
 
 
 def print_report(info: dict) -> None:
-    from python_backends.training.evaluate import format_summary, size_classes_legend
+    from training.evaluate import format_summary, size_classes_legend
 
     print(f"{info['model']} on the test split at zero delay (accuracy [95% CI]):")
     print(format_summary(info["test_zero_delay"]))
@@ -457,7 +457,7 @@ def print_report(info: dict) -> None:
 def evaluate_with_context(model, tokenizer, recipe: Recipe, test_set, limit: int = CONTEXT_EVAL_QUESTIONS) -> dict:
     """Accuracy when the history holds the right answer to the same question `age` ago (a perfect cloud at that
     delay), per task and by whether that answer is stale now: how much the model trusts old text over the image."""
-    from python_backends.training.evaluate import evaluate, summarise
+    from training.evaluate import evaluate, summarise
 
     results = {}
     for age in CONTEXT_AGES_S:

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from python_backends.engines.tiny_checkpoint import BUILD_INFO_FILE, TinyVLMSpec, train_tokenizer
+from engines.tiny_checkpoint import BUILD_INFO_FILE, TinyVLMSpec, train_tokenizer
 from python_backends.prompts import build_chat_prompt
-from python_backends.training.attention_supervision import attention_capture, attention_loss, target_pairs
-from python_backends.training.examples import ModelExample
-from python_backends.training.number_loss import NumberLoss, NumberTokens, token_losses
-from python_backends.training.precision import autocast, check_precision, float32_scores, training_attention
-from python_backends.training.tokens import add_number_tokens, number_tokens
-from python_backends.training.views import image_grid, image_tokens, pixel_rows
+from training.attention_supervision import attention_capture, attention_loss, target_pairs
+from training.examples import ModelExample
+from training.number_loss import NumberLoss, NumberTokens, token_losses
+from training.precision import autocast, check_precision, float32_scores, training_attention
+from training.schedule import lr_factor
+from training.tokens import add_number_tokens, number_tokens
+from training.views import image_grid, image_tokens, pixel_rows
 
 IGNORE = -100
 
@@ -89,15 +90,6 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per step
 
 
-def lr_factor(elapsed_fraction: float, step: int, warmup_steps: int, final_fraction: float) -> float:
-    """Multiplier of the peak LR: linear warm-up over the first steps, then cosine to `final_fraction` at the end of
-    the wall-time budget."""
-    warm = min(1.0, (step + 1) / max(1, warmup_steps))
-    progress = min(1.0, max(0.0, elapsed_fraction))
-    cosine = final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-    return warm * cosine
-
-
 def build_model(spec: TinyVLMSpec, max_number: int, corpus: Sequence[str] | None = None):
     """A fresh model and tokenizer of `spec`'s architecture, the tokenizer with single-token numbers and its merges
     learned from `corpus` (vocabulary.benchmark_corpus; default: the tiny checkpoints' generic corpus)."""
@@ -105,7 +97,7 @@ def build_model(spec: TinyVLMSpec, max_number: int, corpus: Sequence[str] | None
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     # The private builder keeps the config identical to the default checkpoints' (ids, rope, vision settings).
-    from python_backends.engines.tiny_checkpoint import _model_config
+    from engines.tiny_checkpoint import _model_config
 
     torch.manual_seed(spec.seed)
     tokenizer = train_tokenizer(spec.vocab_size, spec.seed, corpus)
@@ -242,7 +234,7 @@ def train(
     used instead of running the tower; only parameters that require grad are trained. `stream(batch_size,
     elapsed_fraction)`, when given, makes every batch instead of `encoded` (fresh_frames.FreshQuestionStream).
     `numbers` (the tokenizer's number tokens) is needed when `config.number_loss` is not plain cross-entropy."""
-    from python_backends.training.tower_pretraining import serving_cached_features
+    from training.tower_pretraining import serving_cached_features
 
     if stream is not None and (encoded or image_features is not None):
         raise ValueError("a stream makes every batch: pass no encoded examples and no cached features with it")
@@ -341,7 +333,7 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
 
 
 def image_processor_config(spec: TinyVLMSpec) -> dict:
-    from python_backends.engines.tiny_checkpoint import _image_processor_config
+    from engines.tiny_checkpoint import _image_processor_config
 
     return _image_processor_config(spec)
 

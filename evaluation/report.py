@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from python_backends.evaluation.latency import LatencySetting
-from python_backends.evaluation.scoring import accuracy_with_ci
-from python_backends.evaluation.staleness import FRESH, NO_CONTEXT, STALE
-from python_backends.evaluation.policies import (
+from evaluation.latency import LatencySetting
+from evaluation.scoring import accuracy_with_ci
+from evaluation.staleness import FRESH, NO_CONTEXT, STALE
+from evaluation.policies import (
     CLOUD_REFERENCE,
     CONTEXT_TRANSFER,
     EDGE_ONLY,

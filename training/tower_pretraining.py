@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from python_backends.evaluation.scenes import COLOURS, SHAPES, ObjectTruth
-from python_backends.evaluation.staleness import TruthIndex
-from python_backends.training.examples import ModelExample
-from python_backends.training.precision import check_precision
-from python_backends.training.trainer import lr_factor
-from python_backends.training.views import MERGE, PATCH, image_grid, image_tokens, merged_cell, pixel_rows
+from evaluation.scenes import COLOURS, SHAPES, ObjectTruth
+from evaluation.staleness import TruthIndex
+from training.examples import ModelExample
+from training.precision import check_precision
+from training.schedule import lr_factor
+from training.views import MERGE, PATCH, image_grid, image_tokens, merged_cell, pixel_rows
 
 CELL = PATCH * MERGE  # pixels of the resized image behind one merged token
 NO_OBJECT = 0  # class 0 of the colour and shape heads: no object is centred in the cell
@@ -113,7 +113,7 @@ def cell_targets(
 
 def labelled_examples(examples: Sequence[ModelExample], truth: TruthIndex | None = None):
     """(image, CellTargets) of every example that shows its whole frame (focus crops have no frame-wide truth)."""
-    from python_backends.evaluation.dataset import load_frame
+    from evaluation.dataset import load_frame
 
     truth = truth or TruthIndex()
     frame_sizes: dict[str, tuple[int, int]] = {}  # a video's frames share one size
@@ -152,7 +152,7 @@ def pretrain_tower(
     `precision` "bf16" runs each step's forward and loss under bfloat16 autocast (precision.py)."""
     import torch
 
-    from python_backends.training.precision import autocast, training_attention
+    from training.precision import autocast, training_attention
 
     torch.manual_seed(config.seed)
     visual = model.model.visual

@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from python_backends.evaluation.dataset import TRAIN_SEED_START, check_seeds
-from python_backends.evaluation.questions import TASKS, candidate_questions
-from python_backends.evaluation.scenes import ObjectTruth, Scene, SceneConfig
-from python_backends.training.examples import MixConfig, ModelExample, balanced_draw, frame_example, quota_draw
-from python_backends.training.tower_pretraining import cell_targets
-from python_backends.training.trainer import encode
-from python_backends.training.views import ModelView
+from evaluation.dataset import TRAIN_SEED_START, check_seeds
+from evaluation.questions import TASKS, candidate_questions
+from evaluation.scenes import ObjectTruth, Scene, SceneConfig
+from training.examples import MixConfig, ModelExample, balanced_draw, frame_example, quota_draw
+from training.tower_pretraining import cell_targets
+from training.trainer import encode
+from training.views import ModelView
 
 FRESH_SEED_START = TRAIN_SEED_START + 1_000_000
 FRESH_SEED_SPAN = 1 << 30

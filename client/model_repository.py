@@ -66,3 +66,10 @@ def render_repository(
 def unrendered_templates(root: Path) -> list[Path]:
     """Templates under `root` (one repository or the folder of both) with no rendered config.pbtxt beside them."""
     return [t for t in sorted(Path(root).rglob(TEMPLATE_NAME)) if not t.with_name("config.pbtxt").is_file()]
+
+
+def check_built(repository_root: Path) -> None:
+    """Exits with a message naming the unrendered templates when the repositories have not been built."""
+    missing = [str(p.relative_to(repository_root)) for p in unrendered_templates(repository_root)]
+    if missing:
+        raise SystemExit(f"the model repositories are not built ({', '.join(missing)}); run ./build_engines.sh first")

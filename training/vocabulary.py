@@ -12,10 +12,10 @@ those words whole. Numbers stay the added single tokens of tokens.py.
 from __future__ import annotations
 
 from python_backends.prompts import Turn, build_chat_prompt
-from python_backends.training.examples import MixConfig
-from python_backends.training.fresh_frames import FreshCurriculum, FreshQuestionStream
-from python_backends.training.trainer import follow_up_prompt
-from python_backends.training.views import ModelView
+from training.examples import MixConfig
+from training.fresh_frames import FreshCurriculum, FreshQuestionStream
+from training.trainer import follow_up_prompt
+from training.views import ModelView
 
 # Apart from the training streams' seeds (FreshCurriculum.seed and the next two): it shares none of their draws.
 CORPUS_SEED = 7_919

@@ -10,7 +10,7 @@ file's folder or absolute. Grounding answers are boxes `[x1, y1, x2, y2]` in tha
 
 `generate_split` writes a split of the synthetic benchmark: per video a folder of PNG frames, `truth.jsonl` (every
 visible object per frame) and `scene.json` (seed, settings, events), plus `<split>.jsonl` next to the folders.
-Command line: `python -m python_backends.evaluation.dataset --split test --videos 10 --seconds 20 --out DIR`.
+Command line: `python -m evaluation.dataset --split test --videos 10 --seconds 20 --out DIR`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from python_backends.evaluation.questions import ANSWER_TYPES, REGIONS, TASKS, QuestionConfig, QuestionSchedule
-from python_backends.evaluation.scenes import Scene, SceneConfig
+from evaluation.questions import ANSWER_TYPES, REGIONS, TASKS, QuestionConfig, QuestionSchedule
+from evaluation.scenes import Scene, SceneConfig
 
 SPLITS = ("train", "test")
 # Disjoint seed ranges keep the held-out test videos out of training: test seeds 1..999, train seeds 1000 and up.
@@ -408,7 +408,7 @@ def _progress_printer(label: str, stream=None) -> Progress:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m python_backends.evaluation.dataset",
+        prog="python -m evaluation.dataset",
         description="Generate a split of the synthetic replay benchmark (PNG frames + <split>.jsonl).",
     )
     parser.add_argument("--split", choices=SPLITS, required=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from python_backends.evaluation.questions import Question, candidate_questions
-from python_backends.evaluation.scenes import ObjectTruth
-from python_backends.evaluation.scoring import box_iou
+from evaluation.questions import Question, candidate_questions
+from evaluation.scenes import ObjectTruth
+from evaluation.scoring import box_iou
 
 NO_CONTEXT, FRESH, STALE, UNKNOWN = "none", "fresh", "stale", "unknown"
 CONTEXT_STATES = (NO_CONTEXT, FRESH, STALE, UNKNOWN)

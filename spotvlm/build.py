@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from python_backends.templates import render_repository
+from client.model_repository import render_repository
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ONNX_TOLERANCE = 1e-3
 STEPS = 5
 
@@ -73,7 +73,7 @@ def checkpoint_fingerprint(checkpoint: Path) -> str:
 
 
 def ensure_checkpoint(role: str, given: str | None, default_dir: Path, number: int) -> Path:
-    from python_backends.engines.tiny_checkpoint import CLOUD_SPEC, EDGE_SPEC, build_tiny_checkpoint, is_built
+    from engines.tiny_checkpoint import CLOUD_SPEC, EDGE_SPEC, build_tiny_checkpoint, is_built
 
     if given:
         path = Path(given).expanduser().resolve()
@@ -112,7 +112,7 @@ def parse_train_minutes(text: str) -> tuple[float, float]:
 
 def train_checkpoints(minutes: tuple[float, float], out_root: Path) -> tuple[str, str]:
     """Trains (or finds cached) the edge and cloud checkpoints; the training prints its own progress."""
-    from python_backends.training.pipeline import checkpoint_folder, recipe, run
+    from training.pipeline import checkpoint_folder, recipe, run
 
     folders = []
     for role, budget in zip(("edge", "cloud"), minutes, strict=True):
@@ -147,7 +147,7 @@ def export_vision(checkpoint: Path, image_size: int, onnx_path: Path, force: boo
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from python_backends.engines.vision_onnx import export_vision_onnx, onnx_parity
+    from engines.vision_onnx import export_vision_onnx, onnx_parity
 
     step(3, f"vision ONNX: exporting the edge tower at {image_size}x{image_size} to {onnx_path}")
     started = time.monotonic()
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trained",
         action="store_true",
-        help="serve tiny checkpoints trained here on the benchmark's train split (python_backends.training), cached "
+        help="serve tiny checkpoints trained here on the benchmark's train split (training), cached "
         "under BUILD_DIR/training by a hash of their inputs; the first run trains for --train-minutes",
     )
     parser.add_argument(

@@ -1,12 +1,12 @@
-"""python -m python_backends.training --model edge|cloud --minutes M --out DIR"""
+"""python -m training --model edge|cloud --minutes M --out DIR"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from python_backends.training.precision import PRECISIONS
-from python_backends.training.pipeline import DEFAULT_OUT, VOCABULARIES, recipe, run
+from training.precision import PRECISIONS
+from training.pipeline import DEFAULT_OUT, VOCABULARIES, recipe, run
 
 
 def _quota(text: str) -> dict[str, int]:
@@ -21,7 +21,7 @@ def _quota(text: str) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m python_backends.training",
+        prog="python -m training",
         description="Train a default tiny checkpoint on the benchmark's train split and report test accuracy.",
     )
     parser.add_argument("--model", choices=("edge", "cloud"), required=True)

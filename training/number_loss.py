@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from python_backends.training.tokens import number_tokens
+from training.tokens import number_tokens
 
 
 @dataclass(frozen=True)

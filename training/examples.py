@@ -29,12 +29,12 @@ from python_backends.context.focus import focus_box
 from python_backends.context.replacement import ReplacementConfig
 from python_backends.detections import Detection
 from python_backends.detections import scale_box
-from python_backends.evaluation.dataset import Example, load_frame
-from python_backends.evaluation.questions import candidate_questions
-from python_backends.evaluation.staleness import TruthIndex, answer_at, is_stale
+from evaluation.dataset import Example, load_frame
+from evaluation.questions import candidate_questions
+from evaluation.staleness import TruthIndex, answer_at, is_stale
 from python_backends.prompts import Turn
-from python_backends.training.tokens import binned_box, grounding_answer
-from python_backends.training.views import ModelView, merged_cell
+from training.tokens import binned_box, grounding_answer
+from training.views import ModelView, merged_cell
 
 # Cloud latencies of the benchmark (issue 5), in seconds: context ages are drawn from these.
 BENCHMARK_LATENCIES_S = (0.5, 1.0, 2.0, 4.0, 9.0)

@@ -14,7 +14,7 @@ How the trace is made (`generate_trace`, deterministic by seed; `write_trace_csv
   gap), each lasts uniform `spike_duration_s` (1.5..4 s) and adds uniform `spike_ms` (2..6 s) that drains linearly
   to nothing over its duration, as a congested queue empties. Spikes may overlap; their extra latencies add up, and
   every value is capped at `max_ms` (8 s) so a spike stays under `spotvlm`'s 10 s cloud deadline plus inference.
-The seed-0 trace is the benchmark's fluctuating setting: `python -m python_backends.evaluation.latency OUT.csv`
+The seed-0 trace is the benchmark's fluctuating setting: `python -m evaluation.latency OUT.csv`
 writes it (the file is the same on every machine, byte for byte).
 """
 
@@ -152,7 +152,7 @@ def generate_trace(config: TraceConfig = TraceConfig()) -> list[tuple[float, flo
 def trace_csv_text(rows: Sequence[tuple[float, float]], config: TraceConfig | None = None) -> str:
     header = []
     if config is not None:
-        header.append(f"# fluctuating cloud latency trace, python_backends.evaluation.latency, {config}")
+        header.append(f"# fluctuating cloud latency trace, evaluation.latency, {config}")
     header.append("time_s,latency_ms")
     return "\n".join(header + [f"{t:.2f},{ms:.0f}" for t, ms in rows]) + "\n"
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from python_backends.detections import scale_box
-from python_backends.evaluation.questions import TASKS
-from python_backends.evaluation.scoring import accuracy_with_ci, parse_box, score
+from evaluation.questions import TASKS
+from evaluation.scoring import accuracy_with_ci, parse_box, score
 from python_backends.prompts import build_chat_prompt
-from python_backends.training.examples import ModelExample
-from python_backends.training.views import image_grid, image_tokens, pixel_rows
+from training.examples import ModelExample
+from training.views import image_grid, image_tokens, pixel_rows
 
 MAX_NEW_TOKENS = 40  # a one-object grounding answer is about 25 tokens
 
@@ -85,7 +85,7 @@ def score_answer(example: ModelExample, text: str) -> Prediction:
 
 
 def _frame_size(example: ModelExample) -> tuple[int, int]:
-    from python_backends.evaluation.dataset import load_frame
+    from evaluation.dataset import load_frame
 
     cached = example.source.meta.get("_frame_size")
     if cached is None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from python_backends.evaluation.scenes import COLOURS, SHAPES, ObjectTruth
+from evaluation.scenes import COLOURS, SHAPES, ObjectTruth
 
 TASKS = ("recognition", "localisation", "grounding", "counting")
 ANSWER_TYPES = {"recognition": "text", "localisation": "region", "grounding": "box", "counting": "number"}
