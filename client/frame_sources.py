@@ -230,7 +230,7 @@ def _background(height: int, width: int, rng: np.random.Generator) -> np.ndarray
         image = np.asarray(photo.resize((width, height), resample=Image.Resampling.BILINEAR), dtype=np.float32)
         image = 0.6 * image + 0.4 * image.mean(axis=-1, keepdims=True)
         return np.ascontiguousarray(np.clip(image * 0.85, 0, 255).astype(np.uint8))
-    except Exception:  # noqa: BLE001 - a missing sample photo must not stop the stream; fall back to a gradient
+    except Exception:  # a missing sample photo must not stop the stream; fall back to a gradient
         ys = np.linspace(0, 1, height, dtype=np.float32)[:, None]
         xs = np.linspace(0, 1, width, dtype=np.float32)[None, :]
         tint = rng.uniform(0.3, 0.7, size=3).astype(np.float32)

@@ -596,7 +596,7 @@ def _stop_live_servers() -> None:
     for server in list(_live_servers):
         try:
             server.stop(timeout_s=10)
-        except Exception:  # noqa: BLE001 - best effort at exit
+        except Exception:  # best effort at exit
             logger.exception("failed to stop %r at exit", server)
 
 

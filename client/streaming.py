@@ -180,7 +180,7 @@ class StreamSession:
             inputs = self._inputs(frame, sent_at_ms)
             try:
                 outputs = self._infer(inputs, start, end)
-            except Exception as exc:  # noqa: BLE001 - decided below: restart, or record and go on
+            except Exception as exc:  # decided below: restart, or record and go on
                 if start or not needs_restart(str(exc)):
                     raise
                 log.info("stream %d: sequence dropped by the server (%s); restarting", self.stream_id, exc)
@@ -191,7 +191,7 @@ class StreamSession:
             result.context = parse_context(outputs.get("CONTEXT"))
         except ClientError as exc:
             result.error = f"{exc.status}: {exc}" if exc.status else str(exc)
-        except Exception as exc:  # noqa: BLE001 - a dead connection is recorded like a refused request
+        except Exception as exc:  # a dead connection is recorded like a refused request
             result.error = f"{type(exc).__name__}: {exc}"
         result.latency_ms = (time.perf_counter() - started) * 1000
         return result
@@ -199,7 +199,7 @@ class StreamSession:
     def close(self) -> None:
         try:
             self._client.close()
-        except Exception:  # noqa: BLE001 - closing a broken connection must not hide the run's results
+        except Exception:  # closing a broken connection must not hide the run's results
             log.debug("stream %d: error closing the client", self.stream_id, exc_info=True)
 
 
@@ -209,7 +209,7 @@ def parse_context(array: np.ndarray | None) -> dict[str, Any]:
         return {}
     try:
         raw = decode_text(array)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return {}
     try:
         value = json.loads(raw)
@@ -377,7 +377,7 @@ def _stream_worker(
             frame = next(it)
         except StopIteration:
             return None
-        except Exception:  # noqa: BLE001 - a broken file ends this stream, not the run
+        except Exception:  # a broken file ends this stream, not the run
             log.warning("stream %d: the source failed; ending the stream", session.stream_id, exc_info=True)
             return None
         objects = getattr(source, "last_objects", None)
@@ -448,7 +448,7 @@ def run_streams(
     out_file = None
     if out_path is not None:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        out_file = open(out_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+        out_file = open(out_path, "w", encoding="utf-8")  # closed in the finally below
 
     def sink(result: FrameResult) -> None:
         board.update(result)

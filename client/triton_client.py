@@ -86,7 +86,7 @@ class VLMClient:
     def is_ready(self) -> bool:
         try:
             return bool(self._client.is_server_ready())
-        except Exception:  # noqa: BLE001 - a server that cannot answer is not ready
+        except Exception:  # a server that cannot answer is not ready
             return False
 
     def model_states(self) -> dict[str, str]:

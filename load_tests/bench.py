@@ -563,7 +563,7 @@ class StoreMeasurement:
 def _measure_store_child(streams: int, send: Any) -> None:
     try:
         send.send(("ok", measure_store(streams)))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which goes on without the store numbers
+    except BaseException as exc:  # reported to the parent, which goes on without the store numbers
         send.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         send.close()
@@ -587,7 +587,7 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
         def one(name: str, server: TritonServer) -> None:
             try:
                 server.start(config.ready_timeout)
-            except Exception as exc:  # noqa: BLE001 - ServerStartError (with the log tail), or no tritonserver at all
+            except Exception as exc:  # ServerStartError (with the log tail), or no tritonserver at all
                 failures.append(f"the {name} server did not start: {exc}")
                 return
             servers[name] = {"ready_s": round(server.ready_time_s or 0.0, 1), "log": str(server.log_path)}

@@ -202,7 +202,7 @@ def _ready(url: str) -> bool:
     try:
         with VLMClient(url, "grpc", timeout_s=10.0) as client:
             return client.is_ready()
-    except Exception:  # noqa: BLE001 - a malformed URL is as unreachable as a dead server
+    except Exception:  # a malformed URL is as unreachable as a dead server
         return False
 
 
@@ -218,7 +218,7 @@ def ask_cloud(client: Any, frame: np.ndarray, question: str, max_tokens: int | N
     started = time.perf_counter()
     try:
         reply = client.ask_lvlm(frame, question, max_tokens=max_tokens)
-    except Exception as exc:  # noqa: BLE001 - one failed request is a wrong answer, not the end of the run
+    except Exception as exc:  # one failed request is a wrong answer, not the end of the run
         return Answer("", (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}")
     # lvlm's DETECTIONS are already in the frame's pixels (its TEXT is in those of its resized input).
     box = tuple(reply.detections[0]["bbox_2d"]) if reply.detections else None

@@ -520,7 +520,7 @@ def _check_edge(url: str, protocol: str) -> str | None:
             state = client.model_states().get("spotvlm")
             if state != "READY":
                 return f"up, but its model 'spotvlm' is {state or 'missing'}"
-    except Exception as exc:  # noqa: BLE001 - a malformed URL or a dead port
+    except Exception as exc:  # a malformed URL or a dead port
         return f"not reachable ({exc})"
     return None
 

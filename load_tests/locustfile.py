@@ -40,10 +40,10 @@ import grpc.experimental.gevent as grpc_gevent  # isort: skip
 
 grpc_gevent.init_gevent()
 
-from client.frame_sources import ImageDirSource, SyntheticSource  # noqa: E402
-from client.streaming import FrameResult, StreamSession  # noqa: E402
-from client.triton_client import VLMClient  # noqa: E402
-from load_tests.load_run import (  # noqa: E402
+from client.frame_sources import ImageDirSource, SyntheticSource
+from client.streaming import FrameResult, StreamSession
+from client.triton_client import VLMClient
+from load_tests.load_run import (
     CONTEXT_NAME,
     CONTEXT_TYPE,
     ContextStats,

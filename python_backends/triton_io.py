@@ -103,7 +103,7 @@ def answer_batch(
             parsed.append((index, parse(request)))
         except InputError as exc:
             responses[index] = error_response(str(exc))
-        except Exception as exc:  # noqa: BLE001 - a parse bug must not drop the other requests
+        except Exception as exc:  # a parse bug must not drop the other requests
             log.exception("parsing request %d failed", index)
             responses[index] = error_response(f"internal error reading the request: {exc}", invalid_arg=False)
 
@@ -112,7 +112,7 @@ def answer_batch(
             results = compute([item for _, item in parsed])
             for (index, _), result in zip(parsed, results, strict=True):
                 responses[index] = respond(result)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if len(parsed) == 1:
                 responses[parsed[0][0]] = _failure_response(exc)
             else:
@@ -133,7 +133,7 @@ def _failure_response(exc: Exception):
 def _compute_alone(item, compute, respond):
     try:
         return respond(compute([item])[0])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _failure_response(exc)
 
 

@@ -172,7 +172,7 @@ def tensorrt_available() -> str | None:
         return "trtexec"
     try:
         import tensorrt  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means no usable TensorRT
+    except Exception:  # any import failure means no usable TensorRT
         return None
     return "python"
 

@@ -123,13 +123,13 @@ def _edge_problem(url: str, protocol: str, model: str) -> str | None:
                 return "not reachable"
             try:
                 state = client.model_states().get(model)
-            except Exception:  # noqa: BLE001 - an index the server cannot give must not stop the stream
+            except Exception:  # an index the server cannot give must not stop the stream
                 return None
             if state is not None and state != "READY":
                 return f"up, but its model {model!r} is {state or 'not loaded'}"
             if state is None:
                 return f"up, but has no model {model!r}"
-    except Exception as exc:  # noqa: BLE001 - e.g. a malformed URL
+    except Exception as exc:  # e.g. a malformed URL
         return f"not reachable ({exc})"
     return None
 

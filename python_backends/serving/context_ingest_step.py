@@ -64,7 +64,7 @@ class ContextIngestStep:
                 pending.append((index, read_record(request)))
             except InputError as exc:
                 responses[index] = error_response(str(exc))
-            except Exception as exc:  # noqa: BLE001 - one broken request must not fail its neighbours
+            except Exception as exc:  # one broken request must not fail its neighbours
                 responses[index] = error_response(f"internal error reading the request: {exc}", invalid_arg=False)
         outcomes = await asyncio.gather(*(self._forward(r) for _, r in pending), return_exceptions=True)
         for (index, _), outcome in zip(pending, outcomes, strict=True):

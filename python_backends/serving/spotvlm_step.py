@@ -184,7 +184,7 @@ class SpotVLMStep:
             from python_backends.serving.metrics import SpotMetrics
 
             self.metrics = SpotMetrics(pb, self.model_name)
-        except Exception:  # noqa: BLE001 - metrics are an aid; a server without them still answers
+        except Exception:  # metrics are an aid; a server without them still answers
             log.warning("custom metrics unavailable", exc_info=True)
             self.metrics = None
 
@@ -442,7 +442,7 @@ class SpotVLMStep:
         try:
             if int(request.flags()) & SEQUENCE_END:
                 self._end_stream(read_stream_id(request))
-        except Exception:  # noqa: BLE001 - no stream id: nothing to drop
+        except Exception:  # no stream id: nothing to drop
             pass
 
     def _end_stream(self, stream: int) -> None:
@@ -491,7 +491,7 @@ class SpotVLMStep:
         if self.metrics is not None and self.link is not None:
             try:
                 self.metrics.record_cloud(self.link.drain_stats())
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.warning("metrics update failed", exc_info=True)
 
     async def execute(self, requests: list) -> list:
@@ -510,7 +510,7 @@ class SpotVLMStep:
             except InputError as exc:
                 responses[index] = error_response(str(exc))
                 self._end_if_last(request)
-            except Exception as exc:  # noqa: BLE001 - one broken request must not fail its neighbours
+            except Exception as exc:  # one broken request must not fail its neighbours
                 log.exception("request %d failed", index)
                 responses[index] = error_response(f"internal error: {exc}", invalid_arg=False)
                 self._end_if_last(request)

@@ -195,7 +195,7 @@ class MetricFamily:
         self.name, self.description, self.kind = name, description, kind
         self.metrics: list[Metric] = []
 
-    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:  # noqa: N802
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:
         if (buckets is not None) != (self.kind == MetricFamily.HISTOGRAM):
             raise ValueError("buckets are given for histograms and only for them")
         metric = Metric(self, labels or {}, buckets)

@@ -11,17 +11,17 @@ from tests.unit import fake_pb_utils
 
 pb = fake_pb_utils.install()
 
-from python_backends.detections import Detection  # noqa: E402
-from python_backends.errors import InputError  # noqa: E402
-from python_backends.serving.context_ingest_step import ContextIngestStep, read_record  # noqa: E402
-from python_backends.serving.ingest import (  # noqa: E402
+from python_backends.detections import Detection
+from python_backends.errors import InputError
+from python_backends.serving.context_ingest_step import ContextIngestStep, read_record
+from python_backends.serving.ingest import (
     MAX_DETECTIONS,
     MAX_TEXT_BYTES,
     IngestRecord,
     make_record,
     parse_ingest_json,
 )
-from python_backends.serving.spotvlm_step import SpotVLMStep  # noqa: E402
+from python_backends.serving.spotvlm_step import SpotVLMStep
 
 DOG = [{"bbox_2d": [40, 30, 80, 70], "label": "dog"}]
 NOT_STARTED = "inference request for sequence 5 to model 'spotvlm' must specify the START flag on the first request"

@@ -511,7 +511,7 @@ def test_concurrent_writer_and_reader():
                     store.add_turn(sid, turn(frame, answer=f"{sid}:{frame}"))
                     store.add_cloud_result(sid, result(frame, text=f"{sid}:{frame}"))
                 counts["writes"] += 1
-        except BaseException as exc:  # noqa: BLE001 - surfaced in the main thread
+        except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
 
     def reader() -> None:
@@ -531,7 +531,7 @@ def test_concurrent_writer_and_reader():
                     assert frames == list(range(frames[0], frames[0] + len(frames))) if frames else True
                 store.memory_bytes()
                 counts["reads"] += 1
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=writer), threading.Thread(target=reader), threading.Thread(target=reader)]
@@ -566,7 +566,7 @@ def test_concurrent_lifecycle_and_cloud_results():
                 if n % 3 == 0:
                     store.end_stream(sid)
                 n += 1
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     def cloud() -> None:
@@ -575,7 +575,7 @@ def test_concurrent_lifecycle_and_cloud_results():
             while not stop.is_set():
                 store.add_cloud_result(n % 8, result(n))
                 n += 1
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=lifecycle), threading.Thread(target=cloud)]

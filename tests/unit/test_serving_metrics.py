@@ -7,7 +7,7 @@ from tests.unit import fake_pb_utils
 
 pb = fake_pb_utils.install()
 
-from python_backends.serving.metrics import (  # noqa: E402
+from python_backends.serving.metrics import (
     CLOUD_ERROR_KINDS,
     FOCUS_MODES,
     LATENCY_BUCKETS_MS,

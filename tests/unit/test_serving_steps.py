@@ -13,12 +13,12 @@ from tests.unit import fake_pb_utils
 
 pb = fake_pb_utils.install()
 
-from python_backends.detections import Detection  # noqa: E402
-from python_backends.generation import GenerationRequest  # noqa: E402
-from python_backends.image_processing import ImageProcessorSpec, encode_jpeg, preprocess  # noqa: E402
-from python_backends.serving.lvlm_step import LvlmStep, rescale_detections  # noqa: E402
-from python_backends.serving.svlm_steps import GenerateStep, PostprocessStep, PreprocessStep, VisionStep  # noqa: E402
-from python_backends.text import clean_text  # noqa: E402
+from python_backends.detections import Detection
+from python_backends.generation import GenerationRequest
+from python_backends.image_processing import ImageProcessorSpec, encode_jpeg, preprocess
+from python_backends.serving.lvlm_step import LvlmStep, rescale_detections
+from python_backends.serving.svlm_steps import GenerateStep, PostprocessStep, PreprocessStep, VisionStep
+from python_backends.text import clean_text
 
 
 def _args(params: dict, version_dir=None) -> dict:

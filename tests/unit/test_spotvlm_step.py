@@ -14,17 +14,17 @@ from tests.unit import fake_pb_utils
 
 pb = fake_pb_utils.install()
 
-from python_backends.cloud.breaker import CloudState  # noqa: E402
-from python_backends.cloud.delay import DelayInjector  # noqa: E402
-from python_backends.cloud.link import CloudReply  # noqa: E402
-from python_backends.context.focus import FocusMode, FocusPlan  # noqa: E402
-from python_backends.context.replacement import ReplacedHistory, WordBudget  # noqa: E402
-from python_backends.context.token_budget import TokenizerBudget  # noqa: E402
-from python_backends.detections import Detection  # noqa: E402
-from python_backends.errors import InputError  # noqa: E402
-from python_backends.prompts import MAX_HISTORY_TURNS, Turn, history_json, parse_history  # noqa: E402
-from python_backends.serving import spotvlm_step  # noqa: E402
-from python_backends.serving.spotvlm_step import (  # noqa: E402
+from python_backends.cloud.breaker import CloudState
+from python_backends.cloud.delay import DelayInjector
+from python_backends.cloud.link import CloudReply
+from python_backends.context.focus import FocusMode, FocusPlan
+from python_backends.context.replacement import ReplacedHistory, WordBudget
+from python_backends.context.token_budget import TokenizerBudget
+from python_backends.detections import Detection
+from python_backends.errors import InputError
+from python_backends.prompts import MAX_HISTORY_TURNS, Turn, history_json, parse_history
+from python_backends.serving import spotvlm_step
+from python_backends.serving.spotvlm_step import (
     FrameRequest,
     PreparedFrame,
     SpotVLMStep,
@@ -32,8 +32,8 @@ from python_backends.serving.spotvlm_step import (  # noqa: E402
     _latency,
     read_stream_id,
 )
-from python_backends.serving.svlm_steps import GenerateStep  # noqa: E402
-from python_backends.triton_io import bool_parameter  # noqa: E402
+from python_backends.serving.svlm_steps import GenerateStep
+from python_backends.triton_io import bool_parameter
 
 START, END = 1, 2
 FRAME = np.random.default_rng(0).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)

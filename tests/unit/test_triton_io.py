@@ -7,8 +7,8 @@ from tests.unit import fake_pb_utils
 
 pb = fake_pb_utils.install()
 
-from python_backends.errors import InputError  # noqa: E402
-from python_backends.triton_io import answer_batch, first_item, int_parameter, unbatch  # noqa: E402
+from python_backends.errors import InputError
+from python_backends.triton_io import answer_batch, first_item, int_parameter, unbatch
 
 
 def _respond(value):
