@@ -5,7 +5,7 @@ Two ways to get a server binary are supported:
 * a ``tritonserver`` on ``PATH`` (inside the NGC container): it is used as is,
   with its own default backend directory;
 * otherwise the binary shipped in the ``nvidia-pytriton`` wheel. That binary only
-  works with the recipe in ``shared/PLATFORM.md``: a ``python/`` backend folder of
+  works when set up this way: a ``python/`` backend folder of
   *symlinks* (a copied stub cannot find its libraries and the server hangs
   without ever becoming ready), ``LD_LIBRARY_PATH`` pointing at the running
   interpreter's ``LIBDIR`` (otherwise the stub mixes the system libpython with

@@ -3,7 +3,7 @@
 The unmodified ``model.visual`` (``Qwen2_5_VisionTransformerPretrainedModel``) does not export with a
 dynamic batch: its window index, rotary position ids and ``cu_seqlens`` are built from ``grid_thw`` with
 ``.tolist()`` / python loops (dynamo: ``GuardOnDataDependentSymNode``; legacy: the grid is baked in and a
-second image breaks in ONNX Runtime). See shared/PLATFORM.md.
+second image breaks in ONNX Runtime).
 
 For a FIXED square image size all of that is a constant of the grid, so :class:`FixedGridVisionTower`
 precomputes it once (as buffers) with the HF helpers themselves and keeps only the image count dynamic:

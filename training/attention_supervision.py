@@ -1,6 +1,6 @@
 """Attention supervision: one language-model head is taught to look, while answering, at the asked object's tokens.
 
-Why (issue 5, measured on 2 cores): answering needs the language model to find the object a question names among
+Why (measured on 2 cores): answering needs the language model to find the object a question names among
 the image tokens. Unsupervised, it barely did within the budget: recognition, which needs the object found by its
 shape or colour, stayed between 0.20 and 0.45 on 600 test questions in every probe. With head 0 of layers 1 and 2
 supervised, recognition-only training on fresh frames (a frozen tower) kept a quarter of that head's attention on

@@ -135,7 +135,7 @@ SIZE_CLASSES = ((0.08, "small"), (0.14, "medium"), (float("inf"), "large"))
 
 def target_size_class(prediction: Prediction) -> str:
     """ "grounding small|medium|large" for a grounding prediction, else its task: summarise's `group` for where
-    boxes fail (issue 5: small objects ground far less often than large ones)."""
+    boxes fail (measured: small objects ground far less often than large ones)."""
     source = prediction.example.source
     if source.answer_type != "box":
         return prediction.example.task

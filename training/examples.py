@@ -4,7 +4,7 @@ Each dataset question becomes one example: the frame as the model sees it (views
 question, and the target text. Targets are what the served model must emit: the colour/shape word, the grid cell,
 the count, or Qwen2.5-VL grounding JSON in the model's input pixels on the coarse bin grid (tokens.py).
 
-The edge model's mix (issue 5) adds, per example, at most one of:
+The edge model's mix adds, per example, at most one of:
 - text history: one cloud answer about an earlier frame, tagged with its age exactly as context replacement tags it.
   The age is a cloud latency drawn from the benchmark's settings plus up to one frame interval, so the answer is stale
   (no longer right) as often as the scenes make it at those delays. Most of the time the turn asks the same question,
@@ -36,7 +36,7 @@ from python_backends.prompts import Turn
 from training.tokens import binned_box, grounding_answer
 from training.views import ModelView, merged_cell
 
-# Cloud latencies of the benchmark (issue 5), in seconds: context ages are drawn from these.
+# Cloud latencies of the benchmark, in seconds: context ages are drawn from these.
 BENCHMARK_LATENCIES_S = (0.5, 1.0, 2.0, 4.0, 9.0)
 _GROUNDING_LABEL = re.compile(r"^Locate the (.+?) and give")
 

@@ -1,6 +1,6 @@
 """Fresh procedural training frames: every frame drawn comes from a new scene of the train generator.
 
-Why (issue 5, measured on 2 cores): the cloud trained on the cached train split (about 4,000 frames) answered its
+Why (measured on 2 cores): the cloud trained on the cached train split (about 4,000 frames) answered its
 training frames about twice as well as the test split (recognition 0.54 against 0.27). A frame costs 0.3 ms to render,
 so a recipe with fresh frames (opt-in: `--fresh-reading-fraction`) shows its tower and language model a
 new scene at each draw instead, and they cannot memorise frames.

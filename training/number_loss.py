@@ -1,6 +1,6 @@
 """How the answer loss treats number tokens (box corners and counts): a weight, and a distance term.
 
-Why (issue 5): the answer loss averages over an example's answer tokens. In the cloud's 12-question frames a box's
+Why: the answer loss averages over an example's answer tokens. In the cloud's 12-question frames a box's
 four corners are about 12 of some 90 answer tokens, and most of the rest (the JSON around them, the label) are
 learned early. `weight` > 1 lets a number token count as that many tokens in that mean, so the layers all tasks share
 learn more from the corners (and counts). Cross-entropy also scores a corner one bin off as wrong as one across the

@@ -1,6 +1,6 @@
 """The vision tower's window attention as one batched call, for training on a CPU.
 
-Why (issue 5, measured on 2 cores): Qwen2.5-VL's tower attends within windows (4 x 4 patches here) and, outside
+Why (measured on 2 cores): Qwen2.5-VL's tower attends within windows (4 x 4 patches here) and, outside
 flash-attention, transformers calls the attention once per window: 1,024 calls in a tower step of 32 frames, whose
 backward passes took 134 of its 350 ms. Packing the windows into a [windows, heads, length, dim] batch makes that one
 call. transformers hands the windows' bounds (`cu_seq_lens_q`) only to an implementation whose name contains

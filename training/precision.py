@@ -1,7 +1,7 @@
 """Mixed precision and fast attention for training: bfloat16 autocast, eager attention in the language model, packed
 window attention in the vision tower.
 
-Why (issue 5, measured on 2 cores of an AMD EPYC with AVX512-BF16): a cloud step on fresh 12-question frames
+Why (measured on 2 cores of an AMD EPYC with AVX512-BF16): a cloud step on fresh 12-question frames
 (batch 8) took 0.33 s in float32 and 0.17 s under bfloat16 autocast with eager attention; autocast on the default
 SDPA attention gave 0.21 s, as torch's CPU flash-attention backward does not speed up in bfloat16. In float32 the
 two attentions cost the same. Weights, gradients and the optimiser stay float32 (autocast casts per operation), and

@@ -1,6 +1,6 @@
 """Dense pretraining of the vision tower, then a frozen tower whose features are computed once per example.
 
-Why (issue 5, measured on 2 cores with the cloud recipe): trained end to end from question answers, the tower and the
+Why (measured on 2 cores with the cloud recipe): trained end to end from question answers, the tower and the
 language model stay at the majority answer for the whole budget. Supervised densely instead, one label per merged cell
 (colour and shape of the object centred there, and its box), the tower alone names, after 300 steps, the colour of
 63% and the shape of 25% of the objects centred in the cells of 400 held-out frames (38% of shapes when "no object"

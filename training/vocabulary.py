@@ -1,6 +1,6 @@
 """The trained checkpoints' tokenizer learns its merges from the benchmark's own chats.
 
-Why (issue 5, measured on 2 cores): the default tiny tokenizer learns its merges from a generic corpus of other
+Why (measured on 2 cores): the default tiny tokenizer learns its merges from a generic corpus of other
 phrasings, so the benchmark's words come out in pieces: "assistant" is 7 tokens, "object" 6, "star" 3, and a frame's
 chat of 12 questions is about 580 tokens of which 54 are the image. A language-model step costs about 0.12 ms per
 token of the batch on top of a fixed 70 ms (batch 8), so the text is most of a cloud step, and a one-word answer

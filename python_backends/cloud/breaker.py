@@ -1,8 +1,8 @@
 """Circuit breaker for the cloud link: stop sending to a cloud that keeps failing, probe it again after a back-off.
 
 Closed: every request is allowed. After `failure_threshold` consecutive failures it opens: nothing is sent until the
-back-off has passed. Then it is half-open: exactly one probe is allowed. The probe's success closes it and resets the
-back-off; its failure reopens it with the back-off doubled, up to `max_backoff_s`.
+back-off has passed. Then it is half-open: exactly one trial request is allowed. The trial's success closes it and
+resets the back-off; its failure reopens it with the back-off doubled, up to `max_backoff_s`.
 
 The state the edge reports (`cloud_state` in CONTEXT) is derived from it: DOWN while open or half-open, SLOW while
 closed but the last round trip was over `slow_ms` or the last outcome was a timeout, OK otherwise.
@@ -54,7 +54,7 @@ class CircuitBreaker:
     # The clock is read before taking the lock: it is caller-supplied code.
 
     def allow(self) -> bool:
-        """May a request be sent now? In half-open, True for exactly one probe until its outcome is recorded."""
+        """May a request be sent now? In half-open, True for exactly one trial request until its outcome is recorded."""
         now = self._clock()
         with self._lock:
             if self._opened_at is None:
@@ -89,7 +89,7 @@ class CircuitBreaker:
                     self._opened_at = now
                 return
             if self._half_open:
-                # The probe failed: wait longer before the next one.
+                # The trial failed: wait longer before the next one.
                 self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
                 self._opened_at = now
                 self._half_open = False
@@ -99,7 +99,7 @@ class CircuitBreaker:
     def record_abandoned(self) -> None:
         """A request ended without saying anything about the cloud (cancelled, or failed locally before sending).
 
-        Frees the half-open probe slot so another probe can go; otherwise a lost probe would keep the link DOWN forever.
+        Frees the half-open trial slot so another trial can go; otherwise a lost trial would keep the link DOWN forever.
         """
         with self._lock:
             self._probe_inflight = False

@@ -33,7 +33,7 @@ class DispatchPolicy:
                 # Checked before the breaker so that a busy stream never uses up the half-open probe.
                 return SKIPPED_BUSY
             # The breaker is ours and never calls back into this policy, so nesting its lock here cannot deadlock; it
-            # makes the slot check and the probe grant one atomic decision.
+            # makes the slot check and the trial-request grant one atomic decision.
             if not self.breaker.allow():
                 return SKIPPED_DOWN
             self._inflight[stream_id] = self._inflight.get(stream_id, 0) + 1

@@ -166,7 +166,7 @@ def _first_text(result: Any, name: str) -> str:
     return str(value)
 
 
-# gRPC's reconnect backoff to a cloud that went away, capped at about the breaker's probe interval. gRPC's default
+# gRPC's reconnect backoff to a cloud that went away, capped at about the breaker's retry interval. gRPC's default
 # grows to 120 s, and while it waits every call fails at once without trying: the edge would stay down for up to two
 # minutes after the cloud is back.
 RECONNECT_BACKOFF_MS = 1000

@@ -6,7 +6,7 @@ the large model's better description of the recent past before it answers the cu
 the caller passes `now_ms`.
 
 With `match_question` (the default) the history holds only the turns and cloud answers that asked the question being
-asked now. Measured on the benchmark replay (issue 5): where a stream's questions vary, the freshest cloud answer is
+asked now. Measured on the benchmark replay: where a stream's questions vary, the freshest cloud answer is
 about another question most of the time, and a trained edge given that history answered worse than with none (0.07 to
 0.08 against 0.13 on localisation); an answer to the same question is what it can reuse.
 """

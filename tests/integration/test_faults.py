@@ -217,7 +217,7 @@ def test_cloud_slower_than_the_deadline(edge, healthy_cloud):
     with LiveStreams(edge.grpc_url, [51, 52], {**STREAM_PARAMS, "cloud_delay": str(SLOW_DELAY_MS)}) as streams:
         streams.wait_for(_state("down"), "cloud_state down after timeouts", RECOVERY_S)
         wait_for_metric(edge.ports[2], CLOUD_ERRORS, timeouts + FAILURE_THRESHOLD, RECOVERY_S, kind="timeout")
-        # The delay lifted, the breaker's next probe gets an answer in time.
+        # The delay lifted, the breaker's next trial request gets an answer in time.
         lifted = streams.mark()
         streams.set_params(STREAM_PARAMS)
         streams.wait_for(_ok_with_context_from(lifted), "context once the cloud is fast again", RECOVERY_S)
@@ -256,4 +256,4 @@ def test_cloud_errors_open_the_breaker(edge, cloud, tmp_path_factory):
         assert not any(r.has_context for r in stream)
         first_down = next(i for i, r in enumerate(stream) if r.context["cloud_state"] == "down")
         assert all(r.context["cloud_state"] == "ok" for r in stream[:first_down]), "errors are not slowness"
-        assert all(r.context["cloud_state"] == "down" for r in stream[first_down:]), "no probe succeeds"
+        assert all(r.context["cloud_state"] == "down" for r in stream[first_down:]), "no trial request succeeds"

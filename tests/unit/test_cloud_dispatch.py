@@ -64,7 +64,7 @@ def test_skipped_down_when_breaker_refuses_and_probe_not_wasted_by_busy_stream()
     assert policy.total_inflight == 0
     clock.now = 1.0
     assert policy.try_acquire(2) == "sent"  # the single half-open probe
-    assert policy.try_acquire(2) == "skipped_busy"  # busy is checked first: no probe consumed
+    assert policy.try_acquire(2) == "skipped_busy"  # busy is checked first: no trial request consumed
     assert policy.try_acquire(3) == "skipped_down"  # only one probe
     breaker.record_success(50.0)
     policy.release(2)

@@ -108,7 +108,7 @@ def test_the_new_options_change_the_key_only_when_set() -> None:
     assert cloud.fresh == FreshCurriculum(reading_fraction=0.15) and cloud.train.attention_weight == 1.0
     assert cloud.tower.empty_weight == 0.1 and cloud.tower.fresh_frames
     assert pipeline.recipe("cloud", 24).key() == "5a54ae4138f761fd"  # the default checkpoint's key (README)
-    # Probe Q, the default before the tower's learning rate fell along a cosine, keeps its checkpoint's key.
+    # The cloud's default before the tower's learning rate fell along a cosine, keeps its checkpoint's key.
     assert pipeline.recipe("cloud", 24, tower_final_lr_fraction=1.0).key() == "f13b7547853f1738"
     # The recipe that was the default before fresh frames keeps the key of the checkpoint it trained.
     before = dataclasses.replace(

@@ -3,7 +3,7 @@
 Tiny tower built offline from a config: depth 4 with full-attention blocks [1, 3] and windowed blocks [0, 2];
 window_size 56 at 112 px gives 4 equal windows of 16 patches, at 140 px 9 unequal windows (mask path).
 
-Weights are re-initialised so that the checks have teeth (shared/PLATFORM.md: at std 0.02 attention is
+Weights are re-initialised so that the checks have teeth (at std 0.02 attention is
 near uniform and a broken window mask moves outputs by only ~1e-3): qkv at std 0.3 makes attention sharp;
 the other Linear/Conv weights get std 1/sqrt(fan_in) so activations stay O(1) through the residual stream
 and absolute tolerances mean something (with std 0.3 everywhere outputs reach ~50 and fp32 rounding alone
