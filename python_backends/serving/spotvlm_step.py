@@ -30,7 +30,6 @@ from python_backends.cloud.breaker import CircuitBreaker
 from python_backends.cloud.delay import DelayInjector, parse_delay_spec
 from python_backends.cloud.link import CloudJob, CloudLink, CloudReply
 from python_backends.context.focus import (
-    FocusConfig,
     FocusMode,
     FocusPlan,
     focus_source,
@@ -39,18 +38,18 @@ from python_backends.context.focus import (
 )
 from python_backends.context.replacement import (
     ReplacedHistory,
-    ReplacementConfig,
     WordBudget,
     build_history,
 )
-from python_backends.context.store import CloudResult, ContextStore, StoreLimits, TurnRecord
+from python_backends.context.store import CloudResult, ContextStore, TurnRecord
 from python_backends.context.token_budget import TokenizerBudget
 from python_backends.errors import InputError
-from python_backends.params import get_param, model_parameters, with_env_overrides
+from python_backends.params import model_parameters, with_env_overrides
 from python_backends.prompts import history_json
 from python_backends.serving.ingest import IngestRecord, parse_ingest_json
 from python_backends.serving.lvlm_step import read_image
-from python_backends.serving.request_fields import DEFAULT_MAX_INPUT_PIXELS, read_max_tokens, read_prompt
+from python_backends.serving.request_fields import read_max_tokens, read_prompt
+from python_backends.serving.spotvlm_config import SpotVLMConfig
 from python_backends.triton_io import (
     bool_parameter,
     bytes_tensor,
@@ -65,15 +64,6 @@ log = logging.getLogger("spotvlm.spotvlm")
 
 SEQUENCE_START = 1
 SEQUENCE_END = 2
-CLOUD_OFF = {"", "off", "none", "disabled"}
-
-
-def _context_match(value: str | None) -> bool:
-    """`context_match`: `question` (the default) reuses cloud answers to the question being asked, `any` any answer."""
-    choice = (value or "question").strip().lower()
-    if choice not in ("question", "any"):
-        raise ValueError(f"context_match must be 'question' or 'any', got {value!r}")
-    return choice == "question"
 
 
 def _pb():
@@ -133,36 +123,19 @@ class SpotVLMStep:
         pb = pb_utils or _pb()
         self._pb_utils = pb
         # Environment variables SPOTVLM_<PARAMETER> override the config (SPOTVLM_CLOUD_URL=off, ...).
-        params = with_env_overrides(model_parameters(args["model_config"]), os.environ)
+        config = SpotVLMConfig.from_params(with_env_overrides(model_parameters(args["model_config"]), os.environ))
+        self.config = config
         self.model_name = args.get("model_name", "spotvlm")
-        self.default_max_tokens = get_param(params, "default_max_tokens", 24, int)
-        self.max_tokens_limit = get_param(params, "max_tokens_limit", 256, int)
-        self.max_input_pixels = get_param(params, "max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, int)
-        self.max_prompt_tokens = get_param(params, "max_prompt_tokens", 1024, int)
-        self.max_context_age_ms = get_param(params, "max_context_age_ms", 30000.0, float)
-        self.default_focus = parse_focus_mode(params.get("focus_mode"), FocusMode.CROP_AND_FRAME)
-        self.focus_config = FocusConfig(
-            margin=get_param(params, "focus_margin", FocusConfig.margin, float),
-            margin_per_s=get_param(params, "focus_margin_per_s", FocusConfig.margin_per_s, float),
-            max_margin=get_param(params, "focus_max_margin", FocusConfig.max_margin, float),
-            min_size=get_param(params, "focus_min_size", FocusConfig.min_size, int),
-            frame_side=get_param(params, "focus_frame_side", FocusConfig.frame_side, int),
-            question_pattern=get_param(params, "focus_questions", FocusConfig.question_pattern, str),
-        )
-        self.replacement = ReplacementConfig(
-            max_turns=get_param(params, "context_turns", ReplacementConfig.max_turns, int),
-            budget_tokens=get_param(params, "context_budget_tokens", ReplacementConfig.budget_tokens, int),
-            history_tokens=get_param(params, "context_history_tokens", ReplacementConfig.history_tokens, int),
-            match_question=_context_match(params.get("context_match")),
-        )
-        self.budget = _token_budget(params)
-        self.store = ContextStore(
-            StoreLimits(
-                max_streams=get_param(params, "store_max_streams", StoreLimits.max_streams, int),
-                ttl_s=get_param(params, "store_ttl_s", StoreLimits.ttl_s, float),
-                max_turns=max(self.replacement.max_turns, get_param(params, "store_turns", StoreLimits.max_turns, int)),
-            )
-        )
+        self.default_max_tokens = config.default_max_tokens
+        self.max_tokens_limit = config.max_tokens_limit
+        self.max_input_pixels = config.max_input_pixels
+        self.max_prompt_tokens = config.max_prompt_tokens
+        self.max_context_age_ms = config.max_context_age_ms
+        self.default_focus = config.focus_mode
+        self.focus_config = config.focus()
+        self.replacement = config.replacement()
+        self.budget = _token_budget(config.checkpoint)
+        self.store = ContextStore(config.store_limits())
         self._lock = threading.Lock()  # guards the dicts below; the cloud thread reads them
         self._next_frame: dict[int, int] = {}
         self._epochs: dict[int, int] = {}  # new at every sequence start: late replies of an old run are dropped
@@ -173,13 +146,11 @@ class SpotVLMStep:
         # an old run's in-flight job.
         self._dispatched: dict[CloudJob, tuple[int, str]] = {}
         self._delays: dict[str, DelayInjector] = {}
-        self.cloud_max_tokens = get_param(params, "cloud_max_tokens", 48, int)
+        self.cloud_max_tokens = config.cloud_max_tokens
         # What the LVLM is asked. Real Qwen2.5-VL checkpoints return boxes when told to, e.g.
         # "{question} Outline the position of each object it asks about and output all the coordinates in JSON format."
-        self.cloud_prompt = get_param(params, "cloud_prompt", "{question}")
-        if "{question}" not in self.cloud_prompt:
-            raise ValueError(f"model parameter cloud_prompt must contain {{question}}, got {self.cloud_prompt!r}")
-        self.link = self._start_cloud_link(params)
+        self.cloud_prompt = config.cloud_prompt
+        self.link = self._start_cloud_link(config)
         try:
             from python_backends.serving.metrics import SpotMetrics
 
@@ -190,26 +161,26 @@ class SpotVLMStep:
 
     # -- cloud link ---------------------------------------------------------------------------------------------
 
-    def _start_cloud_link(self, params: dict[str, str]) -> CloudLink | None:
-        url = params.get("cloud_url", "").strip()
-        if url.lower() in CLOUD_OFF:
+    def _start_cloud_link(self, config: SpotVLMConfig) -> CloudLink | None:
+        if config.cloud_off:
             log.info("cloud link off")
             return None
+        url = config.cloud_url
         breaker = CircuitBreaker(
-            failure_threshold=get_param(params, "cloud_failure_threshold", 3, int),
-            backoff_s=get_param(params, "cloud_backoff_ms", 1000.0, float) / 1000.0,
-            max_backoff_s=get_param(params, "cloud_max_backoff_ms", 5000.0, float) / 1000.0,
-            slow_ms=get_param(params, "cloud_slow_ms", 3000.0, float),
+            failure_threshold=config.cloud_failure_threshold,
+            backoff_s=config.cloud_backoff_ms / 1000.0,
+            max_backoff_s=config.cloud_max_backoff_ms / 1000.0,
+            slow_ms=config.cloud_slow_ms,
         )
         link = CloudLink(
             url,
-            model=get_param(params, "cloud_model", "lvlm"),
-            deadline_s=get_param(params, "cloud_deadline_ms", 10000.0, float) / 1000.0,
-            jpeg_quality=get_param(params, "cloud_jpeg_quality", 85, int),
-            max_side=get_param(params, "cloud_max_side", 0, int),
-            max_inflight=get_param(params, "cloud_max_inflight", 1, int),
+            model=config.cloud_model,
+            deadline_s=config.cloud_deadline_ms / 1000.0,
+            jpeg_quality=config.cloud_jpeg_quality,
+            max_side=config.cloud_max_side,
+            max_inflight=config.cloud_max_inflight,
             breaker=breaker,
-            delay=self._delay(params.get("cloud_delay", "0")),
+            delay=self._delay(config.cloud_delay),
             on_reply=self._on_cloud_reply,
             on_error=self._on_cloud_error,
         )
@@ -546,8 +517,7 @@ def _latency(prepared: PreparedFrame, reply: SvlmReply) -> dict[str, float]:
     }
 
 
-def _token_budget(params: dict[str, str]):
-    checkpoint = params.get("checkpoint")
+def _token_budget(checkpoint: str):
     if checkpoint and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
         return TokenizerBudget.from_file(os.path.join(checkpoint, "tokenizer.json"))
     return WordBudget()
