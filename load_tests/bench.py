@@ -3,8 +3,8 @@
     spotvlm bench [--quick] [--json FILE] [--streams N] [--fps F] [--seconds S] [--warmup W] [--max-tokens N]
     python -m load_tests.bench ...                                  (the same options)
 
-It starts its own servers on free loopback ports (client.launcher.TritonServer), one setup at a time, and runs five
-phases, one after the other (nothing else is measured while a phase runs):
+It starts its own servers on free loopback ports (client.linked_servers.LinkedServers), one setup at a time, and runs
+five phases, one after the other (nothing else is measured while a phase runs):
 
   edge with its cloud link off (SPOTVLM_CLOUD_URL=off)
     svlm               the plain SVLM ensemble `svlm`: IMAGE, PROMPT, MAX_TOKENS; no sequence, no context
@@ -572,6 +572,7 @@ def _measure_store_child(streams: int, send: Any) -> None:
 def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]]]:
     """Measures the store and runs every phase (servers started here, stopped after); (report, raw samples)."""
     from client.launcher import TritonServer
+    from client.linked_servers import LinkedServers
 
     wall_started = time.monotonic()
     phases: dict[str, dict[str, Any]] = {}
@@ -618,15 +619,20 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
             f" {summary['errors_total']} errors, context {'-' if share is None else f'{share:.0%}'}"
         )
 
-    edge_repository, cloud_repository = REPOSITORY_ROOT / "edge", REPOSITORY_ROOT / "cloud"
     _say(
         f"measuring the context store ({config.store_streams} streams at full history, tracemalloc) in a child process"
     )
     measurement = StoreMeasurement(config.store_streams)
     try:
-        edge_off = TritonServer(edge_repository, env_overrides={"SPOTVLM_CLOUD_URL": "off"})
+        unlinked = LinkedServers(
+            REPOSITORY_ROOT,
+            cloud=False,
+            edge_name="edge (cloud link off)",
+            starter=lambda name, server: start([(name, server)]),
+        )
         try:
-            start([("edge (cloud link off)", edge_off)])
+            unlinked.start()
+            edge_off = unlinked.edge
             try:  # before the first phase: nothing else may use the CPU while a phase runs
                 store = measurement.result()
                 _say(
@@ -640,23 +646,18 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
                 if phase.edge == "cloud_off" and not stop.is_set():
                     measure(phase, edge_off.grpc_url)
         finally:
-            stoppers.append(_stop_in_background(edge_off))
+            stoppers.append(_stop_in_background(unlinked))
         if stop.is_set():
             return _report(config, phases, servers, wall_started, store), samples
-        cloud = TritonServer(cloud_repository)
-        edge = None
+        linked = LinkedServers(
+            REPOSITORY_ROOT,
+            edge_name="edge (linked to the cloud)",
+            edge_env={"SPOTVLM_CLOUD_MAX_INFLIGHT": str(config.linked_inflight)},
+            starter=lambda name, server: start([(name, server)]),
+        )
         try:
-            # The edge is made once the cloud is up: a start that loses a picked port retries on new ports, so the
-            # cloud's URL is only final after start().
-            start([("cloud", cloud)])
-            edge = TritonServer(
-                edge_repository,
-                env_overrides={
-                    "SPOTVLM_CLOUD_URL": cloud.grpc_url,
-                    "SPOTVLM_CLOUD_MAX_INFLIGHT": str(config.linked_inflight),
-                },
-            )
-            start([("edge (linked to the cloud)", edge)])
+            linked.start()
+            cloud, edge = linked.cloud, linked.edge
             for thread in stoppers:  # the cloud-off edge must be gone before anything is measured again
                 thread.join()
             sent = 0
@@ -670,9 +671,7 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
                 measure(phase, edge.grpc_url)
                 sent += phases[phase.name]["cloud_requests_sent"]
         finally:
-            if edge is not None:
-                stoppers.append(_stop_in_background(edge))
-            stoppers.append(_stop_in_background(cloud))
+            stoppers.append(_stop_in_background(linked))
     finally:
         measurement.cancel()
         for thread in stoppers:

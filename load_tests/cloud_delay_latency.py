@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from client.frame_sources import SyntheticSource
-from client.launcher import TritonServer
+from client.linked_servers import LinkedServers
 from client.streaming import FrameResult, run_streams
 from load_tests.stream_isolation import after_warmup, latency_summary, machine_info, ratio
 
@@ -76,23 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_tokens": args.max_tokens,
         "machine": machine_info(),
     }
-    cloud = TritonServer(repositories / "cloud")
-    edges: list[TritonServer] = []
-    try:
-        print("starting the cloud ...", file=sys.stderr, flush=True)
-        cloud.start(180)
-        for name, url in (("cloud_off", "off"), ("cloud_delayed", cloud.grpc_url)):
+    print("starting the cloud ...", file=sys.stderr, flush=True)
+    with LinkedServers(repositories, edge=False, ready_timeout_s=180) as servers:
+        for name, linked in (("cloud_off", False), ("cloud_delayed", True)):
+            url = servers.link_url if linked else "off"
             print(f"starting the edge with cloud link {url} ...", file=sys.stderr, flush=True)
-            edge = TritonServer(repositories / "edge", env_overrides={"SPOTVLM_CLOUD_URL": url})
-            edges.append(edge)
-            edge.start(180)
+            edge = servers.start_edge(linked=linked)
             print(f"{name}: {args.streams} streams at {args.fps:g} fps for {args.duration:g} s", file=sys.stderr)
             report[name] = summarize(run(edge.grpc_url, args.streams, args.fps, args.duration, params), args.warmup)
             edge.stop()
-    finally:
-        for edge in edges:
-            edge.stop()
-        cloud.stop()
     off, delayed = report["cloud_off"]["client"], report["cloud_delayed"]["client"]
     report["ratio_p50"] = ratio(delayed["p50_ms"], off["p50_ms"])
     report["ratio_p99"] = ratio(delayed["p99_ms"], off["p99_ms"])

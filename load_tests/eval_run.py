@@ -257,10 +257,9 @@ def run_stream(
     return answers
 
 
-def _start(server: Any, name: str, ready_timeout: float, stack: contextlib.ExitStack) -> None:
-    """Starts one server, stopped when `stack` closes; read its URLs only after this returns (see run_eval)."""
+def _start(server: Any, name: str, ready_timeout: float) -> None:
+    """Starts one server; read its URLs only after this returns (see run_eval)."""
     _say(f"starting the {name} tritonserver ...")
-    stack.callback(server.stop)  # stop() is idempotent and safe on a server that never started
     server.start(ready_timeout)
     _say(f"  {name} ready in {server.ready_time_s or 0:.1f} s (grpc {server.grpc_url})")
 
@@ -278,7 +277,7 @@ class EvalResult:
 
 
 def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[LatencySetting]) -> EvalResult:
-    from client.launcher import TritonServer
+    from client.linked_servers import LinkedServers
     from client.triton_client import VLMClient
 
     notes: list[str] = []
@@ -330,16 +329,20 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
     with contextlib.ExitStack() as stack:
         linked_edge_url = args.edge_url
         if own_servers:
-            # One after the other, each URL read once its server is ready: a start that loses a picked port to another
-            # process retries on new ports, so a URL read before start() can name a port nobody listens on.
-            cloud = TritonServer(REPOSITORY_ROOT / "cloud")
-            _start(cloud, "cloud", args.ready_timeout, stack)
-            cloud_url = cloud.grpc_url
-            linked_env = {"SPOTVLM_CLOUD_URL": cloud_url, "SPOTVLM_CLOUD_MAX_INFLIGHT": str(CLOUD_MAX_INFLIGHT)}
-            if any(s.per_request for s in settings):
-                edge = TritonServer(REPOSITORY_ROOT / "edge", env_overrides=linked_env)
-                _start(edge, "edge (linked to the cloud)", args.ready_timeout, stack)
-                linked_edge_url = edge.grpc_url
+            # Each URL read once its server is ready: a start that loses a picked port to another process retries on
+            # new ports, so a URL read before start() can name a port nobody listens on.
+            servers = stack.enter_context(
+                LinkedServers(
+                    REPOSITORY_ROOT,
+                    edge=any(s.per_request for s in settings),
+                    edge_name="edge (linked to the cloud)",
+                    edge_env={"SPOTVLM_CLOUD_MAX_INFLIGHT": str(CLOUD_MAX_INFLIGHT)},
+                    starter=lambda name, server: _start(server, name, args.ready_timeout),
+                )
+            )
+            cloud_url = servers.cloud.grpc_url
+            if servers.edge is not None:
+                linked_edge_url = servers.edge.grpc_url
         else:
             cloud_url = args.cloud_url
         cloud_client = stack.enter_context(VLMClient(cloud_url, "grpc", timeout_s=60.0))
@@ -396,10 +399,11 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     assert linked_edge_url is not None
                     url = linked_edge_url
                 else:  # only with servers of our own (skipped above otherwise)
-                    edge = TritonServer(
-                        REPOSITORY_ROOT / "edge", env_overrides={**linked_env, "SPOTVLM_CLOUD_DELAY": setting.spec}
+                    edge = servers.start_edge(
+                        env={"SPOTVLM_CLOUD_DELAY": setting.spec},
+                        name=f"edge ({setting.name}: cloud_delay {setting.spec})",
                     )
-                    _start(edge, f"edge ({setting.name}: cloud_delay {setting.spec})", args.ready_timeout, trace_stack)
+                    trace_stack.callback(edge.stop)
                     url = edge.grpc_url
                 for run in (r for r in runs if r.setting.name == setting.name):
                     if run.video.video not in frames:

@@ -528,23 +528,25 @@ def _check_edge(url: str, protocol: str) -> str | None:
 def _start_servers(stack: contextlib.ExitStack, out: Path, protocol: str) -> str:
     """Starts cloud then edge (linked to that cloud) on free loopback ports; returns the edge URL for `protocol`."""
     from client.model_repository import check_built
-    from client.launcher import TritonServer
+    from client.linked_servers import LinkedServers
 
     repositories = PROJECT_ROOT / "model_repository"
     check_built(repositories)
     print("load: starting the cloud and edge Triton servers on free loopback ports ...", file=sys.stderr, flush=True)
-    cloud = stack.enter_context(TritonServer(repositories / "cloud", log_path=out / "cloud_server.log"))
-    print(f"  cloud ready: grpc {cloud.grpc_url} (pid {cloud.pid})", file=sys.stderr, flush=True)
-    # Without the override the edge would dial the cloud's default port, not this cloud.
-    edge = stack.enter_context(
-        TritonServer(
-            repositories / "edge",
-            log_path=out / "edge_server.log",
-            env_overrides={"SPOTVLM_CLOUD_URL": cloud.grpc_url},
+
+    def say_ready(name: str, server: Any) -> None:
+        urls = f"grpc {server.grpc_url}" if name == "cloud" else f"http {server.http_url}  grpc {server.grpc_url}"
+        print(f"  {name:<5} ready: {urls} (pid {server.pid})", file=sys.stderr, flush=True)
+
+    servers = stack.enter_context(
+        LinkedServers(
+            repositories,
+            cloud_log_path=out / "cloud_server.log",
+            edge_log_path=out / "edge_server.log",
+            on_ready=say_ready,
         )
     )
-    print(f"  edge  ready: http {edge.http_url}  grpc {edge.grpc_url} (pid {edge.pid})", file=sys.stderr, flush=True)
-    return edge.http_url if protocol == "http" else edge.grpc_url
+    return servers.edge.http_url if protocol == "http" else servers.edge.grpc_url
 
 
 def _locust_env() -> dict[str, str]:

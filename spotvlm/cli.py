@@ -100,19 +100,22 @@ def _start_servers(stack: contextlib.ExitStack) -> tuple[str, str]:
     """Starts cloud then edge on free ports, the edge's cloud link pointed at this cloud; returns the edge's URLs
     (http, grpc). The servers stop when `stack` closes."""
     from client.model_repository import check_built
-    from client.launcher import TritonServer
+    from client.linked_servers import LinkedServers
 
     check_built(REPOSITORIES["edge"].parent)
     for repository in REPOSITORIES.values():
         if not any(repository.glob("*/config.pbtxt")):
             raise SystemExit(f"{repository} has no rendered config.pbtxt; run ./build_engines.sh first")
     print("spotvlm stream: starting the cloud and edge Triton servers on free loopback ports ...", file=sys.stderr)
-    cloud = stack.enter_context(TritonServer(REPOSITORIES["cloud"]))
-    print(f"  cloud ready: http {cloud.http_url}  grpc {cloud.grpc_url}", file=sys.stderr)
-    # The edge model reads its cloud link from SPOTVLM_CLOUD_URL; without it, it would dial the default cloud port.
-    edge = stack.enter_context(TritonServer(REPOSITORIES["edge"], env_overrides={"SPOTVLM_CLOUD_URL": cloud.grpc_url}))
-    print(f"  edge  ready: http {edge.http_url}  grpc {edge.grpc_url}", file=sys.stderr)
-    return edge.http_url, edge.grpc_url
+    servers = stack.enter_context(
+        LinkedServers(
+            REPOSITORIES["edge"].parent,
+            on_ready=lambda name, server: print(
+                f"  {name:<5} ready: http {server.http_url}  grpc {server.grpc_url}", file=sys.stderr
+            ),
+        )
+    )
+    return servers.edge.http_url, servers.edge.grpc_url
 
 
 def _edge_problem(url: str, protocol: str, model: str) -> str | None:

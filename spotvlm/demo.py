@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 from client.frames import SAMPLE_FRAMES, sample_frame
-from client.launcher import TritonServer
+from client.linked_servers import LinkedServers
 from client.triton_client import VLMClient
 from client.model_repository import check_built
 
@@ -33,15 +33,15 @@ def print_table(rows: list[list[str]], widths: list[int], header: list[str]) -> 
 def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "model_repository") -> int:
     check_built(repository_root)
     print("Starting the cloud and edge Triton servers on free loopback ports ...", flush=True)
-    cloud = TritonServer(repository_root / "cloud")
-    edge = None
+    servers = LinkedServers(
+        repository_root,
+        on_ready=lambda name, server: print(
+            f"  {name:<5} ready: http {server.http_url}  grpc {server.grpc_url}", flush=True
+        ),
+    )
     try:
-        cloud.start()
-        print(f"  cloud ready: http {cloud.http_url}  grpc {cloud.grpc_url}", flush=True)
-        # The edge's spotvlm sends frames to this cloud.
-        edge = TritonServer(repository_root / "edge", env_overrides={"SPOTVLM_CLOUD_URL": cloud.grpc_url})
-        edge.start()
-        print(f"  edge  ready: http {edge.http_url}  grpc {edge.grpc_url}", flush=True)
+        servers.start()
+        cloud, edge = servers.cloud, servers.edge
         pick = (lambda s: s.http_url) if protocol == "http" else (lambda s: s.grpc_url)
         rows = []
         with VLMClient(pick(edge), protocol) as edge_client, VLMClient(pick(cloud), protocol) as cloud_client:
@@ -76,9 +76,7 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
             benchmark_demo(edge_client, cloud_client, repository_root.parent / "build" / "demo")
         stream_demo(edge.grpc_url)
     finally:
-        if edge is not None:
-            edge.stop()
-        cloud.stop()
+        servers.stop()
     print("Both servers stopped.")
     return 0
 
