@@ -12,6 +12,8 @@ from python_backends.prompts import decode_text
 
 MAX_TEXT_BYTES = 65536
 MAX_DETECTIONS = 256
+# How far past the edge's clock a pushed frame time may be (clock skew between the pusher and the edge).
+DEFAULT_FUTURE_TOLERANCE_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,32 @@ def parse_detections_field(raw: bytes | str) -> tuple[Detection, ...]:
     return tuple(detections)
 
 
-def make_record(stream_id: int, frame_id: int, text: bytes | str, detections: bytes | str, frame_size) -> IngestRecord:
-    """Checks one result from `context_ingest`'s tensors; raises InputError naming what is wrong."""
+def check_frame_timestamp(
+    timestamp_ms: int, now_ms: int | None = None, future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS
+) -> int:
+    """FRAME_TIMESTAMP_MS, on the edge's clock (epoch milliseconds unless the stream sends its own TIMESTAMP_MS):
+    never negative and, when `now_ms` is given, never further ahead of it than the tolerance."""
+    timestamp_ms = int(timestamp_ms)
+    if timestamp_ms < 0:
+        raise InputError(f"FRAME_TIMESTAMP_MS must be >= 0, got {timestamp_ms}")
+    if now_ms is not None and timestamp_ms - now_ms > future_tolerance_ms:
+        raise InputError(
+            f"FRAME_TIMESTAMP_MS {timestamp_ms} is {timestamp_ms - now_ms} ms in the future of the edge's clock "
+            f"({now_ms}), over the tolerance of {future_tolerance_ms} ms"
+        )
+    return timestamp_ms
+
+
+def make_record(
+    stream_id: int,
+    frame_id: int,
+    text: bytes | str,
+    detections: bytes | str,
+    frame_size,
+    frame_timestamp_ms: int | None = None,
+) -> IngestRecord:
+    """Checks one result from `context_ingest`'s tensors; raises InputError naming what is wrong. The frame time,
+    when given, must not be negative (how far ahead of now it may be is check_frame_timestamp's)."""
     if stream_id <= 0:
         raise InputError(f"STREAM_ID must be the stream's non-zero sequence id, got {stream_id}")
     if frame_id < 0:
@@ -71,6 +97,7 @@ def make_record(stream_id: int, frame_id: int, text: bytes | str, detections: by
         text=_text(text, "TEXT"),
         detections=parse_detections_field(detections),
         frame_size=check_frame_size(frame_size),
+        frame_timestamp_ms=None if frame_timestamp_ms is None else check_frame_timestamp(frame_timestamp_ms),
     )
 
 
@@ -83,13 +110,11 @@ def parse_ingest_json(stream_id: int, raw: bytes | str) -> IngestRecord:
     if not isinstance(data, dict) or not isinstance(data.get("frame_id"), int):
         raise InputError("INGEST must be an object with an integer frame_id")
     timestamp = data.get("frame_timestamp_ms")
-    record = make_record(
+    return make_record(
         stream_id,
         data["frame_id"],
         str(data.get("text", "")),
         json.dumps(data.get("detections", [])),
         data.get("frame_size", []),
+        timestamp if isinstance(timestamp, int) and not isinstance(timestamp, bool) else None,
     )
-    if isinstance(timestamp, int):
-        record = IngestRecord(**{**record.__dict__, "frame_timestamp_ms": timestamp})
-    return record

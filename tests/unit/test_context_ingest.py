@@ -248,3 +248,90 @@ def test_parse_ingest_json_rejects(raw, message):
 def test_parse_ingest_json_ignores_a_non_integer_timestamp():
     raw = json.dumps({"frame_id": 0, "frame_size": [9, 9], "frame_timestamp_ms": "soon"})
     assert parse_ingest_json(1, raw).frame_timestamp_ms is None
+
+
+# -- the frame's own time ------------------------------------------------------------------------------------------
+
+NOW_MS = 1_700_000_000_000
+
+
+def timed(timestamp_ms: int, **kwargs) -> fake_pb_utils.FakeRequest:
+    request = result(**kwargs)
+    request.inputs["FRAME_TIMESTAMP_MS"] = np.array([[timestamp_ms]], dtype=np.int64)
+    return request
+
+
+def test_a_frame_timestamp_travels_with_the_result():
+    calls = pb.set_bls_handler(_stored)
+    clocked = ContextIngestStep(_args({}), pb_utils=pb, clock_ms=lambda: NOW_MS)
+    untimed, late = run(clocked, [result(stream=5), timed(NOW_MS - 9_000, stream=6)])
+    assert status(untimed)["stream_id"] == 5 and status(late)["stream_id"] == 6
+    records = [parse_ingest_json(c.correlation_id, c.inputs["INGEST"][0, 0]) for c in calls]
+    assert [r.frame_timestamp_ms for r in records] == [None, NOW_MS - 9_000]
+
+
+@pytest.mark.parametrize(
+    "timestamp_ms, accepted",
+    [(0, True), (NOW_MS, True), (NOW_MS + 5_000, True), (NOW_MS + 5_001, False), (-1, False)],
+    ids=["zero", "now", "at the tolerance", "past the tolerance", "negative"],
+)
+def test_a_frame_timestamp_is_checked_against_the_edge_clock(timestamp_ms, accepted):
+    calls = pb.set_bls_handler(_stored)
+    clocked = ContextIngestStep(_args({}), pb_utils=pb, clock_ms=lambda: NOW_MS)
+    neighbour, checked = run(clocked, [result(stream=5), timed(timestamp_ms, stream=6)])
+    assert status(neighbour)["stream_id"] == 5
+    if accepted:
+        assert status(checked)["stream_id"] == 6
+        assert parse_ingest_json(6, calls[-1].inputs["INGEST"][0, 0]).frame_timestamp_ms == timestamp_ms
+    else:
+        assert checked.error.code() == pb.TritonError.INVALID_ARG and "FRAME_TIMESTAMP_MS" in checked.error.message()
+        assert [c.correlation_id for c in calls] == [5]
+
+
+def test_the_future_tolerance_is_a_parameter():
+    pb.set_bls_handler(_stored)
+    strict = ContextIngestStep(_args({"future_tolerance_ms": 0}), pb_utils=pb, clock_ms=lambda: NOW_MS)
+    (ahead,) = run(strict, [timed(NOW_MS + 1)])
+    assert ahead.error.message() == (
+        f"FRAME_TIMESTAMP_MS {NOW_MS + 1} is 1 ms in the future of the edge's clock ({NOW_MS}), "
+        "over the tolerance of 0 ms"
+    )
+    with pytest.raises(ValueError, match="future_tolerance_ms must be >= 0"):
+        ContextIngestStep(_args({"future_tolerance_ms": -1}), pb_utils=pb)
+
+
+def test_read_record_checks_a_batched_or_wall_clock_future_timestamp():
+    request = timed(1)
+    request.inputs["FRAME_TIMESTAMP_MS"] = np.array([[1], [2]], dtype=np.int64)
+    with pytest.raises(InputError, match="FRAME_TIMESTAMP_MS must hold exactly one value"):
+        read_record(request)
+    with pytest.raises(InputError, match="in the future of the edge's clock"):
+        read_record(timed(2**62))  # the wall clock by default
+    assert read_record(timed(123)).frame_timestamp_ms == 123
+
+
+def test_spotvlm_refuses_a_negative_timestamp_in_ingest_json():
+    raw = json.dumps({"frame_id": 0, "frame_size": [9, 9], "frame_timestamp_ms": -5})
+    with pytest.raises(InputError, match="FRAME_TIMESTAMP_MS must be >= 0, got -5"):
+        parse_ingest_json(1, raw)
+    assert parse_ingest_json(1, raw.replace("-5", "5")).frame_timestamp_ms == 5
+
+
+def test_spotvlm_dates_a_result_for_a_frame_it_never_saw_by_its_frame_timestamp(monkeypatch):
+    """Without a turn for FRAME_ID on the edge, the pushed frame time (not the arrival) is the result's age."""
+    monkeypatch.delenv("SPOTVLM_CLOUD_URL", raising=False)
+    spot = SpotVLMStep({**_args({"cloud_url": "off"}), "model_name": "spotvlm"}, pb_utils=pb)
+
+    async def triton(call):
+        if call.model_name in ("svlm", "svlm_focus"):
+            return pb.bls_reply(TEXT="edge answer", GENERATE_MS=np.array([[1.0]], dtype=np.float32))
+        (answer,) = await spot.execute([pb.FakeRequest(call.inputs, correlation=call.correlation_id)])
+        return pb.BlsResponse(output_tensors=answer.output_tensors, error_=answer.error)
+
+    pb.set_bls_handler(triton)
+    first = {"IMAGE": np.zeros((1, 96, 128, 3), dtype=np.uint8), "PROMPT": np.array([[b"Where?"]], dtype=object)}
+    asyncio.run(spot.execute([pb.FakeRequest(first, correlation=5, sequence_flags=1)]))
+    (stored,) = run(ContextIngestStep(_args({}), pb_utils=pb), [timed(NOW_MS - 9_000, stream=5, frame_id=40)])
+    assert status(stored)["stored"] is True
+    (kept,) = spot.store.snapshot(5).cloud_results
+    assert kept.frame_id == 40 and kept.frame_timestamp_ms == NOW_MS - 9_000
