@@ -7,8 +7,12 @@ works on the newest frame, and no backlog builds however long the cloud takes. T
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from python_backends.cloud.breaker import CircuitBreaker
+
+T = TypeVar("T")
 
 SENT = "sent"
 SKIPPED_BUSY = "skipped_busy"
@@ -28,16 +32,23 @@ class DispatchPolicy:
 
     def try_acquire(self, stream_id: int) -> str:
         """ "sent" (a slot is taken: call `release` when the request ends), "skipped_busy" or "skipped_down"."""
+        decision, _ = self.try_acquire_from(stream_id, lambda: True if self.breaker.allow() else None)
+        return decision
+
+    def try_acquire_from(self, stream_id: int, grant: Callable[[], T | None]) -> tuple[str, T | None]:
+        """As `try_acquire`, with `grant()` in the breaker's place (an endpoint pool's `acquire`): (decision, what
+        `grant` gave, None unless sent)."""
         with self._lock:
             if self._inflight.get(stream_id, 0) >= self.max_inflight:
                 # Checked before the breaker so that a busy stream never uses up the half-open probe.
-                return SKIPPED_BUSY
-            # The breaker is ours and never calls back into this policy, so nesting its lock here cannot deadlock; it
-            # makes the slot check and the trial-request grant one atomic decision.
-            if not self.breaker.allow():
-                return SKIPPED_DOWN
+                return SKIPPED_BUSY, None
+            # The breakers are ours and never call back into this policy, so nesting their locks here cannot deadlock;
+            # it makes the slot check and the trial-request grant one atomic decision.
+            granted = grant()
+            if granted is None:
+                return SKIPPED_DOWN, None
             self._inflight[stream_id] = self._inflight.get(stream_id, 0) + 1
-            return SENT
+            return SENT, granted
 
     def release(self, stream_id: int) -> None:
         """Frees one slot of the stream; a release without an acquire is ignored (it runs in `finally` blocks)."""

@@ -1,219 +1,91 @@
-"""The edge's asynchronous client for the cloud `lvlm` model.
+"""The edge's asynchronous client for the cloud `lvlm` model, over a pool of cloud replicas.
 
-`CloudLink` owns a thread running its own asyncio loop (the vllm_backend pattern), with the
-`tritonclient.grpc.aio` client created inside that loop. The `spotvlm` model's `execute()` calls `submit()` once per
-frame: it decides under the dispatch policy and hands the job to the loop with `call_soon_threadsafe`, so it never waits
-on the cloud. Replies and errors come back through callbacks, on the loop thread.
+`CloudLink` owns a thread running its own asyncio loop (the vllm_backend pattern), with the `tritonclient.grpc.aio`
+clients (one per endpoint) created inside that loop. The `spotvlm` model's `execute()` calls `submit()` once per
+frame: it decides under the dispatch policy, which also picks the endpoint (pool.py: the fewest requests outstanding,
+per-endpoint circuit breakers), and hands the job to the loop with `call_soon_threadsafe`, so it never waits on the
+cloud. Replies and errors come back through callbacks, on the loop thread.
 
 Per job, in the loop: the injected delay (it simulates the network, so it counts against the deadline and holds the
-stream's slot), JPEG encoding in an executor, then `infer` with the remaining deadline, all under one
-`asyncio.wait_for`. Errors are classified as timeout / unavailable / server / bad_reply (and client, for failures on
-the edge's side), fed to the circuit breaker, and counted for Prometheus.
+stream's slot) and JPEG encoding in an executor, then `infer` on the chosen endpoint with at most `attempt_timeout_s`
+of the remaining deadline. A timeout, an unreachable endpoint or a server error sends the same frame to another
+endpoint while the deadline has time left (a failover: the frame keeps its place, since the reply is filed under the
+frame it answers); when none is left, the frame counts as failed with its last error. Errors are classified as
+timeout / unavailable / server / bad_reply (and client, for failures on the edge's side); each attempt's outcome goes
+to its endpoint's breaker, and everything is counted per endpoint for Prometheus.
+
+With one endpoint this is the single-cloud link: the whole deadline for one attempt, one breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
-from PIL import Image
 
 from python_backends.cloud.breaker import CircuitBreaker, CloudState
 from python_backends.cloud.delay import DelayInjector
 from python_backends.cloud.dispatch import SENT, SKIPPED_DOWN, DispatchPolicy
-from python_backends.detections import Detection, detections_from_json
-from python_backends.image_processing import encode_jpeg
+from python_backends.cloud.pool import Endpoint, EndpointPool, dns_target, parse_endpoints, resolve_addresses
+from python_backends.cloud.request import (  # re-exported: the link's callers import these from here
+    ERROR_KINDS,
+    RECONNECT_BACKOFF_MS,
+    CloudCallError,
+    CloudJob,
+    CloudReply,
+    _build_request,
+    _default_client_factory,
+    _first_text,
+    classify_error,
+    cloud_channel_args,
+    encode_frame,
+    image_bytes_size,
+)
+from python_backends.detections import detections_from_json
+
+__all__ = [
+    "ERROR_KINDS",
+    "RECONNECT_BACKOFF_MS",
+    "CloudCallError",
+    "CloudJob",
+    "CloudLink",
+    "CloudReply",
+    "classify_error",
+    "cloud_channel_args",
+    "encode_frame",
+    "image_bytes_size",
+]
 
 logger = logging.getLogger("spotvlm.cloud")
 
-ERROR_KINDS = ("timeout", "unavailable", "server", "bad_reply", "client")
 # A channel that stays unreachable this many calls in a row is replaced on the next call: gRPC reconnects by itself,
 # but a fresh client also recovers from a channel stuck in a bad state (e.g. after the cloud moved).
 RECREATE_AFTER_UNAVAILABLE = 5
 # Bounds the rtt list kept between two drains, in case nobody drains.
 MAX_RTTS_KEPT = 10_000
+# Failures another replica may not share: the same frame is tried there.
+RETRYABLE_KINDS = frozenset({"timeout", "unavailable", "server"})
+ENDPOINT_COUNTS = ("sent", "replies", "retries")
 
 
-@dataclass(frozen=True, eq=False)
-class CloudJob:
-    """One frame for the cloud. Give exactly one of `image` (UINT8 [H, W, 3] RGB) or `image_bytes` (JPEG/PNG)."""
+@dataclass
+class _EndpointCounts:
+    """One endpoint's totals and the part of them not yet drained; guarded by the link's lock."""
 
-    stream_id: int
-    frame_id: int
-    frame_timestamp_ms: int
-    prompt: str
-    max_tokens: int
-    image: np.ndarray | None = None
-    image_bytes: bytes | None = None
-    delay: DelayInjector | None = None  # overrides the link's injected delay for this job
+    totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDPOINT_COUNTS + ERROR_KINDS, 0))
+    undrained: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDPOINT_COUNTS + ERROR_KINDS, 0))
+    rtts: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_RTTS_KEPT))
+    last_rtt_ms: float | None = None
 
-    def __post_init__(self) -> None:
-        # Checked here, on the caller's thread, so a bad job fails where it was made, not later in the loop.
-        if (self.image is None) == (self.image_bytes is None):
-            raise ValueError("CloudJob needs exactly one of image or image_bytes")
-        if self.image is not None:
-            image = self.image
-            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                shape = getattr(image, "shape", None)
-                raise ValueError(f"CloudJob.image must be UINT8 [H, W, 3], got {getattr(image, 'dtype', None)} {shape}")
-            if image.shape[0] == 0 or image.shape[1] == 0:
-                raise ValueError(f"CloudJob.image is empty: {image.shape}")
-        elif not self.image_bytes:
-            raise ValueError("CloudJob.image_bytes is empty")
-
-
-@dataclass(frozen=True)
-class CloudReply:
-    job: CloudJob
-    text: str
-    detections: tuple[Detection, ...]  # in pixels of the image sent, i.e. of `frame_size`
-    frame_size: tuple[int, int]  # (h, w) of the image sent, after any max_side downscale
-    sent_s: float
-    arrived_s: float
-
-    @property
-    def rtt_ms(self) -> float:
-        return (self.arrived_s - self.sent_s) * 1000.0
-
-
-class CloudCallError(Exception):
-    """A failed cloud call, with its kind (one of ERROR_KINDS)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-
-
-def classify_error(exc: BaseException) -> str:
-    """Maps an exception from a cloud call to an error kind."""
-    if isinstance(exc, CloudCallError):
-        return exc.kind
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout"
-    status = ""
-    status_fn = getattr(exc, "status", None)
-    if callable(status_fn):  # tritonclient's InferenceServerException: status() is "StatusCode.UNAVAILABLE" etc.
-        try:
-            status = str(status_fn() or "")
-        except Exception:
-            status = ""
-    code_fn = getattr(exc, "code", None)
-    if not status and callable(code_fn):  # a raw grpc.aio.AioRpcError
-        try:
-            status = str(code_fn() or "")
-        except Exception:
-            status = ""
-    message = str(exc).lower()
-    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in message:
-        return "timeout"
-    if (
-        "UNAVAILABLE" in status
-        or isinstance(exc, ConnectionError)
-        or "connection refused" in message
-        or "failed to connect" in message
-    ):
-        return "unavailable"
-    if status or type(exc).__name__ in ("InferenceServerException", "AioRpcError"):
-        return "server"
-    return "client"
-
-
-def _resize_max_side(image: np.ndarray, max_side: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    longer = max(height, width)
-    if max_side <= 0 or longer <= max_side:
-        return image
-    scale = max_side / longer
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-
-
-def encode_frame(image: np.ndarray, quality: int, max_side: int) -> tuple[bytes, tuple[int, int]]:
-    """JPEG bytes of the frame, downscaled so its longer side is at most `max_side` (0 = full size), and its (h, w)."""
-    sent = _resize_max_side(image, max_side)
-    return encode_jpeg(np.ascontiguousarray(sent), quality=quality), (int(sent.shape[0]), int(sent.shape[1]))
-
-
-def image_bytes_size(data: bytes) -> tuple[int, int]:
-    """(h, w) of an encoded image; PIL reads only the header here."""
-    with Image.open(io.BytesIO(data)) as img:
-        width, height = img.size
-    return height, width
-
-
-def _first_text(result: Any, name: str) -> str:
-    array = result.as_numpy(name)
-    if array is None:
-        raise CloudCallError("bad_reply", f"reply has no {name} output")
-    flat = np.asarray(array).reshape(-1)
-    if flat.size < 1:
-        raise CloudCallError("bad_reply", f"reply's {name} output is empty")
-    value = flat[0]
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CloudCallError("bad_reply", f"reply's {name} is not UTF-8: {exc}") from exc
-    return str(value)
-
-
-# gRPC's reconnect backoff to a cloud that went away, capped at about the breaker's retry interval. gRPC's default
-# grows to 120 s, and while it waits every call fails at once without trying: the edge would stay down for up to two
-# minutes after the cloud is back.
-RECONNECT_BACKOFF_MS = 1000
-
-
-def cloud_channel_args() -> list[tuple[str, int]]:
-    """tritonclient's default channel options (passing any replaces them all), plus a short reconnect backoff and a
-    subchannel pool of the channel's own: channels to one address share a process-wide subchannel by default, with its
-    backoff, so the client recreated after an unavailable streak would inherit the old one's wait."""
-    from tritonclient.grpc import KeepAliveOptions
-
-    keepalive = KeepAliveOptions()
-    max_message = 2**31 - 1  # tritonclient's MAX_GRPC_MESSAGE_SIZE
-    return [
-        ("grpc.max_send_message_length", max_message),
-        ("grpc.max_receive_message_length", max_message),
-        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", int(keepalive.keepalive_permit_without_calls)),
-        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
-        ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS // 2),
-        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
-    ]
-
-
-def _default_client_factory(url: str) -> Any:
-    import tritonclient.grpc.aio as grpcclient
-
-    return grpcclient.InferenceServerClient(url, channel_args=cloud_channel_args())
-
-
-def _build_request(job: CloudJob, jpeg: bytes) -> tuple[list, list]:
-    import tritonclient.grpc as grpcclient
-
-    # lvlm has max_batch_size > 0: every input carries a leading batch dim of 1.
-    image = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")
-    image.set_data_from_numpy(np.array([[jpeg]], dtype=np.object_))
-    prompt = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
-    prompt.set_data_from_numpy(np.array([[job.prompt.encode("utf-8")]], dtype=np.object_))
-    inputs = [image, prompt]
-    if job.max_tokens and job.max_tokens > 0:
-        max_tokens = grpcclient.InferInput("MAX_TOKENS", [1, 1], "INT32")
-        max_tokens.set_data_from_numpy(np.array([[job.max_tokens]], dtype=np.int32))
-        inputs.append(max_tokens)
-    outputs = [grpcclient.InferRequestedOutput("TEXT"), grpcclient.InferRequestedOutput("DETECTIONS")]
-    return inputs, outputs
+    def add(self, key: str) -> None:
+        self.totals[key] += 1
+        self.undrained[key] += 1
 
 
 class CloudLink:
@@ -225,52 +97,82 @@ class CloudLink:
         *,
         model: str = "lvlm",
         deadline_s: float = 10.0,
+        attempt_timeout_s: float | None = None,
         jpeg_quality: int = 85,
         max_side: int = 0,
         max_inflight: int = 1,
         breaker: CircuitBreaker | None = None,
+        breaker_factory: Callable[[], CircuitBreaker] | None = None,
         delay: DelayInjector | None = None,
         on_reply: Callable[[CloudReply], None],
         on_error: Callable[[CloudJob, str], None] | None = None,
         client_factory: Callable[[str], Any] | None = None,
+        resolver: Callable[[str, int], list[str]] = resolve_addresses,
+        resolve_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`url`: one endpoint, several comma-separated, or dns:///HOST:PORT (every address, looked up again every
+        `resolve_interval_s`). `attempt_timeout_s`: the most one endpoint gets of a frame's deadline before the frame
+        goes to another; by default the whole deadline with one endpoint, half of it with several. `breaker` is the
+        breaker of a single endpoint; `breaker_factory` makes one per endpoint."""
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
         if not 1 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         if max_side < 0:
             raise ValueError(f"max_side must be >= 0 (0 = full size), got {max_side}")
+        if attempt_timeout_s is not None and attempt_timeout_s <= 0:
+            raise ValueError(f"attempt_timeout_s must be > 0, got {attempt_timeout_s}")
+        endpoints = parse_endpoints(url)
+        self._dns = dns_target(endpoints)
+        if breaker is not None and (len(endpoints) > 1 or self._dns is not None):
+            raise ValueError("breaker is the breaker of a single endpoint: give breaker_factory for several")
         self.url = url
         self.model = model
         self.deadline_s = deadline_s
+        several = len(endpoints) > 1 or self._dns is not None
+        self.attempt_timeout_s = attempt_timeout_s or (deadline_s / 2 if several else deadline_s)
         self.jpeg_quality = jpeg_quality
         self.max_side = max_side
         self.delay = delay
-        self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
-        self.policy = DispatchPolicy(max_inflight=max_inflight, breaker=self.breaker)
+        self.pool = EndpointPool(
+            [] if self._dns is not None else endpoints,
+            breaker_factory or (lambda: CircuitBreaker(clock=clock)),
+        )
+        if breaker is not None:
+            self.pool.endpoints[0].breaker = breaker
+        self.policy = DispatchPolicy(max_inflight=max_inflight, breaker=breaker)
         self._on_reply = on_reply
         self._on_error = on_error
         self._client_factory = client_factory or _default_client_factory
+        self._resolver = resolver
+        self.resolve_interval_s = resolve_interval_s
         self._clock = clock
 
         # Guards the counters and the lifecycle flags only; nothing is called while holding it.
         self._lock = threading.Lock()
-        self._counts = {"sent": 0, "replies": 0, "skipped_busy": 0, "skipped_down": 0}
+        self._counts = {"sent": 0, "replies": 0, "skipped_busy": 0, "skipped_down": 0, "retries": 0}
         self._errors = dict.fromkeys(ERROR_KINDS, 0)
         self._drained = {**self._counts, **{f"error:{k}": 0 for k in ERROR_KINDS}}
         self._rtts: deque[float] = deque(maxlen=MAX_RTTS_KEPT)
         self._last_rtt_ms: float | None = None
+        self._per_endpoint: dict[str, _EndpointCounts] = {}
         self._started = False
         self._closed = False
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        # Loop-thread-only state (no lock needed): the client, the running tasks, the unavailable streak.
-        self._client: Any = None
+        # Loop-thread-only state (no lock needed): the clients, the running tasks, the unavailable streaks.
+        self._clients: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._unavailable_streak = 0
+        self._unavailable_streak: dict[str, int] = {}
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The first endpoint's breaker (the breaker, with one endpoint)."""
+        endpoints = self.pool.endpoints
+        return endpoints[0].breaker if endpoints else None
 
     # ----- lifecycle (model thread) -----
 
@@ -286,6 +188,9 @@ class CloudLink:
             self._loop = asyncio.new_event_loop()
             self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="spotvlm-jpeg")
             self._thread = threading.Thread(target=self._run_loop, name="spotvlm-cloud", daemon=True)
+        if self._dns is not None:
+            self._resolve_now()  # here, once, so the first frames find the replicas
+            self._loop.call_soon_threadsafe(self._spawn_task, self._resolve_forever())
         self._thread.start()
 
     def _run_loop(self) -> None:
@@ -302,7 +207,7 @@ class CloudLink:
             loop.close()
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Cancels pending calls, closes the client, stops the loop, joins the thread. Idempotent; for finalize()."""
+        """Cancels pending calls, closes the clients, stops the loop, joins the thread. Idempotent; for finalize()."""
         with self._lock:
             if self._closed:
                 return
@@ -334,16 +239,50 @@ class CloudLink:
         if tasks:
             # A fake or a stuck call that ignores cancellation must not hold up finalize().
             await asyncio.wait(tasks, timeout=timeout_s / 2)
-        await self._close_client()
+        for url in list(self._clients):
+            await self._close_client(url)
 
-    async def _close_client(self) -> None:
-        client, self._client = self._client, None
+    async def _close_client(self, url: str) -> None:
+        client = self._clients.pop(url, None)
         if client is None:
             return
         try:
             await asyncio.wait_for(client.close(), timeout=1.0)
         except Exception as exc:
-            logger.warning("cloud link: closing the client failed: %r", exc)
+            logger.warning("cloud link: closing the client of %s failed: %r", url, exc)
+
+    # ----- the endpoints of a dns:/// name -----
+
+    def _resolve_now(self) -> list[str]:
+        assert self._dns is not None
+        try:
+            urls = self._resolver(*self._dns)
+        except OSError as exc:
+            logger.warning("cloud link: resolving %s failed: %s", self.url, exc)
+            return []
+        return self._set_endpoints(urls)
+
+    def _set_endpoints(self, urls: list[str]) -> list[str]:
+        """Takes a lookup's answer; an empty one keeps the endpoints known (a DNS hiccup is not every replica gone)."""
+        if not urls:
+            return []
+        added, removed = self.pool.replace(urls)
+        if added or removed:
+            logger.info("cloud link: %s is now %s (added %s, removed %s)", self.url, urls, added, removed)
+        return removed
+
+    async def _resolve_forever(self) -> None:
+        assert self._dns is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.resolve_interval_s)
+            try:
+                urls = await loop.run_in_executor(self._executor, self._resolver, *self._dns)
+            except OSError as exc:
+                logger.warning("cloud link: resolving %s failed: %s", self.url, exc)
+                continue
+            for url in self._set_endpoints(urls):
+                await self._close_client(url)
 
     # ----- submit (model thread) -----
 
@@ -354,8 +293,8 @@ class CloudLink:
         if not usable:
             self._count("skipped_down")
             return SKIPPED_DOWN
-        decision = self.policy.try_acquire(job.stream_id)
-        if decision != SENT:
+        decision, endpoint = self.policy.try_acquire_from(job.stream_id, self.pool.acquire)
+        if decision != SENT or endpoint is None:
             self._count(decision)
             return decision
         sent_s = self._clock()
@@ -363,14 +302,18 @@ class CloudLink:
         assert loop is not None
         # Counted before the hand-off so that a drain never sees the reply before the send.
         self._count("sent")
+        self._count_endpoint(endpoint.url, "sent")
         try:
-            loop.call_soon_threadsafe(self._spawn, job, sent_s)
+            loop.call_soon_threadsafe(self._spawn_task, self._run_job(job, sent_s, endpoint))
         except RuntimeError:  # closed between the check and here
             self.policy.release(job.stream_id)
-            self.breaker.record_abandoned()
+            self.pool.release(endpoint)
+            endpoint.breaker.record_abandoned()
             with self._lock:
                 self._counts["sent"] -= 1
                 self._counts["skipped_down"] += 1
+                self._per_endpoint[endpoint.url].totals["sent"] -= 1
+                self._per_endpoint[endpoint.url].undrained["sent"] -= 1
             return SKIPPED_DOWN
         return SENT
 
@@ -378,47 +321,65 @@ class CloudLink:
         with self._lock:
             self._counts[key] += 1
 
+    def _count_endpoint(self, url: str, key: str) -> None:
+        with self._lock:
+            self._per_endpoint.setdefault(url, _EndpointCounts()).add(key)
+
     # ----- the loop thread -----
 
-    def _spawn(self, job: CloudJob, sent_s: float) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_job(job, sent_s))
+    def _spawn_task(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         # Loop-thread-only set and no lock held: add_done_callback may run the callback inline.
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_job(self, job: CloudJob, sent_s: float) -> None:
+    async def _run_job(self, job: CloudJob, sent_s: float, endpoint: Endpoint) -> None:
+        deadline = sent_s + self.deadline_s
         reply: CloudReply | None = None
         kind: str | None = None
-        cancelled = False
+        tried: list[str] = [endpoint.url]
         try:
-            remaining = sent_s + self.deadline_s - self._clock()
-            reply = await asyncio.wait_for(self._call(job, sent_s), timeout=max(remaining, 0.0))
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
-        except Exception as exc:
-            kind = classify_error(exc)
-            log = logger.exception if kind == "client" else logger.warning
-            # The type and str(): repr() of tritonclient's InferenceServerException drops its message and status.
-            log(
-                "cloud call for stream %s frame %s failed (%s): %s: %s",
-                job.stream_id,
-                job.frame_id,
-                kind,
-                type(exc).__name__,
-                exc,
-            )
+            try:
+                payload = await asyncio.wait_for(self._prepare(job), timeout=max(deadline - self._clock(), 0.0))
+            except asyncio.CancelledError:
+                self._end_attempt(endpoint, abandoned=True)
+                raise
+            except Exception as exc:
+                kind = self._failed(job, endpoint, exc)
+            while kind is None:
+                attempt_end = min(deadline, self._clock() + self.attempt_timeout_s)
+                try:
+                    reply = await asyncio.wait_for(
+                        self._call(job, sent_s, endpoint, payload, attempt_end),
+                        timeout=max(attempt_end - self._clock(), 0.0),
+                    )
+                except asyncio.CancelledError:
+                    self._end_attempt(endpoint, abandoned=True)
+                    raise
+                except Exception as exc:
+                    kind = self._failed(job, endpoint, exc)
+                else:
+                    self._end_attempt(endpoint, reply=reply)
+                    break
+                retry = self._next_endpoint(kind, deadline, tried)
+                if retry is None:
+                    break
+                logger.info(
+                    "cloud call for stream %s frame %s failed on %s (%s): retrying on %s",
+                    job.stream_id,
+                    job.frame_id,
+                    endpoint.url,
+                    kind,
+                    retry.url,
+                )
+                self._count("retries")
+                self._count_endpoint(endpoint.url, "retries")
+                self._count_endpoint(retry.url, "sent")
+                endpoint, kind = retry, None
+                tried.append(endpoint.url)
         finally:
-            # Always free the slot and tell the breaker, whatever happened, or the stream would stay busy forever.
+            # Always free the stream's slot, whatever happened, or the stream would stay busy forever.
             self.policy.release(job.stream_id)
-            if reply is not None:
-                self._unavailable_streak = 0
-                self.breaker.record_success(reply.rtt_ms)
-            elif cancelled or kind == "client":
-                self.breaker.record_abandoned()
-            elif kind is not None:
-                self._unavailable_streak = self._unavailable_streak + 1 if kind == "unavailable" else 0
-                self.breaker.record_failure(kind)
         # Not reached when cancelled: CancelledError was re-raised above.
         if reply is not None:
             with self._lock:
@@ -432,6 +393,50 @@ class CloudLink:
             if self._on_error is not None:
                 self._callback(self._on_error, job, kind)
 
+    def _failed(self, job: CloudJob, endpoint: Endpoint, exc: Exception) -> str:
+        kind = classify_error(exc)
+        log = logger.exception if kind == "client" else logger.warning
+        # The type and str(): repr() of tritonclient's InferenceServerException drops its message and status.
+        log(
+            "cloud call for stream %s frame %s failed (%s) on %s: %s: %s",
+            job.stream_id,
+            job.frame_id,
+            kind,
+            endpoint.url,
+            type(exc).__name__,
+            exc,
+        )
+        self._end_attempt(endpoint, kind=kind)
+        return kind
+
+    def _next_endpoint(self, kind: str, deadline: float, tried: list[str]) -> Endpoint | None:
+        if kind not in RETRYABLE_KINDS or deadline - self._clock() <= 0:
+            return None
+        return self.pool.acquire(exclude=tried)
+
+    def _end_attempt(
+        self, endpoint: Endpoint, *, kind: str | None = None, reply: CloudReply | None = None, abandoned: bool = False
+    ) -> None:
+        """One attempt's outcome: the endpoint's in-flight count, its breaker, its counts."""
+        self.pool.release(endpoint)
+        url = endpoint.url
+        if reply is not None:
+            self._unavailable_streak[url] = 0
+            endpoint.breaker.record_success(reply.rtt_ms)
+            with self._lock:
+                counts = self._per_endpoint.setdefault(url, _EndpointCounts())
+                counts.add("replies")
+                attempt_ms = (reply.arrived_s - (reply.attempt_s or reply.sent_s)) * 1000.0
+                counts.rtts.append(attempt_ms)
+                counts.last_rtt_ms = attempt_ms
+        elif abandoned or kind == "client":
+            endpoint.breaker.record_abandoned()
+        elif kind is not None:
+            streak = self._unavailable_streak.get(url, 0)
+            self._unavailable_streak[url] = streak + 1 if kind == "unavailable" else 0
+            endpoint.breaker.record_failure(kind)
+            self._count_endpoint(url, kind)
+
     @staticmethod
     def _callback(fn: Callable[..., None], *args: Any) -> None:
         # A failing callback must never kill the loop or the link.
@@ -440,26 +445,35 @@ class CloudLink:
         except Exception:
             logger.exception("cloud link callback %r raised", fn)
 
-    async def _call(self, job: CloudJob, sent_s: float) -> CloudReply:
+    async def _prepare(self, job: CloudJob) -> tuple[bytes, tuple[int, int]]:
+        """The injected delay, then the image to send and its (h, w)."""
         delay = job.delay if job.delay is not None else self.delay
         if delay is not None:
             extra = delay.delay_s(self._clock())
             if extra > 0:
                 await asyncio.sleep(extra)
-        loop = asyncio.get_running_loop()
         if job.image is not None:
-            jpeg, frame_size = await loop.run_in_executor(
-                self._executor, encode_frame, job.image, self.jpeg_quality, self.max_side
-            )
-        else:
-            jpeg = bytes(job.image_bytes or b"")
-            try:
-                frame_size = image_bytes_size(jpeg)
-            except Exception as exc:
-                raise CloudCallError("client", f"image_bytes is not a readable image: {exc}") from exc
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, encode_frame, job.image, self.jpeg_quality, self.max_side)
+        jpeg = bytes(job.image_bytes or b"")
+        try:
+            return jpeg, image_bytes_size(jpeg)
+        except Exception as exc:
+            raise CloudCallError("client", f"image_bytes is not a readable image: {exc}") from exc
+
+    async def _call(
+        self,
+        job: CloudJob,
+        sent_s: float,
+        endpoint: Endpoint,
+        payload: tuple[bytes, tuple[int, int]],
+        attempt_end: float,
+    ) -> CloudReply:
+        jpeg, frame_size = payload
         inputs, outputs = _build_request(job, jpeg)
-        client = await self._get_client()
-        remaining = sent_s + self.deadline_s - self._clock()
+        client = await self._get_client(endpoint.url)
+        attempt_s = self._clock()
+        remaining = attempt_end - attempt_s
         if remaining <= 0:
             raise asyncio.TimeoutError("deadline passed before sending")
         result = await client.infer(self.model, inputs, outputs=outputs, client_timeout=remaining)
@@ -476,36 +490,52 @@ class CloudLink:
             frame_size=frame_size,
             sent_s=sent_s,
             arrived_s=self._clock(),
+            endpoint=endpoint.url,
+            attempt_s=attempt_s,
         )
 
-    async def _get_client(self) -> Any:
-        if self._client is not None and self._unavailable_streak >= RECREATE_AFTER_UNAVAILABLE:
-            logger.info("cloud link: %d unavailable calls in a row, recreating the client", self._unavailable_streak)
-            self._unavailable_streak = 0
-            await self._close_client()
-        if self._client is None:
+    async def _get_client(self, url: str) -> Any:
+        if url in self._clients and self._unavailable_streak.get(url, 0) >= RECREATE_AFTER_UNAVAILABLE:
+            logger.info(
+                "cloud link: %d unavailable calls in a row to %s, recreating its client",
+                RECREATE_AFTER_UNAVAILABLE,
+                url,
+            )
+            self._unavailable_streak[url] = 0
+            await self._close_client(url)
+        if url not in self._clients:
             # Created here, inside the loop thread: the grpc.aio channel binds to the running loop.
-            self._client = self._client_factory(self.url)
-        return self._client
+            self._clients[url] = self._client_factory(url)
+        return self._clients[url]
 
     # ----- observation (any thread) -----
 
     @property
     def state(self) -> CloudState:
-        return self.breaker.state
+        """Down only when every endpoint is."""
+        return self.pool.state
 
     def stats(self) -> dict:
-        """Totals since start: sent, replies, skipped_busy, skipped_down, inflight, errors_by_kind, last_rtt_ms."""
+        """Totals since start: sent, replies, skipped_busy, skipped_down, retries, inflight, errors_by_kind,
+        last_rtt_ms, state, and per endpoint: sent, replies, retries, errors_by_kind, last_rtt_ms, inflight, state."""
         with self._lock:
             result: dict = dict(self._counts)
             result["errors_by_kind"] = dict(self._errors)
             result["last_rtt_ms"] = self._last_rtt_ms
+            per_endpoint = {url: (dict(c.totals), c.last_rtt_ms) for url, c in self._per_endpoint.items()}
+        endpoints = {}
+        for endpoint in self.pool.endpoints:
+            totals, last_rtt = per_endpoint.get(endpoint.url, (dict.fromkeys(ENDPOINT_COUNTS + ERROR_KINDS, 0), None))
+            endpoints[endpoint.url] = _endpoint_view(totals, endpoint)
+            endpoints[endpoint.url]["last_rtt_ms"] = last_rtt
+        result["endpoints"] = endpoints
         result["inflight"] = self.policy.total_inflight
         result["state"] = self.state.value
         return result
 
     def drain_stats(self) -> dict:
-        """Counts since the last drain (deltas) and the rtt_ms observed since; inflight and state are current."""
+        """Counts since the last drain (deltas) and the rtt_ms observed since; inflight and state are current. Per
+        endpoint the same, its rtt_ms being its own calls' round trips (without the injected delay)."""
         with self._lock:
             result: dict = {}
             for key, value in self._counts.items():
@@ -519,6 +549,26 @@ class CloudLink:
             result["rtt_ms"] = list(self._rtts)
             self._rtts.clear()
             result["last_rtt_ms"] = self._last_rtt_ms
+            drained: dict[str, tuple[dict[str, int], list[float]]] = {}
+            for url, counts in self._per_endpoint.items():
+                drained[url] = (dict(counts.undrained), list(counts.rtts))
+                counts.undrained = dict.fromkeys(counts.undrained, 0)
+                counts.rtts.clear()
+        endpoints = {}
+        for endpoint in self.pool.endpoints:
+            deltas, rtts = drained.pop(endpoint.url, (dict.fromkeys(ENDPOINT_COUNTS + ERROR_KINDS, 0), []))
+            endpoints[endpoint.url] = {**_endpoint_view(deltas, endpoint), "rtt_ms": rtts}
+        for url, (deltas, rtts) in drained.items():  # endpoints gone from the pool: their last counts
+            endpoints[url] = {**_endpoint_view(deltas, None), "rtt_ms": rtts}
+        result["endpoints"] = endpoints
         result["inflight"] = self.policy.total_inflight
         result["state"] = self.state.value
         return result
+
+
+def _endpoint_view(counts: dict[str, int], endpoint: Endpoint | None) -> dict:
+    view: dict = {key: counts[key] for key in ENDPOINT_COUNTS}
+    view["errors_by_kind"] = {kind: counts[kind] for kind in ERROR_KINDS}
+    view["inflight"] = endpoint.inflight if endpoint is not None else 0
+    view["state"] = endpoint.state.value if endpoint is not None else CloudState.DOWN.value
+    return view
