@@ -1,0 +1,211 @@
+"""Carrying a box from the frame the cloud answered about to the frame the edge sees now.
+
+The cloud's answer is seconds old; the edge keeps a small grey copy of each recent frame (FrameHistory, bounded) and
+finds the answer's box again in the current frame by normalised cross-correlation of the box's patch in the cloud's
+frame (OpenCV's matchTemplate). Two ways, both on the small frames:
+  - "direct": one match in the current frame, in a window around the old box that grows with the age (an object
+    moves at most `max_speed` frame sides a second), up to the whole frame;
+  - "chain": one match in every buffered frame in between, each in a small window around the previous position, so
+    an object is followed through its path rather than looked for anywhere (a look-alike far away cannot win).
+load_tests/tracking_bench.py measures both; DEFAULT_METHOD is what it chose. A box whose best match is weaker than
+`min_confidence` (the object left, was covered or changed) is reported lost, never guessed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in the pixels of the full frame
+
+METHODS = ("direct", "chain")
+# Chosen by load_tests/tracking_bench.py: as accurate as "chain" on a lone object, and its cost does not grow
+# with the age; "chain" is kept for scenes with look-alikes near the object.
+DEFAULT_METHOD = "direct"
+# Below this correlation the box is lost: a textured background under a vanished object matched at most ~0.4
+# in the generated clips, the object itself 0.9 and more.
+MIN_CONFIDENCE = 0.6
+# How fast an object may move, in frame sides per second (the search window of "direct" grows by this).
+MAX_SPEED = 0.5
+# A patch smaller than this (small-frame pixels) is widened around its centre, so there is something to match.
+MIN_PATCH = 8
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    frame_id: int
+    timestamp_ms: int
+    grey: np.ndarray  # uint8, the longer side at most FrameHistory.max_side
+    scale: float  # grey pixels per full-frame pixel
+    full_size: tuple[int, int]  # (height, width) of the frame as added
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    box: Box | None  # in the full frame of `to_frame_id`; None when lost
+    confidence: float  # the match's correlation, in [0, 1]
+    lost: bool
+    method: str
+
+
+class FrameHistory:
+    """The last `max_frames` frames of one stream as small grey images, oldest first; memory is bounded by
+    max_frames * max_side**2 bytes (`nbytes` is what it holds now)."""
+
+    def __init__(self, max_frames: int = 100, max_side: int = 160) -> None:
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        if max_side < MIN_PATCH * 2:
+            raise ValueError(f"max_side must be >= {MIN_PATCH * 2}, got {max_side}")
+        self.max_frames, self.max_side = max_frames, max_side
+        self._frames: deque[StoredFrame] = deque(maxlen=max_frames)
+
+    def add(self, frame_id: int, timestamp_ms: int, rgb: np.ndarray) -> StoredFrame:
+        """Keeps a small grey copy of an RGB (or grey) uint8 frame; the oldest one goes when the buffer is full."""
+        if rgb.ndim == 3:
+            grey = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
+        elif rgb.ndim == 2:
+            grey = rgb
+        else:
+            raise ValueError(f"a frame must be [height, width(, channels)], got shape {list(rgb.shape)}")
+        height, width = grey.shape
+        scale = min(1.0, self.max_side / max(height, width))
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        stored = StoredFrame(int(frame_id), int(timestamp_ms), np.ascontiguousarray(grey, dtype=np.uint8), scale,
+                             (height, width))  # fmt: skip
+        self._frames.append(stored)
+        return stored
+
+    def get(self, frame_id: int) -> StoredFrame | None:
+        for stored in reversed(self._frames):
+            if stored.frame_id == frame_id:
+                return stored
+        return None
+
+    def between(self, from_frame_id: int, to_frame_id: int) -> list[StoredFrame]:
+        """The buffered frames after `from_frame_id` up to and including `to_frame_id`, in order of arrival."""
+        ids = [f.frame_id for f in self._frames]
+        if from_frame_id not in ids or to_frame_id not in ids:
+            return []
+        start, end = ids.index(from_frame_id), ids.index(to_frame_id)
+        return list(self._frames)[start + 1 : end + 1]
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.grey.nbytes for f in self._frames)
+
+
+def _to_small(box: Box, frame: StoredFrame) -> np.ndarray:
+    return np.asarray(box, dtype=np.float64) * frame.scale
+
+
+def _clip(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    height, width = shape
+    return np.clip(box, 0, [width, height, width, height])
+
+
+def _patch_region(box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Integer x1, y1, x2, y2 of the patch to match: the box, widened to MIN_PATCH around its centre if smaller."""
+    x1, y1, x2, y2 = _clip(box, shape)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half_w, half_h = max(x2 - x1, MIN_PATCH) / 2, max(y2 - y1, MIN_PATCH) / 2
+    height, width = shape
+    left, top = int(round(max(0, cx - half_w))), int(round(max(0, cy - half_h)))
+    right, bottom = int(round(min(width, cx + half_w))), int(round(min(height, cy + half_h)))
+    return left, top, right, bottom
+
+
+def _match(template: np.ndarray, image: np.ndarray, centre: tuple[float, float], margin: float):
+    """Best (score, x, y) of `template`'s top-left corner in `image` within `margin` pixels of where it was
+    (`centre` is that old top-left corner); None when the window cannot hold the template."""
+    t_h, t_w = template.shape
+    height, width = image.shape
+    x0, y0 = centre
+    left, top = int(max(0, np.floor(x0 - margin))), int(max(0, np.floor(y0 - margin)))
+    right, bottom = int(min(width, np.ceil(x0 + margin) + t_w)), int(min(height, np.ceil(y0 + margin) + t_h))
+    if right - left < t_w or bottom - top < t_h:
+        return None
+    scores = cv2.matchTemplate(image[top:bottom, left:right], template, cv2.TM_CCOEFF_NORMED)
+    _, best, _, (bx, by) = cv2.minMaxLoc(scores)
+    # A flat patch (no texture) correlates with nothing: OpenCV gives inf or nan there.
+    best = float(best) if np.isfinite(best) else 0.0
+    return best, left + bx, top + by
+
+
+def track_box(
+    history: FrameHistory,
+    box: Box,
+    from_frame_id: int,
+    to_frame_id: int,
+    method: str = DEFAULT_METHOD,
+    min_confidence: float = MIN_CONFIDENCE,
+    max_speed: float = MAX_SPEED,
+) -> TrackResult:
+    """Where `box` (in `from_frame_id`'s full frame) is in `to_frame_id`'s full frame. Lost when either frame is no
+    longer buffered or the best match is weaker than `min_confidence`."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    source, target = history.get(from_frame_id), history.get(to_frame_id)
+    if source is None or target is None:
+        return TrackResult(None, 0.0, True, method)
+    small = _to_small(box, source)
+    left, top, right, bottom = _patch_region(small, source.grey.shape)
+    if right - left < 2 or bottom - top < 2:
+        return TrackResult(None, 0.0, True, method)
+    template = source.grey[top:bottom, left:right]
+    # Where the box sits inside its patch, so the found patch gives back the box of the same size.
+    offset = small - np.array([left, top, left, top], dtype=np.float64)
+    if from_frame_id == to_frame_id:
+        return TrackResult(tuple(float(v) for v in box), 1.0, False, method)  # type: ignore[arg-type]
+    if target.grey.shape != source.grey.shape:  # the stream changed resolution in between
+        return TrackResult(None, 0.0, True, method)
+    side = max(source.grey.shape)
+    corner: tuple[float, float] = (float(left), float(top))
+    if method == "direct":
+        age_s = max(0.0, (target.timestamp_ms - source.timestamp_ms) / 1000)
+        found = _match(template, target.grey, corner, MIN_PATCH / 2 + max_speed * side * age_s)
+    else:
+        found, since_ms = None, source.timestamp_ms
+        for frame in history.between(from_frame_id, to_frame_id):
+            if frame.grey.shape != source.grey.shape:
+                return TrackResult(None, 0.0, True, method)
+            # The window covers the motion since the last good match, so a frame or two of occlusion is bridged.
+            step_s = max(0.0, (frame.timestamp_ms - since_ms) / 1000)
+            step = _match(template, frame.grey, corner, MIN_PATCH / 2 + max_speed * side * step_s)
+            found = step
+            if step is not None and step[0] >= min_confidence:
+                corner, since_ms = (float(step[1]), float(step[2])), frame.timestamp_ms
+    if found is None:
+        return TrackResult(None, 0.0, True, method)
+    score, x, y = found
+    confidence = float(np.clip(score, 0.0, 1.0))
+    if confidence < min_confidence:
+        return TrackResult(None, confidence, True, method)
+    moved = (np.array([x, y, x, y], dtype=np.float64) + offset) / target.scale
+    height, width = target.full_size
+    moved = np.clip(moved, 0, [width, height, width, height])
+    return TrackResult(tuple(float(v) for v in moved), confidence, False, method)  # type: ignore[arg-type]
+
+
+def region_change(history: FrameHistory, box: Box | None, from_frame_id: int, to_frame_id: int) -> float:
+    """How much the region under `box` (the whole frame when None) changed between two buffered frames: the mean
+    absolute grey difference, in [0, 1]. A frame no longer buffered counts as a full change (1.0)."""
+    source, target = history.get(from_frame_id), history.get(to_frame_id)
+    if source is None or target is None or source.grey.shape != target.grey.shape:
+        return 1.0
+    if box is None:
+        before, after = source.grey, target.grey
+    else:
+        left, top, right, bottom = _patch_region(_to_small(box, source), source.grey.shape)
+        if right <= left or bottom <= top:
+            return 1.0
+        before, after = source.grey[top:bottom, left:right], target.grey[top:bottom, left:right]
+    return float(cv2.absdiff(before, after).mean() / 255.0)

@@ -1,0 +1,84 @@
+"""Carrying a cloud box forward to the current frame (python_backends/context/tracking.py) on generated clips."""
+
+import numpy as np
+import pytest
+
+from load_tests.tracking_bench import history_of, iou, synthetic_clip
+from python_backends.context.tracking import METHODS, FrameHistory, region_change, track_box
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", ["square", "disc"])
+def test_a_moving_object_keeps_its_box(method, shape):
+    clip = synthetic_clip(21, shape=shape, seed=3)  # 2 s at 10 fps, about 130 px of travel
+    history = history_of(clip, 30)
+    for newest in (5, 20):
+        result = track_box(history, clip.boxes[0], 0, newest, method=method)
+        assert not result.lost and result.method == method and result.confidence >= 0.6
+        assert iou(result.box, clip.boxes[newest]) >= 0.5, (result, clip.boxes[newest])
+        assert iou(clip.boxes[0], clip.boxes[newest]) < 0.5  # it did move off its old box
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_vanished_object_is_reported_lost(method):
+    clip = synthetic_clip(21, seed=4, vanish_at=15)
+    history = history_of(clip, 30)
+    assert not track_box(history, clip.boxes[0], 0, 10, method=method).lost
+    gone = track_box(history, clip.boxes[0], 0, 20, method=method)
+    assert gone.lost and gone.box is None and gone.confidence < 0.6
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_static_object_stays_put(method):
+    clip = synthetic_clip(30, velocity=(0.0, 0.0), seed=5)
+    history = history_of(clip, 30)
+    result = track_box(history, clip.boxes[0], 0, 29, method=method)
+    assert not result.lost and result.confidence > 0.95
+    np.testing.assert_allclose(result.box, clip.boxes[0], atol=1.5)  # within a small-frame pixel (2 px here)
+
+
+def test_boxes_are_in_full_frame_pixels_at_any_frame_size():
+    clip = synthetic_clip(11, size=(480, 640), side=96, velocity=(12.0, 6.0), seed=6)
+    history = history_of(clip, 20, max_side=160)
+    assert history.get(0).grey.shape == (120, 160) and history.get(0).scale == 0.25
+    result = track_box(history, clip.boxes[0], 0, 10)
+    assert not result.lost and iou(result.box, clip.boxes[10]) >= 0.7
+    assert all(0 <= v <= 640 for v in result.box)
+
+
+def test_a_frame_no_longer_buffered_or_unknown_is_lost():
+    clip = synthetic_clip(12, seed=7)
+    history = history_of(clip, 5)  # frames 7..11 kept
+    assert len(history) == 5 and history.get(6) is None and history.get(7) is not None
+    for from_id, to_id in ((0, 11), (7, 99)):
+        result = track_box(history, clip.boxes[0], from_id, to_id)
+        assert result.lost and result.box is None and result.confidence == 0.0
+    same = track_box(history, clip.boxes[8], 8, 8)
+    assert not same.lost and same.box == clip.boxes[8]
+    with pytest.raises(ValueError, match="method must be one of"):
+        track_box(history, clip.boxes[8], 8, 9, method="kcf")
+
+
+def test_memory_is_bounded_by_frames_and_side():
+    history = FrameHistory(max_frames=10, max_side=160)
+    frame = np.zeros((720, 1280, 3), dtype=np.uint8)
+    for index in range(25):
+        history.add(index, index * 100, frame)
+    assert len(history) == 10 and history.nbytes == 10 * 160 * 90
+    assert history.nbytes <= history.max_frames * history.max_side**2
+    assert [history.get(i) is None for i in (14, 15)] == [True, False]
+    with pytest.raises(ValueError, match="max_frames"):
+        FrameHistory(max_frames=0)
+
+
+def test_region_change_tells_a_still_region_from_a_changed_one():
+    clip = synthetic_clip(11, seed=8)
+    history = history_of(clip, 20)
+    still = synthetic_clip(11, velocity=(0.0, 0.0), seed=8)
+    still_history = history_of(still, 20)
+    assert region_change(still_history, still.boxes[0], 0, 10) == 0.0
+    assert region_change(still_history, None, 0, 10) == 0.0
+    moved = region_change(history, clip.boxes[0], 0, 10)  # the object left the region: background under it now
+    whole = region_change(history, None, 0, 10)
+    assert 0.05 < moved <= 1.0 and 0.0 < whole < moved
+    assert region_change(history, None, 0, 99) == 1.0
