@@ -15,6 +15,7 @@ owns the stream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -166,7 +167,9 @@ class SpotVLMStep:
             log.info("cloud link off")
             return None
         url = config.cloud_url
-        breaker = CircuitBreaker(
+        # One breaker per cloud endpoint (cloud_url may name several); cloud_state is down only when all are.
+        breaker_factory = functools.partial(
+            CircuitBreaker,
             failure_threshold=config.cloud_failure_threshold,
             backoff_s=config.cloud_backoff_ms / 1000.0,
             max_backoff_s=config.cloud_max_backoff_ms / 1000.0,
@@ -179,7 +182,7 @@ class SpotVLMStep:
             jpeg_quality=config.cloud_jpeg_quality,
             max_side=config.cloud_max_side,
             max_inflight=config.cloud_max_inflight,
-            breaker=breaker,
+            breaker_factory=breaker_factory,
             delay=self._delay(config.cloud_delay),
             on_reply=self._on_cloud_reply,
             on_error=self._on_cloud_error,
