@@ -52,15 +52,10 @@ import numpy as np
 from client.frame_sources import SyntheticSource
 from client.streaming import DEFAULT_PROMPT, FrameResult, InferClient, StreamSession, run_streams
 from client.triton_client import text_tensor
-from load_tests.stream_isolation import (
-    after_warmup,
-    latency_summary,
-    machine_info,
-    percentile,
-    phase_summary,
-    ratio,
-    scrape_metrics,
-)
+from client.stats import percentile
+from load_tests.frame_stats import after_warmup, latency_summary, phase_summary, ratio
+from load_tests.machine import machine_info
+from load_tests.triton_metrics import scrape_metrics
 from python_backends.context.store import CloudResult, ContextStore, StoreLimits, TurnRecord
 from python_backends.detections import Detection
 
@@ -785,7 +780,7 @@ def write_plot(
     box_ax.boxplot(data, whis=(1, 99), showfliers=True, flierprops={"markersize": 3})
     box_ax.set_xticks(range(1, len(names) + 1), [n.replace("_", "\n", 1) for n in names], fontsize=8)
     for i, values in enumerate(data, start=1):
-        p50, p99 = np.percentile(values, 50), np.percentile(values, 99)
+        p50, p99 = percentile(values, 50), percentile(values, 99)
         box_ax.annotate(
             f"p50 {p50:.0f}\np99 {p99:.0f}", (i, p99), textcoords="offset points", xytext=(8, 4), fontsize=7
         )

@@ -20,7 +20,8 @@ from typing import Any
 from client.frame_sources import SyntheticSource
 from client.linked_servers import LinkedServers
 from client.streaming import FrameResult, run_streams
-from load_tests.stream_isolation import after_warmup, latency_summary, machine_info, ratio
+from load_tests.frame_stats import after_warmup, latency_summary, ratio
+from load_tests.machine import machine_info
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,92 @@
+"""The machine a benchmark ran on, and the CPU time of a server's processes, this client and everything else (psutil).
+
+Other people's work skews the numbers on a small machine: the load averages and `other_cpu_s` say how much.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    return {
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "load_average": load_average(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def system_busy_s() -> float:
+    """CPU seconds spent busy (all CPUs, not idle or waiting for I/O) since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - _guest_s(times)
+
+
+def _guest_s(times: Any) -> float:
+    # Linux counts guest time inside user and nice as well; counted once, as the kernel's first eight fields do.
+    return getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, its live descendants and the children it has reaped; 0 when gone."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # exited meanwhile: its time moves to its parent's children_* fields
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+@dataclass
+class CpuSnapshot:
+    system_busy_s: float | None
+    server_s: float
+    client_s: float
+
+
+def cpu_snapshot(server_pid: int | None) -> CpuSnapshot:
+    client = psutil.Process().cpu_times()
+    server = process_tree_cpu_s(server_pid) if server_pid is not None else 0.0
+    return CpuSnapshot(system_busy_s(), server, client.user + client.system)
+
+
+def cpu_usage(before: CpuSnapshot, after: CpuSnapshot, wall_s: float, cpus: int | None) -> dict[str, float | None]:
+    """CPU seconds over a run: the server's process tree, this client, and everything else on the machine."""
+    server = after.server_s - before.server_s
+    client = after.client_s - before.client_s
+    other = None
+    if before.system_busy_s is not None and after.system_busy_s is not None:
+        other = max(0.0, after.system_busy_s - before.system_busy_s - server - client)
+    capacity = wall_s * cpus if cpus else None
+    return {
+        "wall_s": round(wall_s, 2),
+        "server_cpu_s": round(server, 2),
+        "client_cpu_s": round(client, 2),
+        "other_cpu_s": round(other, 2) if other is not None else None,
+        "busy_share_of_machine": round((server + client + (other or 0.0)) / capacity, 3) if capacity else None,
+    }

@@ -1,0 +1,52 @@
+"""CPU accounting of the benchmarks (psutil): the server's process tree, this client, everything else."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from load_tests import machine
+
+
+def test_system_busy_s_counts_up() -> None:
+    before = machine.system_busy_s()
+    assert before > 0
+    sum(i * i for i in range(200_000))
+    assert machine.system_busy_s() >= before
+
+
+def test_process_tree_cpu_s_of_this_process_a_child_and_a_gone_one() -> None:
+    own = machine.process_tree_cpu_s(os.getpid())
+    assert own > 0
+    # A reaped child's CPU time counts for its parent (children_user / children_system).
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
+    assert machine.process_tree_cpu_s(os.getpid()) > own
+    assert machine.process_tree_cpu_s(2**22 + 12345) == 0  # no such pid
+
+
+def test_cpu_snapshot_without_a_server() -> None:
+    snapshot = machine.cpu_snapshot(None)
+    assert snapshot.server_s == 0.0 and snapshot.client_s > 0 and snapshot.system_busy_s > 0
+
+
+def test_cpu_usage() -> None:
+    before = machine.CpuSnapshot(system_busy_s=100.0, server_s=10.0, client_s=1.0)
+    after = machine.CpuSnapshot(system_busy_s=130.0, server_s=30.0, client_s=4.0)
+    usage = machine.cpu_usage(before, after, wall_s=20.0, cpus=2)
+    assert usage == {
+        "wall_s": 20.0,
+        "server_cpu_s": 20.0,
+        "client_cpu_s": 3.0,
+        "other_cpu_s": 7.0,
+        "busy_share_of_machine": 0.75,
+    }
+    unknown = machine.cpu_usage(
+        machine.CpuSnapshot(None, 0.0, 0.0), machine.CpuSnapshot(None, 1.0, 1.0), wall_s=2.0, cpus=None
+    )
+    assert unknown["other_cpu_s"] is None and unknown["busy_share_of_machine"] is None
+
+
+def test_machine_info() -> None:
+    info = machine.machine_info()
+    assert info["cpu_count"] == os.cpu_count() and info["usable_cpus"] >= 1
