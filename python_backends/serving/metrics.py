@@ -61,6 +61,7 @@ class SpotMetrics:
         self.focus_applied = {mode: focus.Metric(labels={**labels, "mode": mode}) for mode in FOCUS_MODES}
         frames = family("spotvlm_frames_total", "Frames answered, by whether they had cloud context", kinds.COUNTER)
         self.frames = {has: frames.Metric(labels={**labels, "cloud_context": has}) for has in ("yes", "no")}
+        self.endpoints = CloudEndpointMetrics(pb_utils, model_name)
 
     def record_frame(self, context_age_ms: float | None, focus_mode: str) -> None:
         self.frames["yes" if context_age_ms is not None else "no"].increment(1)
@@ -81,6 +82,67 @@ class SpotMetrics:
         _increment(self.frames_skipped["down"], delta.get("skipped_down", 0))
         for rtt in _as_list(delta.get("rtt_ms", [])):
             self.cloud_rtt_ms.observe(float(rtt))
+        for endpoint, counts in delta.get("endpoints", {}).items():
+            self.endpoints.record(endpoint, counts)
+
+
+class CloudEndpointMetrics:
+    """Per cloud endpoint (label `endpoint`): its calls' round trips, in-flight calls, requests, errors, retries and
+    breaker state. Series are made when an endpoint first shows up: a dns:/// cloud_url finds them as replicas come."""
+
+    def __init__(self, pb_utils: Any, model_name: str) -> None:
+        self._labels = {"model": model_name}
+        kinds = pb_utils.MetricFamily
+        self._families: list[Any] = []  # kept: Triton deletes a family's series when the family object goes away
+
+        def family(name: str, description: str, kind: Any) -> Any:
+            created = pb_utils.MetricFamily(name, description, kind)
+            self._families.append(created)
+            return created
+
+        self._rtt = family(
+            "spotvlm_cloud_endpoint_rtt_ms", "Round trip of one cloud call on this endpoint, ms", kinds.HISTOGRAM
+        )
+        self._inflight = family("spotvlm_cloud_endpoint_inflight", "Calls in flight to this endpoint", kinds.GAUGE)
+        self._requests = family(
+            "spotvlm_cloud_endpoint_requests_total", "Calls sent to this endpoint, retries included", kinds.COUNTER
+        )
+        self._errors = family("spotvlm_cloud_endpoint_errors_total", "Failed calls to this endpoint", kinds.COUNTER)
+        self._retries = family(
+            "spotvlm_cloud_endpoint_retries_total",
+            "Frames that failed on this endpoint and were sent to another within their deadline",
+            kinds.COUNTER,
+        )
+        self._up = family(
+            "spotvlm_cloud_endpoint_up", "1 while this endpoint's circuit breaker lets frames through", kinds.GAUGE
+        )
+        self.series: dict[str, dict[str, Any]] = {}
+
+    def _for(self, endpoint: str) -> dict[str, Any]:
+        if endpoint not in self.series:
+            labels = {**self._labels, "endpoint": endpoint}
+            self.series[endpoint] = {
+                "rtt_ms": self._rtt.Metric(labels=labels, buckets=LATENCY_BUCKETS_MS),
+                "inflight": self._inflight.Metric(labels=labels),
+                "requests": self._requests.Metric(labels=labels),
+                "errors": {k: self._errors.Metric(labels={**labels, "kind": k}) for k in CLOUD_ERROR_KINDS},
+                "retries": self._retries.Metric(labels=labels),
+                "up": self._up.Metric(labels=labels),
+            }
+        return self.series[endpoint]
+
+    def record(self, endpoint: str, delta: dict[str, Any]) -> None:
+        """One endpoint's part of CloudLink.drain_stats()["endpoints"]."""
+        series = self._for(endpoint)
+        series["inflight"].set(float(delta.get("inflight", 0)))
+        series["up"].set(0.0 if delta.get("state") == "down" else 1.0)
+        _increment(series["requests"], delta.get("sent", 0))
+        _increment(series["retries"], delta.get("retries", 0))
+        for kind, count in delta.get("errors_by_kind", {}).items():
+            if kind in series["errors"]:
+                _increment(series["errors"][kind], count)
+        for rtt in _as_list(delta.get("rtt_ms", [])):
+            series["rtt_ms"].observe(float(rtt))
 
 
 def _increment(metric: Any, count: float) -> None:
