@@ -58,7 +58,11 @@ class QwenVLGenerator:
         num_threads: int = 0,
         max_prompt_tokens: int = 4096,
         system_prompt: str = DEFAULT_SYSTEM,
+        device: str = "cpu",
+        dtype: str = "float32",
     ) -> None:
+        """`device` ("cpu", "cuda:0") and `dtype` ("float32", "bfloat16", "float16") come from
+        `python_backends.device.place_instance`, which keeps half precision off the CPU."""
         import torch
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
@@ -69,7 +73,9 @@ class QwenVLGenerator:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no checkpoint at {path} (config.json missing); run build_engines.sh")
         self.checkpoint = path
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -122,12 +128,12 @@ class QwenVLGenerator:
         """Greedy generation for a batch of encoded prompts (left-padded together); returns each answer's ids."""
         torch = self._torch
         encoded = self.tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
-        input_ids = encoded.input_ids
+        input_ids = encoded.input_ids.to(self.device)
         mm_token_type_ids = (input_ids == self.image_token_id).int()
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids,
-                attention_mask=encoded.attention_mask,
+                attention_mask=encoded.attention_mask.to(self.device),
                 mm_token_type_ids=mm_token_type_ids,
                 max_new_tokens=max(max_new_tokens),
                 do_sample=False,
@@ -159,12 +165,15 @@ class QwenVLGenerator:
 
         torch = self._torch
         grids = [grid for p in prepared for grid in p.grids]
+        # The tower's fp32 features, in the language model's dtype and on its device (they replace token embeddings).
         features = tuple(
-            torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)) for p in prepared for f in p.features
+            torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)).to(self.device, self.dtype)
+            for p in prepared
+            for f in p.features
         )
         kwargs = {}
         if features:
-            kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+            kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long, device=self.device)
             kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
         return self.generate_ids([p.prompt_ids for p in prepared], [p.max_new_tokens for p in prepared], **kwargs)
 
@@ -207,8 +216,9 @@ class QwenVLGenerator:
             prompts.append(self.encode_prompt(self.prompt_text(request, tokens)))
         kwargs = {}
         if pixel_values:
-            kwargs["pixel_values"] = torch.from_numpy(np.concatenate(pixel_values, axis=0))
-            kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+            pixels = torch.from_numpy(np.concatenate(pixel_values, axis=0))
+            kwargs["pixel_values"] = pixels.to(self.device, self.dtype)
+            kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long, device=self.device)
         return self.generate_ids(prompts, [r.max_new_tokens for r in requests], **kwargs)
 
     def decode(self, tokens: list[int]) -> str:

@@ -4,8 +4,11 @@ Steps, each skipped when its output is already up to date (so a second run takes
 1. the edge checkpoint: the tiny default, or a real local one given with --edge-checkpoint;
 2. the cloud checkpoint: likewise, --cloud-checkpoint;
 3. the edge vision tower exported to ONNX at a fixed input size, checked against torch in ONNX Runtime;
-4. a TensorRT engine from that ONNX, where TensorRT exists (trtexec or the tensorrt module);
-5. the `config.pbtxt` files rendered from their templates.
+4. a TensorRT engine from that ONNX, on --device gpu where TensorRT exists (trtexec or the tensorrt module),
+   checked against ONNX Runtime's features;
+5. the `config.pbtxt` files rendered from their templates, for --device cpu or gpu (auto: gpu where torch sees CUDA):
+   the heavy models (svlm_vision, svlm_generate, lvlm) get KIND_GPU instance groups, `count` of them on every GPU;
+   the light python steps stay KIND_CPU.
 """
 
 from __future__ import annotations
@@ -15,16 +18,24 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from client.model_repository import render_repository
+from spotvlm.tensorrt_plan import (
+    TENSORRT_TOLERANCE,
+    PlanError,
+    build_tensorrt_plan,
+    check_tensorrt_plan,
+    launcher_tensorrt_note,
+    tensorrt_available,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ONNX_TOLERANCE = 1e-3
+DEVICES = ("auto", "cpu", "gpu")
 STEPS = 5
 
 
@@ -166,58 +177,27 @@ def export_vision(checkpoint: Path, image_size: int, onnx_path: Path, force: boo
     return stamp
 
 
-def tensorrt_available() -> str | None:
-    """'trtexec', 'python' or None: how a TensorRT engine could be built here."""
-    if shutil.which("trtexec"):
-        return "trtexec"
-    try:
-        import tensorrt  # noqa: F401
-    except Exception:  # any import failure means no usable TensorRT
-        return None
-    return "python"
+def torch_sees_cuda() -> bool:
+    """The one seam --device auto looks through."""
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
-def build_tensorrt_plan(onnx_path: Path, plan_path: Path, shape: tuple[int, int], max_batch: int, how: str) -> None:
-    """ONNX -> serialized engine with a dynamic image count (1..max_batch)."""
-    name = "PIXEL_VALUES"
-    patches, dim = shape
-    if how == "trtexec":
-        command = [
-            "trtexec",
-            f"--onnx={onnx_path}",
-            f"--saveEngine={plan_path}",
-            f"--minShapes={name}:1x{patches}x{dim}",
-            f"--optShapes={name}:{max(1, max_batch // 2)}x{patches}x{dim}",
-            f"--maxShapes={name}:{max_batch}x{patches}x{dim}",
-        ]
-        detail(" ".join(command))
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise BuildError(f"trtexec failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        return
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"TensorRT could not parse {onnx_path}:\n{errors}")
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape(name, (1, patches, dim), (max(1, max_batch // 2), patches, dim), (max_batch, patches, dim))
-    config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        raise BuildError("TensorRT failed to build the engine")
-    plan_path.write_bytes(bytes(engine))
+def resolve_device(requested: str) -> str:
+    """'cpu' or 'gpu' for --device; auto is gpu exactly where torch sees a CUDA device."""
+    if requested not in DEVICES:
+        raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    if requested == "auto":
+        return "gpu" if torch_sees_cuda() else "cpu"
+    return requested
 
 
 def template_values(args: argparse.Namespace, edge: Path, cloud: Path, image_size: int, facts: ModelFacts) -> dict:
     """Every `${var}` the repository templates use, from the build options and the checkpoints."""
     grid = image_size // facts.patch_size
     num_patches = grid * grid
+    heavy_kind = "KIND_GPU" if resolve_device(args.device) == "gpu" else "KIND_CPU"
     return {
         "edge_checkpoint": edge,
         "cloud_checkpoint": cloud,
@@ -234,6 +214,8 @@ def template_values(args: argparse.Namespace, edge: Path, cloud: Path, image_siz
         "generate_instances": args.generate_instances or args.instances,
         "lvlm_instances": args.lvlm_instances,
         "intra_op_threads": args.intra_op_threads,
+        # svlm_vision, svlm_generate and lvlm; Triton makes `count` instances on every GPU of a KIND_GPU group.
+        "heavy_instance_kind": heavy_kind,
         "default_max_tokens": args.default_max_tokens,
         "lvlm_default_max_tokens": max(args.default_max_tokens, 48),
         "max_tokens_limit": 512,
@@ -377,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--build-dir", type=Path, default=PROJECT_ROOT / "build")
     parser.add_argument("--repository-root", type=Path, default=PROJECT_ROOT / "model_repository")
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the heavy models run: KIND_GPU instance groups for svlm_vision, svlm_generate and lvlm with "
+        "gpu, KIND_CPU with cpu; auto (default) is gpu where torch sees CUDA. The light steps stay on CPU",
+    )
     parser.add_argument("--no-tensorrt", action="store_true", help="keep ONNX Runtime even where TensorRT exists")
     parser.add_argument("--force", action="store_true", help="rebuild the ONNX export even if up to date")
     return parser
@@ -409,20 +398,34 @@ def main(argv: list[str] | None = None) -> int:
         onnx_path = vision_dir / "model.onnx"
         export_vision(edge, image_size, onnx_path, args.force)
 
+        requested_device, args.device = args.device, resolve_device(args.device)
         values = template_values(args, edge, cloud, image_size, facts)
         vision_variant = "config.pbtxt.template"
-        how = None if args.no_tensorrt else tensorrt_available()
         plan_path = vision_dir / "model.plan"
-        if how is None:
+        how = None
+        if args.device != "gpu":
+            step(4, "TensorRT: not used on CPU; svlm_vision runs in ONNX Runtime")
+        elif args.no_tensorrt:
+            step(4, "TensorRT: off (--no-tensorrt); svlm_vision runs in ONNX Runtime")
+        elif (how := tensorrt_available()) is None:
             step(4, "TensorRT: not found (no trtexec on PATH, no tensorrt module); svlm_vision stays on ONNX Runtime")
-            plan_path.unlink(missing_ok=True)
         else:
             step(4, f"TensorRT: found ({how}); building {plan_path}")
             shape = (values["num_patches"], values["patch_dim"])
             build_tensorrt_plan(onnx_path, plan_path, shape, args.max_batch_size, how)
+            args.build_dir.mkdir(parents=True, exist_ok=True)
+            diff = check_tensorrt_plan(onnx_path, plan_path, shape, how, args.build_dir)
+            detail(f"max |TensorRT - ONNX Runtime| = {diff:.2e} (tolerance {TENSORRT_TOLERANCE:.0e})")
             vision_variant = "config.tensorrt_plan.pbtxt.template"
+            if note := launcher_tensorrt_note():
+                detail(f"note: {note}")
+        if how is None:
+            plan_path.unlink(missing_ok=True)
 
-        step(5, "rendering config.pbtxt from the templates")
+        why = f" (--device auto: torch sees {'a' if args.device == 'gpu' else 'no'} CUDA device)"
+        step(
+            5, f"rendering config.pbtxt from the templates for {args.device}{why if requested_device == 'auto' else ''}"
+        )
         written = []
         for side in ("edge", "cloud"):
             written += render_repository(args.repository_root / side, values, variants={"svlm_vision": vision_variant})
@@ -431,11 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         args.build_dir.mkdir(parents=True, exist_ok=True)
         manifest = {
             "values": {k: str(v) for k, v in values.items()},
+            "device": args.device,
             "tensorrt": how,
             "vision_template": vision_variant,
         }
         (args.build_dir / "engines.json").write_text(json.dumps(manifest, indent=2))
-    except BuildError as exc:
+    except (BuildError, PlanError) as exc:
         print(f"build_engines: FAILED: {exc}", file=sys.stderr)
         return 1
     print(f"build_engines: done in {time.monotonic() - started:.1f} s", flush=True)

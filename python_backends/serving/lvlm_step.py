@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from python_backends.detections import Detection, detections_to_json, parse_detections, scale_box
+from python_backends.device import place_instance, report
 from python_backends.errors import InputError
 from python_backends.image_processing import decode_image_bytes, validate_image_array
 from python_backends.params import get_param, model_parameters
@@ -61,9 +62,14 @@ class LvlmStep:
         self.max_pixels = get_param(params, "max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, int)
         self.default_max_tokens = get_param(params, "default_max_tokens", 64, int)
         self.max_tokens_limit = get_param(params, "max_tokens_limit", 512, int)
+        self.placement = place_instance(args, params.get("dtype", "auto"))
         self.generator = QwenVLGenerator(
-            checkpoint_path(params), num_threads=get_param(params, "intra_op_threads", 0, int)
+            checkpoint_path(params),
+            num_threads=get_param(params, "intra_op_threads", 0, int),
+            device=self.placement.device.torch_name,
+            dtype=self.placement.dtype,
         )
+        report(f"{args.get('model_name', 'lvlm')} ready: torch on {self.placement.description}")
 
     def _parse(self, request):
         from python_backends.generation import GenerationRequest

@@ -6,10 +6,12 @@ alone (a bad one gets INVALID_ARG), the valid ones are computed together.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 
+from python_backends.device import instance_device, place_instance, report
 from python_backends.image_processing import ImageProcessorSpec, preprocess, validate_image_array
 from python_backends.params import get_param, model_parameters
 from python_backends.prompts import parse_history
@@ -50,16 +52,28 @@ class PreprocessStep:
         )
 
 
+def image_count_profile(config: dict) -> tuple[int, int, int] | None:
+    """(max images, patches, patch_dim) of svlm_vision's PIXEL_VALUES input, from its model config."""
+    dims = next((i.get("dims") for i in config.get("input", []) if i.get("name") == "PIXEL_VALUES"), None)
+    if not dims or len(dims) != 2:
+        return None
+    return max(1, int(config.get("max_batch_size", 1))), int(dims[0]), int(dims[1])
+
+
 class VisionStep:
     def __init__(self, args: dict) -> None:
         from python_backends.vision_runtime import OnnxVisionEncoder
 
-        params = model_parameters(args["model_config"])
+        config = json.loads(args["model_config"]) if isinstance(args["model_config"], str) else args["model_config"]
+        params = model_parameters(config)
         self.encoder = OnnxVisionEncoder(
             version_dir(args) / params.get("onnx_file", "model.onnx"),
             intra_op_threads=get_param(params, "intra_op_threads", 0, int),
             provider=params.get("provider", "auto"),
+            device=instance_device(args),
+            profile=image_count_profile(config),
         )
+        report(f"{args.get('model_name', 'svlm_vision')} ready: ONNX Runtime on {self.encoder.runs_on}")
 
     def execute(self, requests: list) -> list:
         def compute(batch: list[np.ndarray]) -> list[np.ndarray]:
@@ -81,9 +95,14 @@ class GenerateStep:
         params = model_parameters(args["model_config"])
         self.default_max_tokens = get_param(params, "default_max_tokens", 32, int)
         self.max_tokens_limit = get_param(params, "max_tokens_limit", 256, int)
+        self.placement = place_instance(args, params.get("dtype", "auto"))
         self.generator = QwenVLGenerator(
-            checkpoint_path(params), num_threads=get_param(params, "intra_op_threads", 0, int)
+            checkpoint_path(params),
+            num_threads=get_param(params, "intra_op_threads", 0, int),
+            device=self.placement.device.torch_name,
+            dtype=self.placement.dtype,
         )
+        report(f"{args.get('model_name', 'svlm_generate')} ready: torch on {self.placement.description}")
 
     def _parse(self, request):
         from python_backends.generation import GenerationRequest
