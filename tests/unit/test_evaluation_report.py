@@ -21,16 +21,10 @@ from evaluation.latency import (
     write_trace_csv,
 )
 from evaluation.policies import CLOUD_REFERENCE, POLICIES
-from evaluation.report import (
-    ALL_TASKS,
-    CSV_COLUMNS,
-    GAP_CSV_COLUMNS,
-    EvalRecord,
-    _wilson_interval,
-    markdown_report,
-    summarize,
-    write_report,
-)
+from evaluation.report import write_report
+from evaluation.report_csv import CSV_COLUMNS, GAP_CSV_COLUMNS
+from evaluation.report_markdown import markdown_report
+from evaluation.summary import ALL_TASKS, EvalRecord, _wilson_interval, summarize
 
 
 def _records(task, policy, latency, correct, wrong, edge_ms=None):
