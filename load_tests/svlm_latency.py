@@ -18,19 +18,17 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from client.frames import SAMPLE_FRAMES, sample_frame
+from client.stats import percentile
 from client.triton_client import VLMClient
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 def summarize(values: list[float]) -> dict[str, float]:
     return {
-        "p50_ms": round(statistics.median(values), 2),
-        "p99_ms": round(percentile(values, 99), 2),
+        "p50_ms": percentile(values, 50, digits=2),
+        "p99_ms": percentile(values, 99, digits=2),
         "mean_ms": round(statistics.fmean(values), 2),
         "n": len(values),
     }
@@ -52,15 +50,11 @@ def time_svlm(
 ) -> list[float]:
     samples = []
     with VLMClient(url, protocol) as client:
-        for i in range(warmup + n):
+        for i in tqdm(range(warmup + n), desc=protocol, unit="request", file=sys.stderr, disable=not progress):
             image, prompt = frames[i % len(frames)]
             answer = client.ask_svlm(image, prompt, max_tokens=max_tokens)
             if i >= warmup:
                 samples.append(answer.latency_ms)
-            if progress:
-                print(f"\r{protocol}: {i + 1}/{warmup + n}", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
     return samples
 
 
