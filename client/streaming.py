@@ -29,7 +29,9 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from client.sharding import EdgeRing, edge_unreachable, parse_edge_urls, stream_headers
 from client.triton_client import ClientError, VLMClient, decode_text, text_tensor
+from python_backends.context.report import ContextReport
 from python_backends.image_processing import encode_jpeg
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class FrameResult:
     sent_at_ms: int
     latency_ms: float
     text: str = ""
-    context: dict[str, Any] = field(default_factory=dict)
+    context: ContextReport = field(default_factory=ContextReport)
     restarted: bool = False
     error: str | None = None
     late: bool = False
@@ -81,10 +83,13 @@ class FrameResult:
 
     @property
     def has_context(self) -> bool:
-        return self.context.get("context_frame") is not None
+        return self.context.has_context
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, default=_json_default)
+        data = asdict(self)
+        # CONTEXT as the server wrote it; a frame without one (an error) keeps {} as before.
+        data["context"] = self.context.to_dict() if self.context != ContextReport() else {}
+        return json.dumps(data, ensure_ascii=False, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
@@ -111,11 +116,18 @@ class InferClient(Protocol):
 
 
 class StreamSession:
-    """One stream (one Triton sequence) to the edge model. Not thread-safe: one thread sends a stream's frames."""
+    """One stream (one Triton sequence) to the edge model. Not thread-safe: one thread sends a stream's frames.
+
+    `url` may name several edges (comma-separated or a list): the stream goes to the one its id hashes to
+    (client.sharding.EdgeRing). When that edge cannot be reached, it leaves this session's ring and the frame goes to the
+    stream's next edge as a restart (START); every request also names the stream in the `x-spotvlm-stream` header, for
+    a proxy that hashes on it. `client` is the client of the stream's first edge, `client_factory(url)` makes the
+    others' (default: VLMClient).
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         protocol: str = "grpc",
         stream_id: int = 1,
         prompt: str = DEFAULT_PROMPT,
@@ -125,13 +137,15 @@ class StreamSession:
         timeout_s: float = 60.0,
         client: InferClient | None = None,
         jpeg_quality: int = 90,
+        client_factory: Callable[[str], InferClient] | None = None,
     ) -> None:
         if not isinstance(stream_id, int) or stream_id <= 0:
             # Sequence id 0 means "no sequence" to Triton, and negative ids do not fit its uint64 correlation id.
             raise ValueError(f"stream_id must be a positive int, got {stream_id!r}")
         if send not in SEND_MODES:
             raise ValueError(f"send must be one of {SEND_MODES}, got {send!r}")
-        self.url = url
+        self.ring = EdgeRing(parse_edge_urls(url))
+        self.url = self.ring.edge_for(stream_id)  # the stream's edge
         self.protocol = protocol
         self.stream_id = stream_id
         self.prompt = prompt
@@ -140,7 +154,10 @@ class StreamSession:
         # None means "server default": tritonclient cannot serialise a None parameter.
         self.params = {k: v for k, v in (params or {}).items() if v is not None}
         self.jpeg_quality = jpeg_quality
-        self._client: InferClient = client if client is not None else VLMClient(url, protocol, timeout_s=timeout_s)
+        self._client_factory = client_factory or (lambda edge: VLMClient(edge, protocol, timeout_s=timeout_s))
+        self._clients: dict[str, InferClient] = {
+            self.url: client if client is not None else self._client_factory(self.url)
+        }
         self._next_index = 0
         self.restarts = 0
 
@@ -157,6 +174,12 @@ class StreamSession:
         inputs["TIMESTAMP_MS"] = np.array([[timestamp_ms]], dtype=np.int64)
         return inputs
 
+    @property
+    def _client(self) -> InferClient:
+        if self.url not in self._clients:
+            self._clients[self.url] = self._client_factory(self.url)
+        return self._clients[self.url]
+
     def _infer(self, inputs: dict[str, np.ndarray], start: bool, end: bool) -> dict[str, np.ndarray]:
         return self._client.infer(
             self.model,
@@ -166,7 +189,27 @@ class StreamSession:
             sequence_id=self.stream_id,
             sequence_start=start,
             sequence_end=end,
+            headers=stream_headers(self.stream_id),
         )
+
+    def _infer_moving(self, inputs: dict[str, np.ndarray], end: bool) -> dict[str, np.ndarray]:
+        """A restart (START), on the stream's next edge while its edge cannot be reached."""
+        while True:
+            try:
+                return self._infer(inputs, True, end)
+            except Exception as exc:
+                if not self._move_off_edge(exc):
+                    raise
+
+    def _move_off_edge(self, exc: Exception) -> bool:
+        """When the stream's edge cannot be reached and another is left: drop it, and the stream moves on."""
+        if len(self.ring) < 2 or not edge_unreachable(exc):
+            return False
+        gone = self.url
+        self.ring.remove(gone)
+        self.url = self.ring.edge_for(self.stream_id)
+        log.warning("stream %d: edge %s unreachable (%s); restarting on %s", self.stream_id, gone, exc, self.url)
+        return True
 
     def send(self, frame: np.ndarray, *, start: bool, end: bool) -> FrameResult:
         """Sends one frame; errors are returned in `FrameResult.error`, never raised (the stream goes on)."""
@@ -181,12 +224,14 @@ class StreamSession:
             try:
                 outputs = self._infer(inputs, start, end)
             except Exception as exc:  # decided below: restart, or record and go on
-                if start or not needs_restart(str(exc)):
+                # An edge that is gone hands the stream to its next edge, which holds no sequence for it: restart.
+                moved = self._move_off_edge(exc)
+                if not moved and (start or not needs_restart(str(exc))):
                     raise
                 log.info("stream %d: sequence dropped by the server (%s); restarting", self.stream_id, exc)
                 result.restarted = True
                 self.restarts += 1
-                outputs = self._infer(inputs, True, end)
+                outputs = self._infer_moving(inputs, end)
             result.text = decode_text(outputs["TEXT"]) if outputs.get("TEXT") is not None else ""
             result.context = parse_context(outputs.get("CONTEXT"))
         except ClientError as exc:
@@ -197,25 +242,22 @@ class StreamSession:
         return result
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:  # closing a broken connection must not hide the run's results
-            log.debug("stream %d: error closing the client", self.stream_id, exc_info=True)
+        for client in self._clients.values():
+            try:
+                client.close()
+            except Exception:  # closing a broken connection must not hide the run's results
+                log.debug("stream %d: error closing a client", self.stream_id, exc_info=True)
 
 
-def parse_context(array: np.ndarray | None) -> dict[str, Any]:
-    """The CONTEXT output as a dict; {} when absent, {"raw": ...} when not a JSON object (never raises)."""
+def parse_context(array: np.ndarray | None) -> ContextReport:
+    """The CONTEXT output as a report; empty when absent, `extra["raw"]` when not a JSON object (never raises)."""
     if array is None:
-        return {}
+        return ContextReport()
     try:
         raw = decode_text(array)
     except Exception:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {"raw": raw}
-    return value if isinstance(value, dict) else {"raw": value}
+        return ContextReport()
+    return ContextReport.from_json(raw)
 
 
 # -- pacing ------------------------------------------------------------------------------------------------------------
@@ -283,7 +325,7 @@ class _StreamStats:
             return
         self.latencies.append(result.latency_ms)
         self.with_context += int(result.has_context)
-        self.cloud_state = str(result.context.get("cloud_state", self.cloud_state))
+        self.cloud_state = result.context.cloud_state or self.cloud_state
 
 
 class ProgressBoard:
@@ -509,11 +551,7 @@ def run_streams(
 def _summary_row(name: str, results: Sequence[FrameResult]) -> dict[str, Any]:
     answered = [r for r in results if r.error is None]
     latencies = [r.latency_ms for r in answered]
-    ages = [
-        float(r.context["context_age_ms"])
-        for r in answered
-        if r.has_context and isinstance(r.context.get("context_age_ms"), (int, float))
-    ]
+    ages = [float(r.context.context_age_ms) for r in answered if r.has_context and r.context.context_age_ms is not None]
     return {
         "stream": name,
         "frames": len(results),

@@ -35,11 +35,12 @@ answer. `CloudStaleReplayer` replays it from per-frame cloud answers and a `Late
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from evaluation.latency import LatencyModel
+from python_backends.context.report import ContextReport
 
 EDGE_ONLY = "edge_only"
 CLOUD_STALE = "cloud_stale"
@@ -87,7 +88,7 @@ def policy_request_parameters(policy: str) -> dict[str, Any]:
         raise ValueError(f"unknown policy {policy!r}; spotvlm policies: {', '.join(SPOTVLM_POLICIES)}") from None
 
 
-def policy_violations(policy: str, context: Mapping[str, Any]) -> list[str]:
+def policy_violations(policy: str, context: ContextReport) -> list[str]:
     """What spotvlm's CONTEXT reply shows it did against `policy` ([] when it did what the policy asks).
 
     Checks only what CONTEXT can show: a spotvlm that ignores `text_context` is caught on focus_only as soon as the
@@ -95,17 +96,17 @@ def policy_violations(policy: str, context: Mapping[str, Any]) -> list[str]:
     """
     params = policy_request_parameters(policy)
     problems = []
-    focus_mode = context.get("focus_mode")
+    focus_mode = context.focus_mode
     if params["focus"] == "off" and focus_mode not in (None, "off"):
         problems.append(f"{policy}: focus_mode is {focus_mode!r}, expected 'off'")
     no_history = not params["use_context"] or not params.get(TEXT_CONTEXT, True)
-    if no_history and context.get("history_turns"):
+    if no_history and context.history_turns:
         problems.append(
-            f"{policy}: {context['history_turns']} history turns went to the SVLM, expected none"
+            f"{policy}: {context.history_turns} history turns went to the SVLM, expected none"
             + ("" if not params["use_context"] else f" (does spotvlm accept the {TEXT_CONTEXT!r} parameter?)")
         )
-    if not params["use_context"] and context.get("context_frame") is not None:
-        problems.append(f"{policy}: used cloud context from frame {context['context_frame']}, expected none")
+    if not params["use_context"] and context.has_context:
+        problems.append(f"{policy}: used cloud context from frame {context.context_frame}, expected none")
     return problems
 
 

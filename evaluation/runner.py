@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from python_backends.context.report import ContextReport
 from python_backends.detections import scale_box
 from evaluation.dataset import Example
 from evaluation.latency import LatencySetting, constant_setting, latency_model
@@ -88,7 +89,7 @@ class Answer:
     text: str
     latency_ms: float | None = None
     error: str | None = None
-    context: Mapping[str, Any] = field(default_factory=dict)
+    context: ContextReport = field(default_factory=ContextReport)
     # The answer's first box in the frame's pixels, where known (box_in_frame, or the cloud's DETECTIONS): a
     # Qwen2.5-VL model writes boxes in the pixels of its resized input, and questions are answered in the frame's.
     box: tuple[float, float, float, float] | None = None
@@ -200,7 +201,7 @@ def records_for(
         answer = answers.get(example.id)
         correct = answer is not None and answer.error is None and score(example, scored_answer(example, answer)).correct
         latency_ms = answer.latency_ms if answer is not None and policy != CLOUD_REFERENCE else None
-        age = answer.context.get("context_age_ms") if answer is not None else None
+        age = answer.context.context_age_ms if answer is not None else None
         state = states.get(example.id) if states is not None else None
         records.append(EvalRecord(example.task, policy, latency, correct, latency_ms, age, state))
     return records
@@ -215,7 +216,7 @@ def context_states(
     states = {}
     for example in video.examples:
         answer = answers.get(example.id)
-        sent = answer.context.get("context_frame") if answer is not None and answer.error is None else None
+        sent = answer.context.context_frame if answer is not None and answer.error is None else None
         frame_index = (
             video.examples[sent].frame_index if isinstance(sent, int) and 0 <= sent < len(video.examples) else None
         )

@@ -158,7 +158,7 @@ def first_uses(results: Iterable[FrameResult]) -> list[FrameResult]:
     for result in sorted(results, key=lambda r: (r.stream_id, r.frame_index)):
         if not result.ok or not result.has_context:
             continue
-        key = (result.stream_id, result.context.get("context_frame"))
+        key = (result.stream_id, result.context.context_frame)
         if key not in seen:
             seen.add(key)
             out.append(result)
@@ -167,14 +167,14 @@ def first_uses(results: Iterable[FrameResult]) -> list[FrameResult]:
 
 def distinct_context_rtts(results: Iterable[FrameResult]) -> list[float]:
     """CONTEXT.context_rtt_ms once per distinct LVLM answer (stream, context_frame), not once per frame using it."""
-    return [v for r in first_uses(results) if (v := _number(r.context.get("context_rtt_ms"))) is not None]
+    return [v for r in first_uses(results) if (v := _number(r.context.context_rtt_ms)) is not None]
 
 
 def context_lags(results: Iterable[FrameResult]) -> list[float]:
     """context_age_ms - context_rtt_ms of each frame that used cloud context."""
     lags = []
     for r in results:
-        age, rtt = _number(r.context.get("context_age_ms")), _number(r.context.get("context_rtt_ms"))
+        age, rtt = _number(r.context.context_age_ms), _number(r.context.context_rtt_ms)
         if age is not None and rtt is not None:
             lags.append(age - rtt)
     return lags
@@ -184,19 +184,19 @@ def context_stats(answered: Sequence[FrameResult], warmup: Sequence[FrameResult]
     """Cloud context of a phase's answered (measured) frames: share with context, its age, and the LVLMs' round
     trips. `warmup`: the phase's answered warm-up frames, so an answer first used there has no later "first use"."""
     with_context = [r for r in answered if r.has_context]
-    ages = [v for r in with_context if (v := _number(r.context.get("context_age_ms"))) is not None]
+    ages = [v for r in with_context if (v := _number(r.context.context_age_ms)) is not None]
     measured = {id(r) for r in answered}
     first = [r for r in first_uses([*warmup, *answered]) if id(r) in measured]
     states: dict[str, int] = {}
     for r in answered:
-        state = str(r.context.get("cloud_state", "none"))
+        state = r.context.cloud_state or "none"
         states[state] = states.get(state, 0) + 1
     return {
         "context_share": round(len(with_context) / len(answered), 3) if answered else None,
         "context_age": latency_summary(ages),
         # The age when an answer is first used: its round trip plus the wait for the next frame.
         "context_age_first_use": latency_summary(
-            [v for r in first if (v := _number(r.context.get("context_age_ms"))) is not None]
+            [v for r in first if (v := _number(r.context.context_age_ms)) is not None]
         ),
         # At each answer's first use: how much older it is than its round trip, i.e. how long the edge took to use
         # an answer after it arrived (the wait for the stream's next frame, plus the edge's own share). Later frames
@@ -235,7 +235,7 @@ def phase_samples(results: Sequence[FrameResult], started_ms: float, warmup_s: f
     return {
         "latency_ms": [r.latency_ms for r in answered],
         "context_age_ms": [
-            v for r in answered if r.has_context and (v := _number(r.context.get("context_age_ms"))) is not None
+            v for r in answered if r.has_context and (v := _number(r.context.context_age_ms)) is not None
         ],
         "cloud_rtt_ms": distinct_context_rtts(answered),
     }
@@ -495,7 +495,7 @@ def run_phase(
 
 def cloud_requests_sent(results: Iterable[FrameResult]) -> int:
     """Frames the edge says it sent to the cloud (CONTEXT.cloud_dispatch == "sent")."""
-    return sum(1 for r in results if r.ok and r.context.get("cloud_dispatch") == "sent")
+    return sum(1 for r in results if r.ok and r.context.cloud_dispatch == "sent")
 
 
 def wait_for_cloud(metrics_url: str, expected: int, timeout_s: float = SETTLE_TIMEOUT_S) -> float:

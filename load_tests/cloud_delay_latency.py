@@ -43,15 +43,17 @@ def run(edge_url: str, streams: int, fps: float, duration_s: float, params: dict
 def summarize(results: Sequence[FrameResult], warmup_s: float) -> dict[str, Any]:
     start_ms = min(r.sent_at_ms for r in results)
     kept = [r for r in after_warmup(results, start_ms, warmup_s) if r.ok]
-    with_context = [r for r in kept if r.context.get("context_frame") is not None]
-    ages = [float(r.context["context_age_ms"]) for r in with_context]
+    with_context = [r for r in kept if r.context.has_context]
+    ages = [float(r.context.context_age_ms) for r in with_context if r.context.context_age_ms is not None]
     return {
         "client": latency_summary([r.latency_ms for r in kept]),
-        "server_total": latency_summary([float(r.context["latency_ms"]["total"]) for r in kept]),
+        "server_total": latency_summary(
+            [float(r.context.latency_ms.total) for r in kept if r.context.latency_ms is not None]
+        ),
         "errors": sum(1 for r in results if not r.ok),
         "context_share": round(len(with_context) / len(kept), 3) if kept else None,
         "context_age": latency_summary(ages),
-        "cloud_states": sorted({str(r.context.get("cloud_state")) for r in kept}),
+        "cloud_states": sorted({str(r.context.cloud_state) for r in kept}),
     }
 
 

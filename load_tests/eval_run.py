@@ -320,8 +320,8 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     "correct": answer.error is None and score(example, scored_answer(example, answer)).correct,
                     "latency_ms": None if answer.latency_ms is None else round(answer.latency_ms, 1),
                     "error": answer.error,
-                    "context_frame": answer.context.get("context_frame"),
-                    "context_age_ms": answer.context.get("context_age_ms"),
+                    "context_frame": answer.context.context_frame,
+                    "context_age_ms": answer.context.context_age_ms,
                     "context_state": (states or {}).get(example.id),
                 }
             )

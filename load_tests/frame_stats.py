@@ -39,7 +39,8 @@ def after_warmup(results: Sequence[FrameResult], run_start_ms: float, warmup_s: 
 
 def server_latency(result: FrameResult, part: str = "total") -> float | None:
     """`CONTEXT.latency_ms[part]` of an answered frame, or None."""
-    value = (result.context.get("latency_ms") or {}).get(part) if isinstance(result.context, dict) else None
+    latency = result.context.latency_ms
+    value = getattr(latency, part, None) if latency is not None else None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

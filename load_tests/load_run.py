@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from python_backends.context.report import ContextReport
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 DEFAULT_OUT = PROJECT_ROOT / "build" / "load"
@@ -133,21 +135,21 @@ class ContextStats:
     ages: dict[int, int] = field(default_factory=dict)
     cloud_states: dict[str, int] = field(default_factory=dict)
 
-    def add(self, *, ok: bool, context: Mapping[str, Any], restarted: bool = False) -> int | None:
+    def add(self, *, ok: bool, context: ContextReport, restarted: bool = False) -> int | None:
         """Counts one frame; returns its context age in ms when it had cloud context with an age, else None."""
         self.restarts += int(restarted)
         if not ok:
             self.errors += 1
             return None
         self.frames += 1
-        state = context.get("cloud_state")
+        state = context.cloud_state
         if state is not None:
-            self.cloud_states[str(state)] = self.cloud_states.get(str(state), 0) + 1
-        if context.get("context_frame") is None:
+            self.cloud_states[state] = self.cloud_states.get(state, 0) + 1
+        if not context.has_context:
             return None
         self.with_context += 1
-        age = context.get("context_age_ms")
-        if not isinstance(age, (int, float)) or isinstance(age, bool) or not math.isfinite(age):
+        age = context.context_age_ms  # a number or None (ContextReport reads anything else as None)
+        if age is None:
             return None
         age_ms = max(0, round(age))
         self.ages[age_ms] = self.ages.get(age_ms, 0) + 1

@@ -139,9 +139,9 @@ def stream_demo(edge_grpc_url: str, seconds: float = 6.0, fps: float = 5.0, dela
     for r in (r for r in results if r.stream_id == 1):
         c = r.context
         print(
-            f"{c.get('frame_id', r.frame_index):>5}  {r.latency_ms:>10.1f}  {c.get('cloud_dispatch', '-'):>14}"
-            f"  {_dash(c.get('context_frame')):>13}  {_dash(c.get('context_age_ms')):>14}"
-            f"  {c.get('replaced_turns', 0):>14}  {c.get('cloud_state', '-')}"
+            f"{_dash(c.frame_id if c.frame_id is not None else r.frame_index):>5}  {r.latency_ms:>10.1f}"
+            f"  {c.cloud_dispatch or '-':>14}  {_dash(c.context_frame):>13}  {_dash(c.context_age_ms):>14}"
+            f"  {c.replaced_turns:>14}  {c.cloud_state or '-'}"
         )
     print()
     print_summary(summarize(results))

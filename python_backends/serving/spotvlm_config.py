@@ -32,7 +32,9 @@ class SpotVLMConfig:
     """The `spotvlm` model's config parameters, typed, with their defaults."""
 
     checkpoint: str = _param("", "the edge checkpoint folder; its `tokenizer.json` counts tokens (else words)")
-    cloud_url: str = _param("", "the cloud's gRPC address; empty or `off` disables the cloud link")
+    cloud_url: str = _param(
+        "", "the cloud's gRPC address, several comma-separated, or `dns:///HOST:PORT`; empty or `off`: no cloud"
+    )
     cloud_delay: str = _param(
         "0", "extra delay on the cloud link: `1500` (ms), `2000+-1000`, `uniform:1000:3000` or `trace:FILE.csv`"
     )

@@ -37,6 +37,7 @@ from python_backends.context.focus import (
     parse_focus_mode,
     plan_focus,
 )
+from python_backends.context.report import ContextReport, LatencyBreakdown
 from python_backends.context.replacement import (
     ReplacedHistory,
     WordBudget,
@@ -386,27 +387,27 @@ class SpotVLMStep:
                 frame.stream_id, TurnRecord(prepared.frame_id, frame.timestamp_ms, frame.prompt, outcome.text)
             )
             history = prepared.history
-            context = {
-                "stream_id": frame.stream_id,
-                "frame_id": prepared.frame_id,
-                "context_frame": history.context_frame,
-                "context_age_ms": history.context_age_ms,
-                "context_rtt_ms": prepared.context_rtt_ms,
-                "context_detections": prepared.context_detections,
-                "cloud_state": self.link.state.value if self.link is not None else "off",
-                "cloud_dispatch": prepared.dispatch,
-                "focus_mode": prepared.plan.mode.value,
-                "focus_box": list(prepared.plan.box) if prepared.plan.box is not None else None,
-                "focus_frame": prepared.focus_frame,
-                "focus_labels": prepared.plan.labels,
-                "replaced_turns": history.replaced_turns,
-                "history_turns": len(history.turns),
-                "svlm_model": prepared.model,
-                "latency_ms": _latency(prepared, outcome),
-            }
+            context = ContextReport(
+                stream_id=frame.stream_id,
+                frame_id=prepared.frame_id,
+                context_frame=history.context_frame,
+                context_age_ms=history.context_age_ms,
+                context_rtt_ms=prepared.context_rtt_ms,
+                context_detections=prepared.context_detections,
+                cloud_state=self.link.state.value if self.link is not None else "off",
+                cloud_dispatch=prepared.dispatch,
+                focus_mode=prepared.plan.mode.value,
+                focus_box=list(prepared.plan.box) if prepared.plan.box is not None else None,
+                focus_frame=prepared.focus_frame,
+                focus_labels=prepared.plan.labels,
+                replaced_turns=history.replaced_turns,
+                history_turns=len(history.turns),
+                svlm_model=prepared.model,
+                latency_ms=_latency(prepared, outcome),
+            )
             if self.metrics is not None:
                 self.metrics.record_frame(history.context_age_ms, prepared.plan.mode.value)
-            return response([bytes_tensor("TEXT", outcome.text), bytes_tensor("CONTEXT", json.dumps(context))])
+            return response([bytes_tensor("TEXT", outcome.text), bytes_tensor("CONTEXT", context.to_json())])
         finally:
             if frame.end:
                 self._end_stream(frame.stream_id)
@@ -508,16 +509,16 @@ def _image_input(pb, frame: FrameRequest, image: np.ndarray):
     return pb.Tensor("IMAGE", np.ascontiguousarray(image)[None])
 
 
-def _latency(prepared: PreparedFrame, reply: SvlmReply) -> dict[str, float]:
+def _latency(prepared: PreparedFrame, reply: SvlmReply) -> LatencyBreakdown:
     """Where the frame's time went. `vision` is the svlm time outside the language model: image preprocessing,
     the vision encoder, detokenising and the ensemble's hops; `preprocess` is this model's own work before it."""
     total = (time.perf_counter() - prepared.frame.received) * 1000.0
-    return {
-        "preprocess": round(prepared.prepare_ms, 2),
-        "vision": round(max(0.0, reply.svlm_ms - reply.generate_ms), 2),
-        "generate": round(reply.generate_ms, 2),
-        "total": round(total, 2),
-    }
+    return LatencyBreakdown(
+        preprocess=round(prepared.prepare_ms, 2),
+        vision=round(max(0.0, reply.svlm_ms - reply.generate_ms), 2),
+        generate=round(reply.generate_ms, 2),
+        total=round(total, 2),
+    )
 
 
 def _token_budget(checkpoint: str):

@@ -199,7 +199,7 @@ class LiveStreams:
 
 def _brief(result: FrameResult) -> dict:
     keys = ("frame_id", "cloud_state", "cloud_dispatch", "context_frame", "context_detections")
-    return {"error": result.error} if result.error else {k: result.context.get(k) for k in keys}
+    return {"error": result.error} if result.error else {k: getattr(result.context, k) for k in keys}
 
 
 def assert_answered_once(results: dict[int, list[FrameResult]], sessions: dict[int, StreamSession]) -> None:
@@ -209,5 +209,5 @@ def assert_answered_once(results: dict[int, list[FrameResult]], sessions: dict[i
         assert stream, f"stream {sid} sent nothing"
         assert [r.error for r in stream if r.error] == [], f"stream {sid}"
         assert [r.frame_index for r in stream] == list(range(len(stream))), f"stream {sid}: one result per frame"
-        assert [r.context["frame_id"] for r in stream] == list(range(len(stream))), f"stream {sid}: frames lost"
+        assert [r.context.frame_id for r in stream] == list(range(len(stream))), f"stream {sid}: frames lost"
         assert not any(r.restarted for r in stream) and sessions[sid].restarts == 0, f"stream {sid} restarted"

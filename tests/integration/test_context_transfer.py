@@ -67,7 +67,7 @@ def linked_edge(tmp_path_factory, linked_cloud, short_idle_edge_repository):
 
 
 def _by_frame(results: list[FrameResult]) -> dict[int, FrameResult]:
-    return {r.context["frame_id"]: r for r in results}
+    return {r.context.frame_id: r for r in results}
 
 
 def test_two_streams_get_their_own_delayed_context(linked_edge, tmp_path):
@@ -89,28 +89,28 @@ def test_two_streams_get_their_own_delayed_context(linked_edge, tmp_path):
     assert len(out.read_text().splitlines()) == 60
 
     for stream_id in (11, 12):
-        stream = sorted((r for r in results if r.stream_id == stream_id), key=lambda r: r.context["frame_id"])
-        assert [r.context["frame_id"] for r in stream] == list(range(30))
+        stream = sorted((r for r in results if r.stream_id == stream_id), key=lambda r: r.context.frame_id)
+        assert [r.context.frame_id for r in stream] == list(range(30))
         frames = _by_frame(stream)
         t0 = stream[0].sent_at_ms
         early = [r for r in stream if r.sent_at_ms - t0 < CLOUD_DELAY_MS]
-        assert early and all(r.context["context_frame"] is None for r in early), "no context before the delay"
-        with_context = [r for r in stream if r.context["context_frame"] is not None]
+        assert early and all(r.context.context_frame is None for r in early), "no context before the delay"
+        with_context = [r for r in stream if r.context.context_frame is not None]
         assert len(with_context) >= 10, f"stream {stream_id}: only {len(with_context)} frames had context"
-        assert stream[-1].context["context_frame"] is not None
+        assert stream[-1].context.context_frame is not None
         first_use: dict[int, int] = {}
         for r in with_context:
-            context_frame = r.context["context_frame"]
-            assert context_frame < r.context["frame_id"]
+            context_frame = r.context.context_frame
+            assert context_frame < r.context.frame_id
             # The age is measured against THIS stream's frame: a context from the other stream (whose frames are
             # staggered in time) would not match its timestamp.
-            assert r.context["context_age_ms"] == r.sent_at_ms - frames[context_frame].sent_at_ms
-            assert r.context["context_age_ms"] >= CLOUD_DELAY_MS
-            first_use.setdefault(context_frame, r.context["context_age_ms"])
-            assert r.context["replaced_turns"] >= 1
+            assert r.context.context_age_ms == r.sent_at_ms - frames[context_frame].sent_at_ms
+            assert r.context.context_age_ms >= CLOUD_DELAY_MS
+            first_use.setdefault(context_frame, r.context.context_age_ms)
+            assert r.context.replaced_turns >= 1
         # When a cloud answer is first used, its age is the injected delay plus the cloud's own time.
         assert all(age <= CLOUD_DELAY_MS + AGE_TOLERANCE_MS for age in first_use.values()), first_use
-        assert {r.context["cloud_state"] for r in stream} <= {"ok", "slow"}
+        assert {r.context.cloud_state for r in stream} <= {"ok", "slow"}
 
 
 def test_custom_metrics_count_cloud_traffic(linked_edge):
@@ -148,29 +148,29 @@ def test_ingested_detections_give_the_focus_box(linked_edge, protocol):
         assert bystander.send(next(frames), start=True, end=False).ok
 
         detections = [{"bbox_2d": [100, 60, 260, 180], "label": "car"}, {"bbox_2d": [0, 0, 20, 20], "label": "tree"}]
-        status = _ingest(linked_edge.grpc_url, target, first.context["frame_id"], detections, (480, 640), "a red car")
-        assert status == {"stream_id": target, "frame_id": first.context["frame_id"], "stored": True}
+        status = _ingest(linked_edge.grpc_url, target, first.context.frame_id, detections, (480, 640), "a red car")
+        assert status == {"stream_id": target, "frame_id": first.context.frame_id, "stored": True}
 
         second = session.send(next(frames), start=False, end=False)
         assert second.ok, second.error
         context = second.context
-        assert context["context_frame"] == first.context["frame_id"]
-        assert context["focus_mode"] == "crop_only" and context["svlm_model"] == "svlm"
-        assert context["focus_labels"] == ["car"], "only the box the question is about"
+        assert context.context_frame == first.context.frame_id
+        assert context.focus_mode == "crop_only" and context.svlm_model == "svlm"
+        assert context.focus_labels == ["car"], "only the box the question is about"
         expected = focus_box(
-            [Detection("car", (100.0, 60.0, 260.0, 180.0))], (480, 640), FRAME_SIZE, context["context_age_ms"]
+            [Detection("car", (100.0, 60.0, 260.0, 180.0))], (480, 640), FRAME_SIZE, context.context_age_ms
         )
-        assert context["focus_box"] == list(expected)
-        assert context["context_age_ms"] == second.sent_at_ms - first.sent_at_ms
+        assert context.focus_box == list(expected)
+        assert context.context_age_ms == second.sent_at_ms - first.sent_at_ms
 
         session.params = {**params, "focus": "crop_and_frame"}
         third = session.send(next(frames), start=False, end=False)
-        assert third.ok and third.context["svlm_model"] == "svlm_focus"
-        assert third.context["focus_mode"] == "crop_and_frame"
+        assert third.ok and third.context.svlm_model == "svlm_focus"
+        assert third.context.focus_mode == "crop_and_frame"
 
         other = bystander.send(next(frames), start=False, end=False)
         assert other.ok
-        assert other.context["context_frame"] is None and other.context["focus_box"] is None, "stream B saw A's"
+        assert other.context.context_frame is None and other.context.focus_box is None, "stream B saw A's"
     finally:
         session.send(next(frames), start=False, end=True)
         bystander.send(next(frames), start=False, end=True)
@@ -194,15 +194,15 @@ def test_idle_stream_is_restarted_without_losing_the_frame(linked_edge):
         assert first.ok, first.error
         _ingest(linked_edge.grpc_url, 301, 0, [{"bbox_2d": [1, 1, 50, 50], "label": "ball"}], FRAME_SIZE, "a ball")
         second = session.send(next(frames), start=False, end=False)
-        assert second.ok and second.context["context_frame"] == 0
+        assert second.ok and second.context.context_frame == 0
 
         time.sleep(IDLE_S + 1.5)  # Triton drops the sequence; the model's store expires it too
 
         third = session.send(next(frames), start=False, end=False)
         assert third.ok, third.error
         assert third.restarted and session.restarts == 1
-        assert third.context["frame_id"] == 0, "a new sequence"
-        assert third.context["context_frame"] is None and third.context["history_turns"] == 0, "old state purged"
+        assert third.context.frame_id == 0, "a new sequence"
+        assert third.context.context_frame is None and third.context.history_turns == 0, "old state purged"
     finally:
         session.send(next(frames), start=False, end=True)
         session.close()
@@ -229,32 +229,30 @@ def test_edge_keeps_answering_while_the_cloud_is_down_and_recovers(linked_edge, 
     session = StreamSession(linked_edge.grpc_url, "grpc", 401, "What is moving?", params={"max_tokens": 4})
     answered: list[FrameResult] = [session.send(next(frames), start=True, end=False)]
     try:
-        answered += _send_until(session, frames, lambda r: r.context.get("context_frame") is not None, 30)
-        assert answered[-1].context["cloud_state"] == "ok"
+        answered += _send_until(session, frames, lambda r: r.context.context_frame is not None, 30)
+        assert answered[-1].context.cloud_state == "ok"
 
         # The frames keep coming while the cloud shuts down (it takes seconds), as they would from a camera.
         stopping = threading.Thread(target=linked_cloud.stop)
         stopping.start()
-        down = _send_until(session, frames, lambda r: r.context.get("cloud_state") == "down", 30)
+        down = _send_until(session, frames, lambda r: r.context.cloud_state == "down", 30)
         down += _send_until(session, frames, lambda r: not stopping.is_alive(), 60)
         for _ in range(10):
             down.append(session.send(next(frames), start=False, end=False))
             time.sleep(0.2)
         answered += down
-        assert all(r.context["cloud_state"] == "down" for r in down[-10:]), [
-            (r.context["cloud_state"], r.context["cloud_dispatch"]) for r in down
+        assert all(r.context.cloud_state == "down" for r in down[-10:]), [
+            (r.context.cloud_state, r.context.cloud_dispatch) for r in down
         ]
-        assert {r.context["cloud_dispatch"] for r in down[-10:]} <= {"skipped_down", "sent"}
-        last_frame_while_down = max(r.context["frame_id"] for r in down)
+        assert {r.context.cloud_dispatch for r in down[-10:]} <= {"skipped_down", "sent"}
+        last_frame_while_down = max(r.context.frame_id for r in down)
 
         starting = threading.Thread(target=linked_cloud.start)
         starting.start()
         answered += _send_until(
             session,
             frames,
-            lambda r: (
-                r.context.get("cloud_state") == "ok" and (r.context.get("context_frame") or -1) > last_frame_while_down
-            ),
+            lambda r: r.context.cloud_state == "ok" and (r.context.context_frame or -1) > last_frame_while_down,
             90,
         )
         starting.join(timeout=60)
@@ -263,5 +261,5 @@ def test_edge_keeps_answering_while_the_cloud_is_down_and_recovers(linked_edge, 
         session.close()
     assert [r.error for r in answered if r.error] == [], "every frame answered while the cloud was away"
     assert session.restarts == 0
-    ids = [r.context["frame_id"] for r in answered]
+    ids = [r.context.frame_id for r in answered]
     assert ids == list(range(len(ids))), "no frame lost"

@@ -88,14 +88,13 @@ def healthy_cloud(cloud):
 
 
 def _state(*states: str):
-    return lambda r: r.context.get("cloud_state") in states
+    return lambda r: r.context.cloud_state in states
 
 
 def _ok_with_context_from(first_frame: dict[int, int]):
     """cloud_state ok and the context an LVLM answer to a frame sent at or after `first_frame[stream]`."""
     return lambda r: (
-        r.context.get("cloud_state") == "ok"
-        and (r.context.get("context_frame") or -1) >= first_frame.get(r.stream_id, 0)
+        r.context.cloud_state == "ok" and (r.context.context_frame or -1) >= first_frame.get(r.stream_id, 0)
     )
 
 
@@ -112,9 +111,9 @@ def test_cloud_absent_at_start_then_started(edge, cloud):
         absent = stream[: up[sid]]
         assert not any(r.has_context for r in absent), "no context while there was no cloud"
         # A fresh breaker says "ok" until its first failures; then the frames skip the cloud between probes.
-        assert {r.context["cloud_state"] for r in absent} <= {"ok", "slow", "down"}
-        assert "skipped_down" in {r.context["cloud_dispatch"] for r in absent}
-        assert recovered[sid].context["replaced_turns"] >= 1
+        assert {r.context.cloud_state for r in absent} <= {"ok", "slow", "down"}
+        assert "skipped_down" in {r.context.cloud_dispatch for r in absent}
+        assert recovered[sid].context.replaced_turns >= 1
 
 
 # Malformed LVLM results for `context_ingest`: (what, tensors changed from a valid call, words the error must hold).
@@ -161,14 +160,14 @@ def test_malformed_ingest_is_refused_and_leaves_the_store_untouched(edge):
             assert words in info.value.message(), refused[-1]
 
         sent.append(session.send(next(frames), start=False, end=False))
-        assert sent[-1].context.get("context_frame") != BAD_FRAME, "a refused result reached the store"
+        assert sent[-1].context.context_frame != BAD_FRAME, "a refused result reached the store"
 
         status = ingest(
             edge.grpc_url, stream_id, BAD_FRAME, [{"bbox_2d": [10, 20, 110, 120], "label": "car"}], FRAME_SIZE, "a car"
         )
         assert status == {"stream_id": stream_id, "frame_id": BAD_FRAME, "stored": True}
         sent.append(session.send(next(frames), start=False, end=False))
-        assert sent[-1].context["context_frame"] == BAD_FRAME and sent[-1].context["context_detections"] == 1
+        assert sent[-1].context.context_frame == BAD_FRAME and sent[-1].context.context_detections == 1
     finally:
         sent.append(session.send(next(frames), start=False, end=True))
         session.close()
@@ -184,14 +183,14 @@ def test_cloud_text_without_detections_is_context_without_focus(edge, healthy_cl
     assert answer.text.strip() and answer.detections == []
 
     with LiveStreams(edge.grpc_url, [stream_id], {**STREAM_PARAMS, "focus": "crop_and_frame"}) as streams:
-        streams.wait_for(lambda r: r.has_context and r.context["replaced_turns"] >= 1, "context", RECOVERY_S)
+        streams.wait_for(lambda r: r.has_context and r.context.replaced_turns >= 1, "context", RECOVERY_S)
         streams.wait_for(lambda r: True, "one more frame", RECOVERY_S, since=streams.mark())
         results = streams.close()
     assert_answered_once(results, streams.sessions)
     used = [r.context for r in results[stream_id] if r.has_context]
-    assert used and all(c["cloud_state"] == "ok" and c["replaced_turns"] >= 1 for c in used)
-    assert {c["context_detections"] for c in used} == {0}, "the cloud's answers had no boxes"
-    assert all(c["focus_mode"] == "off" and c["focus_box"] is None and c["svlm_model"] == "svlm" for c in used)
+    assert used and all(c.cloud_state == "ok" and c.replaced_turns >= 1 for c in used)
+    assert {c.context_detections for c in used} == {0}, "the cloud's answers had no boxes"
+    assert all(c.focus_mode == "off" and c.focus_box is None and c.svlm_model == "svlm" for c in used)
 
 
 def test_cloud_killed_mid_stream_then_restarted(edge, healthy_cloud):
@@ -225,9 +224,9 @@ def test_cloud_slower_than_the_deadline(edge, healthy_cloud):
     assert_answered_once(results, streams.sessions)
     states = set()
     for sid, stream in results.items():
-        states |= {r.context["cloud_state"] for r in stream[: lifted[sid]]}
+        states |= {r.context.cloud_state for r in stream[: lifted[sid]]}
         # Frames sent before the lift all timed out (their delay is fixed at dispatch): none may be context.
-        assert all(r.context["context_frame"] >= lifted[sid] for r in stream if r.has_context)
+        assert all(r.context.context_frame >= lifted[sid] for r in stream if r.has_context)
     assert "slow" in states and states <= {"ok", "slow", "down"}, states
 
 
@@ -254,6 +253,6 @@ def test_cloud_errors_open_the_breaker(edge, cloud, tmp_path_factory):
     assert_answered_once(results, streams.sessions)
     for stream in results.values():
         assert not any(r.has_context for r in stream)
-        first_down = next(i for i, r in enumerate(stream) if r.context["cloud_state"] == "down")
-        assert all(r.context["cloud_state"] == "ok" for r in stream[:first_down]), "errors are not slowness"
-        assert all(r.context["cloud_state"] == "down" for r in stream[first_down:]), "no trial request succeeds"
+        first_down = next(i for i, r in enumerate(stream) if r.context.cloud_state == "down")
+        assert all(r.context.cloud_state == "ok" for r in stream[:first_down]), "errors are not slowness"
+        assert all(r.context.cloud_state == "down" for r in stream[first_down:]), "no trial request succeeds"

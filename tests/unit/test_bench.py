@@ -13,6 +13,7 @@ import pytest
 from spotvlm import cli
 from client.streaming import FrameResult, run_streams
 from load_tests import bench
+from python_backends.context.report import ContextReport
 from python_backends.context.store import ContextStore, StoreLimits
 
 
@@ -36,7 +37,13 @@ def _result(
         "latency_ms": {"total": latency_ms - 2.0, "preprocess": 1.0, "vision": 5.0, "generate": 30.0},
     }
     return FrameResult(
-        stream, frame, sent_at_ms, latency_ms, text="a", context=context if not error else {}, error=error
+        stream,
+        frame,
+        sent_at_ms,
+        latency_ms,
+        text="a",
+        context=ContextReport.from_dict(context if not error else {}),
+        error=error,
     )
 
 
@@ -287,7 +294,7 @@ def test_svlm_session_sends_image_prompt_and_max_tokens_without_a_sequence():
     session = bench.SvlmSession("unused:1", 7, "Where is the car?", 24, client=client)
     frame = np.zeros((24, 32, 3), dtype=np.uint8)
     result = session.send(frame, start=True, end=False)
-    assert result.ok and result.text == "a red car" and result.context == {} and result.latency_ms > 0
+    assert result.ok and result.text == "a red car" and result.context == ContextReport() and result.latency_ms > 0
     call = client.calls[0]
     assert call["model"] == "svlm" and call["outputs"] == ["TEXT"]
     assert set(call["inputs"]) == {"IMAGE", "PROMPT", "MAX_TOKENS"}

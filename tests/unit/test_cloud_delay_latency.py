@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from client.streaming import FrameResult
+from python_backends.context.report import ContextReport
 from load_tests.cloud_delay_latency import summarize
 
 
@@ -13,7 +14,7 @@ def _result(sent_at_ms: int, latency_ms: float, context_frame=None, age=None, er
         "cloud_state": "ok",
         "latency_ms": {"total": latency_ms - 2.0},
     }
-    return FrameResult(1, 0, sent_at_ms, latency_ms, text="a", context=context, error=error)
+    return FrameResult(1, 0, sent_at_ms, latency_ms, text="a", context=ContextReport.from_dict(context), error=error)
 
 
 def test_summary_leaves_out_warmup_and_counts_context():

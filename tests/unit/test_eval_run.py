@@ -42,6 +42,7 @@ from evaluation.runner import (
     violations_for,
 )
 from evaluation.scenes import SceneConfig
+from python_backends.context.report import ContextReport
 
 
 def example(video: str, frame: int, question: str = "What colour is the square?", answer="red", task="recognition",
@@ -200,8 +201,8 @@ def test_violations_come_from_the_context_replies():
     run = plan_runs(videos, [constant_setting(0)], policies=[EDGE_ONLY])[0]
     first, second = run.video.examples
     answers = {
-        first.id: Answer("red", 1.0, None, {"focus_mode": "off", "history_turns": 0, "context_frame": None}),
-        second.id: Answer("red", 1.0, None, {"focus_mode": "crop_and_frame", "history_turns": 0}),
+        first.id: Answer("red", 1.0, None, ContextReport(focus_mode="off", history_turns=0)),
+        second.id: Answer("red", 1.0, None, ContextReport(focus_mode="crop_and_frame", history_turns=0)),
     }
     problems = violations_for(run, answers)
     assert len(problems) == 1 and problems[0].startswith(second.id) and "focus_mode" in problems[0]

@@ -21,6 +21,7 @@ from evaluation.policies import (
     policy_violations,
     replay_cloud_stale,
 )
+from python_backends.context.report import ContextReport
 from python_backends.triton_io import bool_parameter
 
 
@@ -121,11 +122,11 @@ def test_every_policy_is_either_spotvlm_or_client_side():
     ],
 )
 def test_contexts_that_honour_the_policy(policy, context):
-    assert policy_violations(policy, context) == []
+    assert policy_violations(policy, ContextReport.from_dict(context)) == []
 
 
 def test_focus_only_with_history_names_the_missing_parameter():
-    problems = policy_violations(FOCUS_ONLY, {"focus_mode": "crop_and_frame", "history_turns": 3})
+    problems = policy_violations(FOCUS_ONLY, ContextReport(focus_mode="crop_and_frame", history_turns=3))
     assert len(problems) == 1 and TEXT_CONTEXT in problems[0]
 
 
@@ -138,7 +139,7 @@ def test_focus_only_with_history_names_the_missing_parameter():
     ],
 )
 def test_contexts_that_break_the_policy(policy, context):
-    assert policy_violations(policy, context)
+    assert policy_violations(policy, ContextReport.from_dict(context))
 
 
 # -- cloud_stale -------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from evaluation.questions import QuestionConfig, candidate_questions
 from evaluation.report import CONTEXT_GROUPS, EvalRecord, summarize, write_report
 from evaluation.runner import Answer, context_states, group_videos
 from evaluation.scenes import SceneConfig
+from python_backends.context.report import ContextReport
 from evaluation.staleness import FRESH, NO_CONTEXT, STALE, UNKNOWN, TruthIndex, context_state
 
 SCENE = SceneConfig(seconds=3.0, fps=10.0, change_probability=1.0, speed=(0.02, 0.03))
@@ -73,10 +74,10 @@ def test_context_frames_are_the_streams_send_order(video) -> None:
     """spotvlm numbers frames 0, 1, ... as they are sent: context_frame k is the k-th question's frame."""
     examples = video.examples
     answers = {
-        examples[0].id: Answer("x", 1.0, None, {"context_frame": None}),
-        examples[3].id: Answer("x", 1.0, None, {"context_frame": 3, "context_age_ms": 0}),
-        examples[4].id: Answer("x", 1.0, None, {"context_frame": 99}),
-        examples[5].id: Answer("", 1.0, "failed", {"context_frame": 2}),
+        examples[0].id: Answer("x", 1.0, None, ContextReport()),
+        examples[3].id: Answer("x", 1.0, None, ContextReport(context_frame=3, context_age_ms=0)),
+        examples[4].id: Answer("x", 1.0, None, ContextReport(context_frame=99)),
+        examples[5].id: Answer("", 1.0, "failed", ContextReport(context_frame=2)),
     }
     states = context_states(video, answers, TruthIndex(), (SCENE.height, SCENE.width))
     assert states[examples[0].id] == NO_CONTEXT

@@ -15,6 +15,7 @@ import pytest
 
 from spotvlm.cli import build_parser as build_cli_parser
 from load_tests import load_run as lr
+from python_backends.context.report import ContextReport
 
 # -- sequence ids ------------------------------------------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ def test_sequence_ids_refuse_to_overflow_the_counter():
 
 
 def ctx(frame: int | None, age: object = None, state: str = "ok") -> dict:
-    return {"context_frame": frame, "context_age_ms": age, "cloud_state": state}
+    return ContextReport.from_dict({"context_frame": frame, "context_age_ms": age, "cloud_state": state})
 
 
 def test_context_stats_counts_share_and_ages():
@@ -80,7 +81,7 @@ def test_context_stats_counts_share_and_ages():
     assert stats.add(ok=True, context=ctx(None)) is None
     assert stats.add(ok=True, context=ctx(3, 1200.4)) == 1200
     assert stats.add(ok=True, context=ctx(4, 800)) == 800
-    assert stats.add(ok=False, context={}, restarted=True) is None
+    assert stats.add(ok=False, context=ContextReport(), restarted=True) is None
     assert (stats.frames, stats.with_context, stats.errors, stats.restarts) == (3, 2, 1, 1)
     summary = stats.summary()
     assert summary["context_share"] == pytest.approx(2 / 3, abs=1e-4)
@@ -126,7 +127,13 @@ def test_percentile_is_nearest_rank(histogram, q, expected):
 
 def test_worker_deltas_merge_into_the_same_totals_as_one_process():
     """What locust workers send (take() each report) and the master merges equals counting everything in one place."""
-    frames = [(True, ctx(None)), (True, ctx(2, 500)), (False, {}), (True, ctx(3, 700, "slow")), (True, ctx(4, 500))]
+    frames = [
+        (True, ctx(None)),
+        (True, ctx(2, 500)),
+        (False, ContextReport()),
+        (True, ctx(3, 700, "slow")),
+        (True, ctx(4, 500)),
+    ]
     whole = lr.ContextStats()
     for ok, context in frames:
         whole.add(ok=ok, context=context)

@@ -695,8 +695,8 @@ def _prepared(prepare_ms: float) -> PreparedFrame:
 )
 def test_latency_breakdown(svlm_ms, generate_ms, vision):
     latency = _latency(_prepared(1.234567), SvlmReply("a", generate_ms=generate_ms, svlm_ms=svlm_ms))
-    assert latency["preprocess"] == 1.23 and latency["generate"] == generate_ms and latency["vision"] == vision
-    assert latency["total"] >= 0.0
+    assert latency.preprocess == 1.23 and latency.generate == generate_ms and latency.vision == vision
+    assert latency.total >= 0.0
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from client.streaming import (
     summarize,
 )
 from client.triton_client import ClientError, decode_text, text_tensor
+from python_backends.context.report import ContextReport
 
 START_ERROR = (
     "inference request for sequence {sid} to model 'spotvlm' must specify the START flag on the first request of the"
@@ -101,7 +102,7 @@ def test_send_builds_the_contract_request() -> None:
     assert decode_text(inputs["PROMPT"]) == "Where is the car?" and inputs["PROMPT"].shape == (1, 1)
     assert inputs["TIMESTAMP_MS"].dtype == np.int64 and inputs["TIMESTAMP_MS"].shape == (1, 1)
     assert int(inputs["TIMESTAMP_MS"][0, 0]) == result.sent_at_ms
-    assert result.ok and result.text == "answer 0" and result.context["cloud_state"] == "ok"
+    assert result.ok and result.text == "answer 0" and result.context.cloud_state == "ok"
     assert (result.stream_id, result.frame_index, result.restarted) == (7, 0, False)
     assert s.send(FRAME, start=False, end=True).frame_index == 1
     s.close()
@@ -191,10 +192,11 @@ def test_needs_restart(message: str, restart: bool) -> None:
 
 def test_parse_context_is_forgiving() -> None:
     as_tensor = lambda s: np.array([[s.encode()]], dtype=np.object_)  # noqa: E731
-    assert parse_context(None) == {}
-    assert parse_context(as_tensor('{"context_frame": 4, "new_key": 1}')) == {"context_frame": 4, "new_key": 1}
-    assert parse_context(as_tensor("not json")) == {"raw": "not json"}
-    assert parse_context(as_tensor("[1, 2]")) == {"raw": [1, 2]}
+    assert parse_context(None) == ContextReport()
+    known_and_new = parse_context(as_tensor('{"context_frame": 4, "new_key": 1}'))
+    assert known_and_new.context_frame == 4 and known_and_new.extra == {"new_key": 1}
+    assert parse_context(as_tensor("not json")).extra == {"raw": "not json"}
+    assert parse_context(as_tensor("[1, 2]")).extra == {"raw": [1, 2]}
 
 
 def test_stream_id_must_be_positive() -> None:
@@ -325,7 +327,7 @@ def test_run_streams_validates() -> None:
 
 def _result(sid: int, i: int, latency: float, ctx_frame=None, age=None, error=None, **kw) -> FrameResult:
     context = {} if error else {"context_frame": ctx_frame, "context_age_ms": age, "cloud_state": "ok"}
-    return FrameResult(sid, i, 0, latency, context=context, error=error, **kw)
+    return FrameResult(sid, i, 0, latency, context=ContextReport.from_dict(context), error=error, **kw)
 
 
 def test_summarize_numbers() -> None:
@@ -394,9 +396,14 @@ def test_progress_board_plain_and_tty() -> None:
 
 
 def test_frame_result_json_round_trip() -> None:
-    result = FrameResult(1, 2, 3, 4.5, "t", {"context_frame": np.int64(1)}, True, None, objects=[{"label": "car"}])
+    context = ContextReport(context_frame=np.int64(1))
+    result = FrameResult(1, 2, 3, 4.5, "t", context, True, None, objects=[{"label": "car"}])
     data = json.loads(result.to_json())
-    assert data["context"] == {"context_frame": 1} and data["restarted"] is True and data["objects"][0]["label"]
+    assert (
+        data["context"] == ContextReport(context_frame=1).to_dict()
+        and data["restarted"] is True
+        and data["objects"][0]["label"]
+    )
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------------------
