@@ -383,25 +383,19 @@ def load_frame(example: Example) -> np.ndarray:
 
 
 def _progress_printer(label: str, stream=None) -> Progress:
-    """A bar redrawn in place on a terminal; in a log, one line per 10 %."""
-    stream = stream or sys.stderr
-    interactive = stream.isatty()
-    width = 30
-    last_shown = [-1]
+    """A tqdm bar of the frames written, closed at the last one."""
+    from tqdm import tqdm
+
+    bars: list[tqdm] = []  # made at the first call, when the total is known
 
     def show(done: int, total: int) -> None:
-        percent = 100 * done // max(total, 1)
-        step = percent if interactive else percent // 10 * 10
-        if step == last_shown[0] and done < total:
-            return
-        last_shown[0] = step
-        filled = width * done // max(total, 1)
-        bar = f"{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} frames ({percent}%)"
-        if interactive:
-            stream.write("\r" + bar + ("\n" if done >= total else ""))
-        else:
-            stream.write(bar + "\n")
-        stream.flush()
+        if not bars:
+            bars.append(tqdm(total=total, desc=label, unit="frame", file=stream or sys.stderr))
+        bar = bars[0]
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
 
     return show
 
