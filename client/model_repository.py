@@ -156,3 +156,9 @@ def set_instance_count(config: ModelConfig, count: int) -> ModelConfig:
         raise ValueError(f"the config has {len(groups)} instance_group counts; expected one")
     groups[0].count = count
     return config
+
+
+def set_model_parameter(config: ModelConfig, key: str, value: str) -> ModelConfig:
+    """Sets (or adds) the string parameter `key` of a config, in place; returns the config."""
+    config.parameters[key].string_value = value
+    return config

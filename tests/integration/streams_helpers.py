@@ -5,11 +5,9 @@ that run in the background while a test breaks the cloud, `context_ingest` calls
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -18,7 +16,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
 from client.frame_sources import SyntheticSource
+from client.model_repository import read_model_config, set_model_parameter, write_model_config
 from client.streaming import FrameResult, StreamSession, pacing_delay, scheduled_time
+from load_tests.triton_metrics import read_metrics_text, series_values
 from tests.integration.conftest import PROJECT_ROOT, _require_built
 
 FRAME_SIZE = (240, 320)
@@ -32,14 +32,11 @@ def repository_copy(side: str, dest_parent: Path, model: str, params: dict[str, 
     _require_built()
     dest = dest_parent / side
     shutil.copytree(PROJECT_ROOT / "model_repository" / side, dest, ignore=shutil.ignore_patterns("__pycache__"))
-    config = dest / model / "config.pbtxt"
-    text = config.read_text()
+    path = dest / model / "config.pbtxt"
+    config = read_model_config(path)
     for key, value in params.items():
-        line = f'parameters {{ key: "{key}", value: {{ string_value: "{value}" }} }}'
-        text, found = re.subn(rf'parameters \{{ key: "{key}", value: \{{ string_value: "[^"]*" \}} \}}', line, text)
-        if not found:
-            text = text.rstrip("\n") + "\n" + line + "\n"
-    config.write_text(text)
+        set_model_parameter(config, key, value)
+    write_model_config(config, path)
     return dest
 
 
@@ -75,14 +72,7 @@ def ingest(url: str, stream_id: int, frame_id: int, detections: list[dict], fram
 def metric_value(metrics_port: int, name: str, **labels: str) -> float:
     """The value of the series `name{labels...}` on a server's metrics port (labels not given are not compared);
     0 when there is no such series yet."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    total = 0.0
-    for match in re.finditer(rf"^{re.escape(name)}\{{([^}}]*)\}}\s+(\S+)$", text, re.MULTILINE):
-        series = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(series.get(key) == value for key, value in labels.items()):
-            total += float(match.group(2))
-    return total
+    return sum(series_values(read_metrics_text(f"127.0.0.1:{metrics_port}", timeout_s=10), name, **labels))
 
 
 def wait_for_metric(metrics_port: int, name: str, at_least: float, timeout_s: float, **labels: str) -> float:

@@ -7,19 +7,20 @@ test does not wait long. The cloud-restart test stops and restarts this module's
 from __future__ import annotations
 
 import io
-import re
 import shutil
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from client.frame_sources import SyntheticSource
+from client.model_repository import read_model_config, set_model_parameter, write_model_config
 from client.streaming import FrameResult, StreamSession, run_streams
 from python_backends.context.focus import focus_box
 from python_backends.detections import Detection
+from load_tests.triton_metrics import read_metrics_text
 from tests.integration.conftest import PROJECT_ROOT, ServeProcess, _require_built
 from tests.integration.streams_helpers import ingest as _ingest
 from tests.integration.streams_helpers import ingest_tensors as _ingest_tensors
@@ -37,12 +38,11 @@ def short_idle_edge_repository(tmp_path_factory) -> Path:
     _require_built()
     dest = tmp_path_factory.mktemp("edge_repo") / "edge"
     shutil.copytree(PROJECT_ROOT / "model_repository" / "edge", dest, ignore=shutil.ignore_patterns("__pycache__"))
-    config = dest / "spotvlm" / "config.pbtxt"
-    text = config.read_text()
-    text = re.sub(r"max_sequence_idle_microseconds: \d+", f"max_sequence_idle_microseconds: {int(IDLE_S * 1e6)}", text)
-    text = re.sub(r'(key: "store_ttl_s", value: \{ string_value: )"[^"]*"', rf'\1"{IDLE_S}"', text)
-    assert f'"{IDLE_S}"' in text and str(int(IDLE_S * 1e6)) in text
-    config.write_text(text)
+    path = dest / "spotvlm" / "config.pbtxt"
+    config = read_model_config(path)
+    config.sequence_batching.max_sequence_idle_microseconds = int(IDLE_S * 1e6)
+    set_model_parameter(config, "store_ttl_s", str(IDLE_S))
+    write_model_config(config, path)
     return dest
 
 
@@ -115,19 +115,23 @@ def test_two_streams_get_their_own_delayed_context(linked_edge, tmp_path):
 
 def test_custom_metrics_count_cloud_traffic(linked_edge):
     # Runs after the streams above on the same server.
-    metrics_url = f"http://127.0.0.1:{linked_edge.ports[2]}/metrics"
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
+    text = read_metrics_text(f"127.0.0.1:{linked_edge.ports[2]}", timeout_s=10)
+    # Each series by its exact label set, as Triton's text names it.
+    series = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
-    def value(pattern: str) -> float:
-        match = re.search(pattern + r"\s+([0-9.e+]+)", text)
-        assert match, f"{pattern} not in /metrics"
-        return float(match.group(1))
+    def value(name: str, **labels: str) -> float:
+        key = (name, frozenset({"model": "spotvlm", **labels}.items()))
+        assert key in series, f"{name}{labels} not in /metrics"
+        return series[key]
 
-    assert value(r'spotvlm_cloud_requests_total\{model="spotvlm"\}') >= 2
-    assert value(r'spotvlm_frames_total\{cloud_context="yes",model="spotvlm"\}') >= 10
-    assert value(r'spotvlm_context_age_ms_count\{model="spotvlm"\}') >= 10
-    assert value(r'spotvlm_cloud_rtt_ms_count\{model="spotvlm"\}') >= 2
+    assert value("spotvlm_cloud_requests_total") >= 2
+    assert value("spotvlm_frames_total", cloud_context="yes") >= 10
+    assert value("spotvlm_context_age_ms_count") >= 10
+    assert value("spotvlm_cloud_rtt_ms_count") >= 2
     assert value(r'spotvlm_cloud_frames_skipped_total\{model="spotvlm",reason="busy"\}') >= 1
     assert "spotvlm_cloud_inflight" in text and "spotvlm_focus_applied_total" in text
     assert 'spotvlm_cloud_errors_total{kind="timeout",model="spotvlm"}' in text

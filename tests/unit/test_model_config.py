@@ -14,6 +14,7 @@ from client.model_repository import (
     read_model_config,
     rendered_parameter,
     set_instance_count,
+    set_model_parameter,
     write_model_config,
 )
 
@@ -80,3 +81,13 @@ def test_every_rendered_config_reads_as_a_model_config() -> None:
     for path in configs:
         config = read_model_config(path)
         assert parse_model_config(format_model_config(config)) == config, path
+
+
+def test_set_model_parameter_changes_or_adds_one() -> None:
+    config = parse_model_config(SPOTVLM_CONFIG)
+    set_model_parameter(config, "default_max_tokens", "8")
+    set_model_parameter(config, "store_ttl_s", "1.5")
+    again = parse_model_config(format_model_config(config))
+    assert model_parameter(again, "default_max_tokens") == "8"
+    assert model_parameter(again, "store_ttl_s") == "1.5"
+    assert model_parameter(again, "note") == "a # inside a string"
