@@ -31,6 +31,7 @@ import numpy as np
 
 from client.sharding import EdgeRing, edge_unreachable, parse_edge_urls, stream_headers
 from client.triton_client import ClientError, VLMClient, decode_text, text_tensor
+from python_backends.context.report import ContextReport
 from python_backends.image_processing import encode_jpeg
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class FrameResult:
     sent_at_ms: int
     latency_ms: float
     text: str = ""
-    context: dict[str, Any] = field(default_factory=dict)
+    context: ContextReport = field(default_factory=ContextReport)
     restarted: bool = False
     error: str | None = None
     late: bool = False
@@ -82,10 +83,13 @@ class FrameResult:
 
     @property
     def has_context(self) -> bool:
-        return self.context.get("context_frame") is not None
+        return self.context.has_context
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, default=_json_default)
+        data = asdict(self)
+        # CONTEXT as the server wrote it; a frame without one (an error) keeps {} as before.
+        data["context"] = self.context.to_dict() if self.context != ContextReport() else {}
+        return json.dumps(data, ensure_ascii=False, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
@@ -245,19 +249,15 @@ class StreamSession:
                 log.debug("stream %d: error closing a client", self.stream_id, exc_info=True)
 
 
-def parse_context(array: np.ndarray | None) -> dict[str, Any]:
-    """The CONTEXT output as a dict; {} when absent, {"raw": ...} when not a JSON object (never raises)."""
+def parse_context(array: np.ndarray | None) -> ContextReport:
+    """The CONTEXT output as a report; empty when absent, `extra["raw"]` when not a JSON object (never raises)."""
     if array is None:
-        return {}
+        return ContextReport()
     try:
         raw = decode_text(array)
     except Exception:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {"raw": raw}
-    return value if isinstance(value, dict) else {"raw": value}
+        return ContextReport()
+    return ContextReport.from_json(raw)
 
 
 # -- pacing ------------------------------------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ class _StreamStats:
             return
         self.latencies.append(result.latency_ms)
         self.with_context += int(result.has_context)
-        self.cloud_state = str(result.context.get("cloud_state", self.cloud_state))
+        self.cloud_state = result.context.cloud_state or self.cloud_state
 
 
 class ProgressBoard:
@@ -551,11 +551,7 @@ def run_streams(
 def _summary_row(name: str, results: Sequence[FrameResult]) -> dict[str, Any]:
     answered = [r for r in results if r.error is None]
     latencies = [r.latency_ms for r in answered]
-    ages = [
-        float(r.context["context_age_ms"])
-        for r in answered
-        if r.has_context and isinstance(r.context.get("context_age_ms"), (int, float))
-    ]
+    ages = [float(r.context.context_age_ms) for r in answered if r.has_context and r.context.context_age_ms is not None]
     return {
         "stream": name,
         "frames": len(results),
