@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from client.launcher import TritonServer
+from client.server_process import TritonServer
 
 CLOUD_URL_ENV = "SPOTVLM_CLOUD_URL"
 # What the edge's spotvlm reads as "no cloud": it answers from the edge model alone.

@@ -1,4 +1,4 @@
-"""client/launcher.py against a real tritonserver (the nvidia-pytriton binary here).
+"""The launcher (client.server_process.TritonServer) against a real tritonserver (the nvidia-pytriton binary here).
 
 One trivial python-backend model is enough to exercise everything the launcher
 owns: readiness, both protocols, a clean stop, cleanup of the python backend's
@@ -10,20 +10,20 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from client import launcher
-from client.launcher import SHM_REGION_PREFIX, ServerStartError, TritonServer, descendant_pids
+from client.processes import SHM_REGION_PREFIX, descendant_pids, pid_alive
+from client.server_process import ServerStartError, TritonServer
+from client.triton_install import TritonNotFoundError, locate_tritonserver
 
 pytestmark = pytest.mark.integration
 
 try:
-    launcher.locate_tritonserver()
-except launcher.TritonNotFoundError as exc:  # pragma: no cover - depends on the machine
+    locate_tritonserver()
+except TritonNotFoundError as exc:  # pragma: no cover - depends on the machine
     pytest.skip(f"no tritonserver: {exc}", allow_module_level=True)
 
 _CONFIG = textwrap.dedent(
@@ -62,9 +62,9 @@ _BROKEN = textwrap.dedent(
     """
 )
 
-# Ready is ~1.5 s and a clean stop ~3 s here; these bounds only catch hangs.
+# Bounds that only catch hangs (ready takes seconds here, a clean stop a few more).
 READY_TIMEOUT_S = 30
-STOP_BOUND_S = 15
+STOP_TIMEOUT_S = 15
 
 
 def _repository(root: Path, name: str, model_py: str) -> Path:
@@ -82,10 +82,6 @@ def echo_repo(tmp_path: Path) -> Path:
 
 def _server(repo: Path, tmp_path: Path, name: str) -> TritonServer:
     return TritonServer(repo, log_path=tmp_path / f"{name}.log")
-
-
-def _alive(pid: int) -> bool:
-    return launcher._pid_alive(pid)
 
 
 def _infer_http(server: TritonServer, data: np.ndarray) -> np.ndarray:
@@ -132,14 +128,13 @@ def test_serves_both_protocols_and_stops_clean(echo_repo: Path, tmp_path: Path) 
         assert any(r.exists() for r in regions)
         print(f"\nready in {server.ready_time_s:.2f}s; shm regions: {sorted(r.name for r in regions)}")
     finally:
-        rc = server.stop(timeout_s=STOP_BOUND_S)
+        rc = server.stop(timeout_s=STOP_TIMEOUT_S)
     print(f"stopped in {server.stop_time_s:.2f}s with code {rc}")
 
-    assert rc == 0, server.log_tail()
-    assert server.stop_time_s is not None and server.stop_time_s < STOP_BOUND_S
+    assert rc == 0, server.log_tail()  # a clean exit, not stop()'s SIGKILL after STOP_TIMEOUT_S
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie
-    assert not [p for p in stubs if _alive(p)]
+    assert not [p for p in stubs if pid_alive(p)]
     assert not [r for r in server.shm_regions if r.exists()]
 
 
@@ -161,31 +156,28 @@ def test_crashed_server_regions_are_removed_and_a_neighbour_is_untouched(echo_re
         # killer): nobody is left to unlink the regions. (A stub whose server
         # alone dies notices within ~1.5 s and removes them itself.)
         os.killpg(victim_pid, signal.SIGKILL)
-        time.sleep(0.2)
+        os.waitid(os.P_PID, victim_pid, os.WEXITED | os.WNOWAIT)  # dead; stop() reaps it below
         assert all(r.exists() for r in ours), "expected the crash to leak the regions"
         assert victim.stop() == -signal.SIGKILL
 
         assert not [r for r in ours if r.exists()]
-        assert not [p for p in stubs if _alive(p)]
+        assert not [p for p in stubs if pid_alive(p)]
         assert all(r.exists() for r in theirs)
         data = np.ones(3, dtype=np.float32)
         np.testing.assert_array_equal(_infer_http(neighbour, data), data)
     finally:
         victim.stop()
-        neighbour.stop(timeout_s=STOP_BOUND_S)
+        neighbour.stop(timeout_s=STOP_TIMEOUT_S)
     assert not [r for r in theirs if r.exists()]
 
 
 def test_broken_model_fails_start_with_the_log(tmp_path: Path) -> None:
     repo = _repository(tmp_path / "repo", "broken", _BROKEN)
     server = _server(repo, tmp_path, "broken")
-    t0 = time.monotonic()
     with pytest.raises(ServerStartError) as info:
         server.start(ready_timeout_s=READY_TIMEOUT_S)
-    elapsed = time.monotonic() - t0
-    print(f"\nbroken model: ServerStartError after {elapsed:.2f}s")
-    assert elapsed < READY_TIMEOUT_S  # failed on the exit, not on the timeout
     message = str(info.value)
+    assert "exited with code" in message and "not ready after" not in message  # failed on the exit, not the timeout
     assert "spotvlm-test: broken model refuses to initialize" in message
     assert "--model-repository=" in message
     assert info.value.returncode not in (None, 0)
