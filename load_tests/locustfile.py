@@ -5,11 +5,13 @@
            --csv build/load/load --html build/load/load.html
     python -m load_tests.load_run ...     (starts both servers, runs this headless and checks the reports)
 
---host is the edge's HOST:PORT for the chosen protocol (gRPC by default). A user gets its own sequence id
-(load_run.SequenceIds: distinct across users and worker processes), sends frames of a synthetic scene drawn over a
-scikit-image photo (or of --images DIR) at --fps (locust's constant_pacing), START on its first frame, and a last
-frame with END when locust stops it. Sending goes through client.streaming.StreamSession, which resends a frame with
-START when Triton dropped an idle sequence and returns errors in FrameResult.error instead of raising.
+--host is the edge's HOST:PORT for the chosen protocol (gRPC by default), or several comma-separated: each user's
+stream then goes to the edge its sequence id hashes to (client.sharding), and moves on, restarted, if that edge goes.
+A user gets its own sequence id (load_run.SequenceIds: distinct across users and worker processes), sends frames of a
+synthetic scene drawn over a scikit-image photo (or of --images DIR) at --fps (locust's constant_pacing), START on its
+first frame, and a last frame with END when locust stops it. Sending goes through client.streaming.StreamSession,
+which resends a frame with START when Triton dropped an idle sequence and returns errors in FrameResult.error instead
+of raising.
 
 Every frame is reported as a locust request (type "grpc" or "http", name "spotvlm"): its round trip and reply size,
 and a failure carrying the error text when one came back.
@@ -184,7 +186,7 @@ class SpotVLMStream(User):
         self._pacing = constant_pacing(1.0 / options.fps)
         self.stream_id = SEQUENCE_IDS.next()
         self.session: StreamSession | None = None
-        self.client: _SizedClient | None = None
+        self.clients: dict[str, _SizedClient] = {}  # by edge URL
         self.frames: Any = None
         self.started = False
         self._inflight: gevent.Greenlet | None = None
@@ -194,19 +196,23 @@ class SpotVLMStream(User):
         return self._pacing(self)
 
     def on_start(self) -> None:
-        url = edge_url(self.host, self.protocol)
-        self.client = _SizedClient(VLMClient(url, self.protocol, timeout_s=self.options.request_timeout))
+        hosts = (self.host or "").split(",")
+        urls = [edge_url(host.strip() or None, self.protocol) for host in hosts]
         self.session = StreamSession(
-            url,
+            urls,
             self.protocol,
             self.stream_id,
             self.options.prompt,
             params=stream_params(self.options.max_tokens, self.options.cloud_delay),
-            client=self.client,
+            client_factory=self._client_for,
         )
         # Distinct scenes per user, from the low bits of the stream id (the per-process counter).
         source = ImageDirSource(self.options.images) if self.options.images else SyntheticSource(self.stream_id % 1000)
         self.frames = iter(source)
+
+    def _client_for(self, url: str) -> _SizedClient:
+        self.clients[url] = _SizedClient(VLMClient(url, self.protocol, timeout_s=self.options.request_timeout))
+        return self.clients[url]
 
     @task
     def send_frame(self) -> None:
@@ -242,12 +248,13 @@ class SpotVLMStream(User):
         self._report(session.send(frame, start=start, end=end))
 
     def _report(self, result: FrameResult) -> None:
-        assert self.client is not None
+        assert self.session is not None
+        client = self.clients.get(self.session.url)  # the stream's edge, after any move
         self.environment.events.request.fire(
             request_type=self.protocol,
             name="spotvlm",
             response_time=result.latency_ms,
-            response_length=self.client.last_bytes if result.ok else 0,
+            response_length=client.last_bytes if result.ok and client is not None else 0,
             exception=FrameError(result.error) if result.error is not None else None,
             context={"stream_id": self.stream_id, "frame": result.frame_index, "restarted": result.restarted},
         )
