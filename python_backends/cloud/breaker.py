@@ -1,4 +1,4 @@
-"""Circuit breaker for the cloud link: stop sending to a cloud that keeps failing, probe it again after a back-off.
+"""Circuit breaker for the cloud link: stop sending to a cloud that keeps failing, try it again after a back-off.
 
 Closed: every request is allowed. After `failure_threshold` consecutive failures it opens: nothing is sent until the
 back-off has passed. Then it is half-open: exactly one trial request is allowed. The trial's success closes it and
