@@ -61,6 +61,40 @@ def test_build_fills_every_placeholder_of_the_shipped_templates():
     assert values["num_patches"] == 64 and values["image_tokens"] == 16 and values["patch_dim"] == 1176
 
 
+HEAVY_MODELS = {"svlm_vision", "svlm_generate", "lvlm"}
+
+
+def _render_for(argv: list[str], dest: Path) -> dict[str, str]:
+    import shutil
+
+    from spotvlm.build import ModelFacts, build_parser, template_values
+
+    shutil.copytree(REPOSITORY, dest, ignore=shutil.ignore_patterns("config.pbtxt", "1"))
+    facts = ModelFacts(text_hidden=64, patch_size=14, merge_size=2, temporal_patch_size=2)
+    values = template_values(build_parser().parse_args(argv), Path("/e"), Path("/c"), 112, facts)
+    written = [p for side in ("edge", "cloud") for p in render_repository(dest / side, values)]
+    return {p.parent.name: p.read_text() for p in written}
+
+
+def test_gpu_puts_the_heavy_models_on_gpu_and_keeps_the_light_steps_on_cpu(tmp_path):
+    rendered = _render_for(["--device", "gpu"], tmp_path / "gpu")
+    for model, text in rendered.items():
+        groups = [line for line in text.splitlines() if line.startswith("instance_group")]
+        if model in HEAVY_MODELS:
+            assert groups and all("kind: KIND_GPU" in g for g in groups), model
+        elif groups:  # the ensembles have none
+            assert all("kind: KIND_CPU" in g for g in groups), model
+
+
+def test_auto_without_cuda_renders_cpu_byte_for_byte(tmp_path, monkeypatch):
+    from spotvlm import build
+
+    monkeypatch.setattr(build, "torch_sees_cuda", lambda: False)
+    cpu = _render_for(["--device", "cpu"], tmp_path / "cpu")
+    assert _render_for(["--device", "auto"], tmp_path / "auto") == cpu
+    assert "KIND_GPU" not in "".join(cpu.values()) and len(cpu) == 9
+
+
 @pytest.mark.parametrize(
     "argv, turns",
     [([], 4), (["--trained"], 0), (["--trained", "--context-turns", "2"], 2), (["--context-turns", "0"], 0)],
