@@ -1,5 +1,6 @@
-"""The pure parts of load_tests/bench.py (`spotvlm bench`): phase summaries, headline keys, goals, the round-trip
-dedup, the store measurement, the svlm session and the options. No server."""
+"""The pure parts of `spotvlm bench` (load_tests/bench.py, bench_phases, bench_store, bench_output): phase
+summaries, headline keys, goals, the round-trip dedup, the store measurement, the svlm session and the options.
+No server."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from spotvlm import cli
 from client.streaming import FrameResult, run_streams
-from load_tests import bench
+from load_tests import bench, bench_output, bench_phases, bench_store
 from python_backends.context.report import ContextReport
 from python_backends.context.store import ContextStore, StoreLimits
 
@@ -64,12 +65,12 @@ def test_rtt_is_counted_once_per_lvlm_answer_not_per_frame():
         _result(2, 2, 0, 50, context_frame=1, age=900, rtt=None),  # an answer without a round trip is skipped
         _result(3, 5, 0, 50, context_frame=3, rtt=9999.0, error="UNAVAILABLE: boom"),  # failed frames never count
     ]
-    assert bench.distinct_context_rtts(results) == [2000.0, 2400.0, 1500.0]
+    assert bench_phases.distinct_context_rtts(results) == [2000.0, 2400.0, 1500.0]
     # the lag is per frame, age minus round trip, for every answered frame with both numbers
-    assert sorted(bench.context_lags(r for r in results if r.ok)) == [-100.0, 100.0, 200.0, 200.0, 400.0, 600.0]
-    first = bench.first_uses(results)
+    assert sorted(bench_phases.context_lags(r for r in results if r.ok)) == [-100.0, 100.0, 200.0, 200.0, 400.0, 600.0]
+    first = bench_phases.first_uses(results)
     assert [(r.stream_id, r.frame_index) for r in first] == [(1, 5), (1, 8), (2, 2), (2, 4)]
-    stats = bench.context_stats([r for r in results if r.ok])
+    stats = bench_phases.context_stats([r for r in results if r.ok])
     assert stats["cloud_rtt"]["n"] == 3 and stats["cloud_rtt"]["p50_ms"] == 2000.0
     assert stats["cloud_answers_used"] == 4
     assert stats["context_age"]["n"] == 7 and stats["context_age"]["p50_ms"] == 2300.0
@@ -84,16 +85,16 @@ def test_an_answer_first_used_in_the_warmup_has_no_first_use_age_later():
         _result(1, 11, 1000, 50, context_frame=3, age=2300, rtt=2000.0),
         _result(1, 12, 1000, 50, context_frame=8, age=2050, rtt=1900.0),
     ]
-    stats = bench.context_stats(measured, warmup)
+    stats = bench_phases.context_stats(measured, warmup)
     assert stats["context_age_first_use"]["n"] == 1 and stats["context_age_first_use"]["p50_ms"] == 2050.0
     # The round trip of every answer used in the measured frames still counts, once each.
     assert stats["cloud_rtt"]["n"] == 2 and stats["cloud_answers_used"] == 2
-    summary = bench.summarize_phase([*warmup, *measured], started_ms=0.0, warmup_s=1.0)
+    summary = bench_phases.summarize_phase([*warmup, *measured], started_ms=0.0, warmup_s=1.0)
     assert summary["context_age_first_use"]["n"] == 1
 
 
 def test_context_stats_of_a_phase_without_cloud():
-    stats = bench.context_stats([FrameResult(1, i, 0, 40.0, text="a") for i in range(4)])
+    stats = bench_phases.context_stats([FrameResult(1, i, 0, 40.0, text="a") for i in range(4)])
     assert stats["context_share"] == 0.0
     assert stats["context_age"]["n"] == 0 and stats["context_age"]["p50_ms"] is None
     assert stats["cloud_rtt"]["p50_ms"] is None
@@ -104,7 +105,7 @@ def test_phase_summary_leaves_out_warmup_but_counts_every_error():
     results = [_result(1, 0, 0, 900.0, error="UNAVAILABLE: warming up")]  # in the warm-up second
     results += [_result(1, i, 1000 + i, 40.0 + i, dispatch="sent" if i % 2 else "skipped_busy") for i in range(1, 6)]
     results += [_result(2, i, 2000 + i, 60.0, context_frame=1, age=1500.0 + i, rtt=1400.0) for i in range(5)]
-    summary = bench.summarize_phase(results, started_ms=0.0, warmup_s=1.0)
+    summary = bench_phases.summarize_phase(results, started_ms=0.0, warmup_s=1.0)
     assert summary["n"] == 10 and summary["frames"] == 10 and summary["frames_sent"] == 11
     assert summary["p50_ms"] == pytest.approx(np.percentile([41, 42, 43, 44, 45] + [60] * 5, 50))
     assert summary["p99_ms"] == pytest.approx(60.0) and summary["mean_ms"] == pytest.approx(51.5)
@@ -113,7 +114,7 @@ def test_phase_summary_leaves_out_warmup_but_counts_every_error():
     assert summary["cloud_requests_sent"] == 3  # frames 1, 3 and 5
     assert summary["context_share"] == 0.5
     assert summary["cloud_rtt"]["n"] == 1 and summary["cloud_rtt"]["p50_ms"] == 1400.0
-    samples = bench.phase_samples(results, 0.0, 1.0)
+    samples = bench_phases.phase_samples(results, 0.0, 1.0)
     assert len(samples["latency_ms"]) == 10 and len(samples["context_age_ms"]) == 5
     assert samples["cloud_rtt_ms"] == [1400.0]
 
@@ -121,7 +122,7 @@ def test_phase_summary_leaves_out_warmup_but_counts_every_error():
 def test_cloud_requests_sent_counts_answered_frames_the_edge_sent_up():
     results = [_result(1, 0, 0, 40, dispatch="sent"), _result(1, 1, 0, 40), _result(1, 2, 0, 40, dispatch="sent")]
     results.append(_result(1, 3, 0, 40, error="boom"))
-    assert bench.cloud_requests_sent(results) == 2
+    assert bench_phases.cloud_requests_sent(results) == 2
 
 
 # -- headline keys and goals -------------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ MADE_UP_PHASES = {
 
 
 def test_headline_keys_from_phase_results():
-    keys = bench.headline_keys(MADE_UP_PHASES)
+    keys = bench_phases.headline_keys(MADE_UP_PHASES)
     assert keys["svlm_p50_ms"] == 50.0 and keys["svlm_p99_ms"] == 80.0
     assert keys["spotvlm_cloud_off_p50_ms"] == 51.0 and keys["spotvlm_cloud_off_p99_ms"] == 82.0
     assert keys["spotvlm_delay0_p50_ms"] == 60.0 and keys["spotvlm_delay0_p99_ms"] == 100.0
@@ -172,7 +173,7 @@ def test_headline_keys_from_phase_results():
 
 
 def test_headline_keys_of_an_unfinished_run_are_none():
-    keys = bench.headline_keys({"svlm": MADE_UP_PHASES["svlm"]})
+    keys = bench_phases.headline_keys({"svlm": MADE_UP_PHASES["svlm"]})
     assert keys["svlm_p50_ms"] == 50.0
     assert keys["spotvlm_cloud_off_p50_ms"] is None and keys["overhead_ratio_p50"] is None
     assert keys["hiding_ratio_p99"] is None and keys["cloud_rtt_p50_ms"] is None
@@ -180,7 +181,7 @@ def test_headline_keys_of_an_unfinished_run_are_none():
 
 
 def test_goals_met():
-    goals = bench.evaluate_goals(bench.headline_keys(MADE_UP_PHASES), fps=5.0)
+    goals = bench_phases.evaluate_goals(bench_phases.headline_keys(MADE_UP_PHASES), fps=5.0)
     assert goals["overhead_ratio_p50"] == {
         "goal": "spotvlm_cloud_off p50 / svlm p50 <= 1.05",
         "value": 1.02,
@@ -207,7 +208,7 @@ def test_goals_met():
     ],
 )
 def test_goal_cases(keys, fps, goal, met):
-    assert bench.evaluate_goals(keys, fps)[goal]["met"] is met
+    assert bench_phases.evaluate_goals(keys, fps)[goal]["met"] is met
 
 
 # -- store measurement -------------------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def test_goal_cases(keys, fps, goal, met):
 def test_fill_store_puts_every_stream_at_its_limits():
     limits = StoreLimits(max_streams=16, max_turns=3, max_cloud_results=2, max_text_chars=50, max_detections=4)
     store = ContextStore(limits, clock=lambda: 0.0)
-    bench.fill_store(store, 10)
+    bench_store.fill_store(store, 10)
     assert len(store) == 10
     for sid in (1, 10):
         snapshot = store.snapshot(sid)
@@ -228,7 +229,7 @@ def test_fill_store_puts_every_stream_at_its_limits():
 
 
 def test_measure_store_on_a_small_count():
-    report = bench.measure_store(50)
+    report = bench_store.measure_store(50)
     assert report["streams"] == 50
     assert report["store_bytes_per_stream"] > 0 and report["store_memory_bytes_estimate_per_stream"] > 0
     # Default limits: 8 turns of two 1024-char texts and 4 answers of 1024 chars are over 20 kB of text alone.
@@ -241,14 +242,14 @@ def test_measure_store_on_a_small_count():
 
 def test_measure_store_scales_past_the_default_stream_limit():
     limits = StoreLimits(max_streams=4, max_turns=1, max_cloud_results=1, max_text_chars=16, max_detections=1)
-    report = bench.measure_store(20, limits)
+    report = bench_store.measure_store(20, limits)
     assert report["streams"] == 20 and report["limits"]["max_streams"] == 20
 
 
 def test_measure_store_leaves_a_running_tracemalloc_running():
     tracemalloc.start()
     try:
-        report = bench.measure_store(5)
+        report = bench_store.measure_store(5)
         assert tracemalloc.is_tracing() and report["store_bytes_per_stream"] > 0
     finally:
         tracemalloc.stop()
@@ -256,16 +257,16 @@ def test_measure_store_leaves_a_running_tracemalloc_running():
 
 def test_measure_store_rejects_no_streams():
     with pytest.raises(ValueError, match="streams must be >= 1"):
-        bench.measure_store(0)
+        bench_store.measure_store(0)
 
 
 def test_store_measurement_in_a_child_process():
-    report = bench.StoreMeasurement(10).result()
+    report = bench_store.StoreMeasurement(10).result()
     assert report["streams"] == 10 and report["store_bytes_per_stream"] > 0
 
 
 def test_store_measurement_failure_in_the_child_is_reported():
-    measurement = bench.StoreMeasurement(0)
+    measurement = bench_store.StoreMeasurement(0)
     with pytest.raises(RuntimeError, match="streams must be >= 1"):
         measurement.result()
     measurement.cancel()  # harmless once the child is gone
@@ -326,22 +327,22 @@ def test_svlm_sessions_run_paced_like_spotvlm_streams():
 
 
 def test_phase_stream_ids_differ_between_phases():
-    ids = [bench.phase_stream_ids(i, 4) for i in range(len(bench.PHASES))]
+    ids = [bench_phases.phase_stream_ids(i, 4) for i in range(len(bench_phases.PHASES))]
     assert ids[0] == [1, 2, 3, 4]
-    assert len({sid for phase in ids for sid in phase}) == 4 * len(bench.PHASES)
+    assert len({sid for phase in ids for sid in phase}) == 4 * len(bench_phases.PHASES)
     assert all(sid > 0 for phase in ids for sid in phase)
 
 
 def test_phases_share_prompt_and_delays():
-    assert bench.PHASE_NAMES == (
+    assert bench_phases.PHASE_NAMES == (
         "svlm",
         "spotvlm_cloud_off",
         "spotvlm_no_history",
         "spotvlm_delay0",
         "spotvlm_delay2000",
     )
-    assert [p.name for p in bench.PHASES if not p.use_context] == ["spotvlm_no_history"]
-    delays = {p.name: p.cloud_delay for p in bench.PHASES}
+    assert [p.name for p in bench_phases.PHASES if not p.use_context] == ["spotvlm_no_history"]
+    delays = {p.name: p.cloud_delay for p in bench_phases.PHASES}
     assert delays == {
         "svlm": None,
         "spotvlm_cloud_off": None,
@@ -407,12 +408,12 @@ def test_plot_goes_next_to_the_json(tmp_path):
 
 
 def _report() -> dict[str, Any]:
-    keys = bench.headline_keys(MADE_UP_PHASES)
+    keys = bench_phases.headline_keys(MADE_UP_PHASES)
     config = bench.resolve_config(_args("--quick"))
     store = {"streams": 10, "store_bytes_per_stream": 68000.0, "store_memory_bytes_estimate_per_stream": 75000.0}
     return {
         **keys,
-        "goals": bench.evaluate_goals(keys, config.fps),
+        "goals": bench_phases.evaluate_goals(keys, config.fps),
         "config": config.to_json(),
         "phases": {name: {**p, "mean_ms": p["p50_ms"]} for name, p in MADE_UP_PHASES.items()},
         "store": store,
@@ -421,8 +422,8 @@ def _report() -> dict[str, Any]:
 
 
 def test_table_shows_phases_goals_and_store():
-    table = bench.format_table(_report())
-    for name in bench.PHASE_NAMES:
+    table = bench_output.format_table(_report())
+    for name in bench_phases.PHASE_NAMES:
         assert name in table
     assert "overhead_ratio_p50  1.020  (goal <= 1.05: met)" in table
     assert "gap 150 ms (goal gap <= 200.0 ms: met)" in table
@@ -431,7 +432,7 @@ def test_table_shows_phases_goals_and_store():
 
 def test_table_of_an_unfinished_run():
     store = {"streams": 10, "error": "RuntimeError: the store measurement process died (exit code -9)"}
-    table = bench.format_table({"phases": {}, "goals": bench.evaluate_goals({}, 5.0), "store": store})
+    table = bench_output.format_table({"phases": {}, "goals": bench_phases.evaluate_goals({}, 5.0), "store": store})
     assert "svlm" in table and "not met" in table
     assert "context store: not measured (RuntimeError: the store measurement process died" in table
 
@@ -440,16 +441,16 @@ def test_plot_is_written(tmp_path):
     rng = np.random.default_rng(0)
     samples = {
         name: {"latency_ms": list(rng.normal(60, 10, 50)), "context_age_ms": [], "cloud_rtt_ms": []}
-        for name in bench.PHASE_NAMES
+        for name in bench_phases.PHASE_NAMES
     }
     samples["spotvlm_delay2000"].update(context_age_ms=[2100.0, 2600.0, 3100.0], cloud_rtt_ms=[2000.0, 2500.0])
     path = tmp_path / "plots" / "bench.png"
-    assert bench.write_plot(_report(), samples, path) is None
+    assert bench_output.write_plot(_report(), samples, path) is None
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_no_plot_without_latencies(tmp_path):
-    assert "no phase" in bench.write_plot(_report(), {}, tmp_path / "x.png")
+    assert "no phase" in bench_output.write_plot(_report(), {}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 
