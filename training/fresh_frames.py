@@ -11,7 +11,7 @@ nor a frame of the cached train split. A source is deterministic for its seed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -76,14 +76,6 @@ class FreshCurriculum:
         if any(count < 0 for _, count in self.scene_quota):
             raise ValueError(f"scene_quota counts must be >= 0, got {self.scene_quota}")
 
-    def identity(self) -> dict:
-        """The fields that decide the data, without options at their old default (cache keys from before them)."""
-        fields = asdict(self)
-        for name, old_default in (("scene_quota", ()), ("reading_scene_share", 0.0)):
-            if fields[name] == old_default:
-                del fields[name]
-        return fields
-
 
 class FreshQuestionStream:
     """Training batches from fresh frames: each frame asks up to `questions_per_frame` of its questions, the tasks
@@ -100,7 +92,7 @@ class FreshQuestionStream:
         self.reading = FreshFrames(curriculum.seed, SINGLE_OBJECT_SCENE)
         self.scenes = FreshFrames(curriculum.seed + 1)
         self.rng = np.random.default_rng(curriculum.seed + 2)
-        # Its own generator: a share of 0 leaves every other draw as it was (and the recipe's key with it).
+        # Its own generator: a share of 0 leaves every other draw as it was before the option existed.
         self.share_rng = np.random.default_rng(curriculum.seed + 3)
 
     def phase(self, elapsed_fraction: float) -> str:

@@ -34,6 +34,11 @@ from training.views import ModelView
 
 # Bumped whenever the same inputs would train a different model (examples, targets, trainer).
 PIPELINE_VERSION = 2
+# Bumped whenever Recipe.key() hashes the recipe differently (a new option is hashed as it is, default or not, and
+# the keys before it are given up: a cached checkpoint under an old key is trained again).
+KEY_VERSION = 2
+# (section, field) of the recipe that cannot change the trained weights nor the reported numbers.
+KEY_IGNORES = (("train", "log_every_s"),)
 DEFAULT_OUT = Path("build/training")
 CONTEXT_AGES_S = (0.5, 2.0, 9.0)
 CONTEXT_EVAL_QUESTIONS = 400
@@ -87,32 +92,13 @@ class Recipe:
             raise ValueError(f"the {self.model} mix has context (history or focus): fresh frames have no history")
 
     def key(self) -> str:
-        """Hash of every input that decides the trained weights and the reported numbers."""
+        """Hash of every input that decides the trained weights and the reported numbers: every field of the recipe
+        but those in KEY_IGNORES, with KEY_VERSION, PIPELINE_VERSION and the scene generator's version."""
         recipe = asdict(self)
-        recipe["spec"] = self.spec.identity()
-        # Options at their old default are left out, so keys from before an option existed stay valid.
-        if self.tower is None:
-            del recipe["tower"]
-        else:
-            recipe["tower"] = self.tower.identity()
-        if self.fresh is None:
-            del recipe["fresh"]
-        else:
-            recipe["fresh"] = self.fresh.identity()
-        if self.train.attention_weight == 0:
-            del recipe["train"]["attention_weight"], recipe["train"]["supervised_layers"]
-        if self.train.number_loss.is_plain:
-            del recipe["train"]["number_loss"]
-        for name, old_default in (("steps", None), ("device", "cpu"), ("precision", "fp32")):
-            if recipe["train"][name] == old_default:
-                del recipe["train"][name]
-        if self.questions_per_frame == 1:
-            del recipe["questions_per_frame"]
-        if self.vocabulary == "generic":
-            del recipe["vocabulary"]
-        recipe["data"]["train_questions"] = self.data.train_questions.identity()
-        recipe["data"]["test_questions"] = self.data.test_questions.identity()
+        for section, name in KEY_IGNORES:
+            del recipe[section][name]
         payload = {
+            "key": KEY_VERSION,
             "pipeline": PIPELINE_VERSION,
             "generator": GENERATOR_VERSION,
             "recipe": recipe,

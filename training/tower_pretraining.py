@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,15 +61,6 @@ class TowerPretrainConfig:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
         if not 0.0 < self.empty_weight <= 1.0:
             raise ValueError(f"empty_weight must be in (0, 1], got {self.empty_weight}")
-
-    def identity(self) -> dict:
-        """The fields that decide the tower, without options at their old default (cache keys from before them)."""
-        fields = asdict(self)
-        old_defaults = (("empty_weight", 1.0), ("fresh_frames", False), ("precision", None), ("final_lr_fraction", 1.0))
-        for name, old_default in old_defaults:
-            if fields[name] == old_default:
-                del fields[name]
-        return fields
 
 
 @dataclass

@@ -207,7 +207,7 @@ def test_hold_s_must_be_finite_and_not_negative(hold_s: float) -> None:
 
 
 def test_keys_leave_hold_s_out_at_zero(tmp_path: Path) -> None:
-    """Cache folders and checkpoint keys from before hold_s existed stay valid."""
+    """Dataset cache folders from before hold_s existed stay valid; a recipe's key changes with hold_s."""
     default = QuestionConfig()
     assert "hold_s" not in default.identity()
     assert default.identity() == {k: v for k, v in dataclasses.asdict(default).items() if k != "hold_s"}
