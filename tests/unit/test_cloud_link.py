@@ -1,7 +1,7 @@
 """CloudLink with a fake async client: never blocking, no backlog, routing, error kinds, delay, close, callbacks.
 
-Waits are event-based with generous timeouts; the only timing bounds are loose ones (seconds, not milliseconds) so
-the tests hold on a loaded 2-core machine.
+Waits are event-based with generous timeouts and nothing asserts how long a call took: "never blocks" means a call
+returned while the fake cloud was still held back, so the tests hold on a loaded machine.
 """
 
 from __future__ import annotations
@@ -218,20 +218,19 @@ def test_image_bytes_are_sent_as_is_with_their_size(make_link):
 
 
 def test_submit_never_blocks_and_no_backlog_builds(make_link):
-    async def slow(call: FakeCall) -> FakeResult:
-        await asyncio.sleep(2.0)
+    cloud_may_answer = threading.Event()
+
+    async def held_back(call: FakeCall) -> FakeResult:
+        while not cloud_may_answer.is_set():
+            await asyncio.sleep(0.01)
         return await answer(call)
 
-    link, factory, recorder = make_link(slow)
-    durations = []
-    decisions = []
-    for frame in range(10):
-        start = time.monotonic()
-        decisions.append(link.submit(job(stream=1, frame=frame)))
-        durations.append(time.monotonic() - start)
+    link, factory, recorder = make_link(held_back)
+    decisions = [link.submit(job(stream=1, frame=frame)) for frame in range(10)]
+    # Every submit returned while the cloud could not answer yet: submit does not wait on the cloud.
     assert decisions == ["sent"] + ["skipped_busy"] * 9
-    # Far below the fake's 2 s: submit does not wait on the cloud.
-    assert max(durations) < 1.0
+    assert recorder.replies == []
+    cloud_may_answer.set()
     recorder.wait(replies=1)
     assert recorder.replies[0].job.frame_id == 0
     # Skipped frames were never queued: one call for one frame sent.
@@ -376,9 +375,18 @@ def test_per_job_delay_overrides_the_links(make_link):
     recorder.wait(replies=1, timeout=5.0)
 
 
-def test_close_is_fast_with_calls_pending():
+def closes(link: CloudLink) -> bool:
+    """Whether link.close() returns (in a thread, waited for generously): a close that waited on a call that never
+    ends would not."""
+    closer = threading.Thread(target=link.close, daemon=True)
+    closer.start()
+    closer.join(timeout=WAIT_S * 3)
+    return not closer.is_alive()
+
+
+def test_close_cancels_pending_calls_instead_of_waiting_for_them():
     async def hang(call: FakeCall) -> FakeResult:
-        await asyncio.sleep(60)
+        await asyncio.get_running_loop().create_future()  # never done: only cancelling ends it
         raise AssertionError("not reached")
 
     factory = Factory(hang)
@@ -390,9 +398,7 @@ def test_close_is_fast_with_calls_pending():
     deadline = time.monotonic() + WAIT_S
     while len(factory.calls) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
-    start = time.monotonic()
-    link.close()
-    assert time.monotonic() - start < 3.0
+    assert closes(link)
     assert all(call.cancelled for call in factory.calls)
     assert factory.clients[0].closed
     link.close()  # idempotent
@@ -537,6 +543,4 @@ def test_real_grpc_client_on_a_closed_port_is_unavailable():
         recorder.wait(errors=1)
         assert recorder.errors[0][1] == "unavailable"
     finally:
-        start = time.monotonic()
-        link.close()
-        assert time.monotonic() - start < 3.0
+        assert closes(link)
