@@ -1,4 +1,4 @@
-"""The pure parts of the locust load test (`load_tests.load_run`, used by `load_tests/locustfile.py`), no server:
+"""The pure parts of the locust load test (load_run, locust_streams, locust_reports), no server:
 sequence ids, context statistics, locust's command line, its stats CSV and the run's verdict."""
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import pytest
 
 from spotvlm.cli import build_parser as build_cli_parser
 from load_tests import load_run as lr
+from load_tests import locust_reports
+from load_tests import locust_streams
 from python_backends.context.report import ContextReport
 
 # -- sequence ids ------------------------------------------------------------------------------------------------------
 
 
 def test_sequence_ids_are_positive_distinct_and_below_2_pow_63():
-    ids = lr.SequenceIds()
+    ids = locust_streams.SequenceIds()
     drawn = [ids.next() for _ in range(1000)]
     assert len(set(drawn)) == len(drawn)
     assert all(0 < i < 2**63 for i in drawn)
@@ -30,25 +32,26 @@ def test_sequence_ids_are_positive_distinct_and_below_2_pow_63():
 @pytest.mark.parametrize("pid", [0, 1, 4321, 2**22 - 1, 2**22 + 5, 2**31])
 @pytest.mark.parametrize("salt", [0, 1, 255])
 def test_sequence_ids_fit_63_bits_for_any_pid_and_salt(pid: int, salt: int):
-    ids = lr.SequenceIds(pid=pid, salt=salt)
+    ids = locust_streams.SequenceIds(pid=pid, salt=salt)
     first, second = ids.next(), ids.next()
-    assert 0 < first < second <= lr.MAX_SEQUENCE_ID
+    assert 0 < first < second <= locust_streams.MAX_SEQUENCE_ID
     assert first & (2**32 - 1) == 1  # the counter starts at 1: never id 0 (Triton's "no sequence")
 
 
 def test_sequence_ids_of_two_processes_differ():
-    a = [lr.SequenceIds(pid=100, salt=7).next() for _ in range(1)] + [lr.SequenceIds(pid=101, salt=7).next()]
+    ids = locust_streams.SequenceIds
+    a = [ids(pid=100, salt=7).next() for _ in range(1)] + [ids(pid=101, salt=7).next()]
     assert a[0] != a[1]
     # The same pid on another host (another salt) too.
-    assert lr.SequenceIds(pid=100, salt=7).next() != lr.SequenceIds(pid=100, salt=8).next()
+    assert locust_streams.SequenceIds(pid=100, salt=7).next() != locust_streams.SequenceIds(pid=100, salt=8).next()
 
 
 def test_sequence_ids_start_afresh_in_a_forked_child(monkeypatch):
     """locust --processes forks after importing the locustfile: a child must not repeat its parent's ids."""
-    ids = lr.SequenceIds()
-    monkeypatch.setattr(lr.os, "getpid", lambda: 1000)
+    ids = locust_streams.SequenceIds()
+    monkeypatch.setattr(locust_streams.os, "getpid", lambda: 1000)
     parent = [ids.next(), ids.next()]
-    monkeypatch.setattr(lr.os, "getpid", lambda: 1001)
+    monkeypatch.setattr(locust_streams.os, "getpid", lambda: 1001)
     child = [ids.next(), ids.next()]
     assert not set(parent) & set(child)
     assert [c & 0xFFFFFFFF for c in child] == [1, 2]
@@ -58,11 +61,11 @@ def test_sequence_ids_start_afresh_in_a_forked_child(monkeypatch):
 @pytest.mark.parametrize("kwargs", [{"pid": -1}, {"salt": 256}, {"salt": -1}])
 def test_sequence_ids_reject_bad_parts(kwargs):
     with pytest.raises(ValueError):
-        lr.SequenceIds(**kwargs)
+        locust_streams.SequenceIds(**kwargs)
 
 
 def test_sequence_ids_refuse_to_overflow_the_counter():
-    ids = lr.SequenceIds(pid=1, salt=1)
+    ids = locust_streams.SequenceIds(pid=1, salt=1)
     ids.next()
     ids._counter = iter([2**32])
     with pytest.raises(OverflowError):
@@ -77,7 +80,7 @@ def ctx(frame: int | None, age: object = None, state: str = "ok") -> dict:
 
 
 def test_context_stats_counts_share_and_ages():
-    stats = lr.ContextStats()
+    stats = locust_streams.ContextStats()
     assert stats.add(ok=True, context=ctx(None)) is None
     assert stats.add(ok=True, context=ctx(3, 1200.4)) == 1200
     assert stats.add(ok=True, context=ctx(4, 800)) == 800
@@ -92,22 +95,22 @@ def test_context_stats_counts_share_and_ages():
 
 @pytest.mark.parametrize("age", [None, "1200", True, float("nan"), float("inf")])
 def test_context_without_a_usable_age_counts_as_context_but_adds_no_age(age):
-    stats = lr.ContextStats()
+    stats = locust_streams.ContextStats()
     assert stats.add(ok=True, context=ctx(1, age)) is None
     assert (stats.with_context, stats.ages) == (1, {})
 
 
 def test_a_negative_age_is_clamped_to_zero():
     """A client clock behind the edge's can make an age negative; it is a fresh context, not a bad one."""
-    stats = lr.ContextStats()
+    stats = locust_streams.ContextStats()
     assert stats.add(ok=True, context=ctx(1, -5)) == 0
 
 
 def test_context_stats_of_nothing():
-    summary = lr.ContextStats().summary()
+    summary = locust_streams.ContextStats().summary()
     assert summary["context_share"] is None
     assert summary["context_age_ms"]["p50"] is None
-    assert "-" in lr.format_context_summary(summary)
+    assert "-" in locust_streams.format_context_summary(summary)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +125,7 @@ def test_context_stats_of_nothing():
     ],
 )
 def test_percentile_is_nearest_rank(histogram, q, expected):
-    assert lr._percentile(histogram, q) == expected
+    assert locust_streams._percentile(histogram, q) == expected
 
 
 def test_worker_deltas_merge_into_the_same_totals_as_one_process():
@@ -134,10 +137,10 @@ def test_worker_deltas_merge_into_the_same_totals_as_one_process():
         (True, ctx(3, 700, "slow")),
         (True, ctx(4, 500)),
     ]
-    whole = lr.ContextStats()
+    whole = locust_streams.ContextStats()
     for ok, context in frames:
         whole.add(ok=ok, context=context)
-    worker, master = lr.ContextStats(), lr.ContextStats()
+    worker, master = locust_streams.ContextStats(), locust_streams.ContextStats()
     for i, (ok, context) in enumerate(frames):
         worker.add(ok=ok, context=context)
         if i % 2:
@@ -150,16 +153,16 @@ def test_worker_deltas_merge_into_the_same_totals_as_one_process():
 
 
 def test_to_dict_round_trips():
-    stats = lr.ContextStats()
+    stats = locust_streams.ContextStats()
     stats.add(ok=True, context=ctx(1, 42), restarted=True)
-    assert lr.ContextStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
+    assert locust_streams.ContextStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
 
 
 def test_context_summary_line():
-    stats = lr.ContextStats()
+    stats = locust_streams.ContextStats()
     stats.add(ok=True, context=ctx(1, 1500))
     stats.add(ok=True, context=ctx(None, state="down"))
-    line = lr.format_context_summary(stats.summary())
+    line = locust_streams.format_context_summary(stats.summary())
     assert "1/2 answered frames (50%)" in line
     assert "p50 1500 ms" in line
     assert "down 1, ok 1" in line
@@ -175,7 +178,7 @@ def test_response_bytes_counts_bytes_items_and_numeric_payloads():
         "GENERATE_MS": np.zeros((1, 1), dtype=np.float32),
         "MISSING": None,
     }
-    assert lr.response_bytes(outputs) == 5 + 8 + 3 + 4
+    assert locust_streams.response_bytes(outputs) == 5 + 8 + 3 + 4
 
 
 @pytest.mark.parametrize(
@@ -189,18 +192,18 @@ def test_response_bytes_counts_bytes_items_and_numeric_payloads():
     ],
 )
 def test_edge_url(host, protocol, expected):
-    assert lr.edge_url(host, protocol) == expected
+    assert locust_streams.edge_url(host, protocol) == expected
 
 
 def test_stream_params_leave_out_server_defaults():
-    assert lr.stream_params(None, None) == {}
-    assert lr.stream_params(8, "1500") == {"max_tokens": 8, "cloud_delay": "1500"}
-    assert lr.stream_params(None, "") == {}
+    assert locust_streams.stream_params(None, None) == {}
+    assert locust_streams.stream_params(8, "1500") == {"max_tokens": 8, "cloud_delay": "1500"}
+    assert locust_streams.stream_params(None, "") == {}
 
 
 def test_the_locustfile_options_on_a_plain_parser():
     parser = argparse.ArgumentParser()
-    lr.add_stream_arguments(parser)
+    locust_streams.add_stream_arguments(parser)
     options = parser.parse_args([])
     assert (options.protocol, options.fps, options.max_tokens, options.cloud_delay, options.images) == (
         "grpc",
@@ -218,7 +221,7 @@ def test_the_locustfile_options_on_a_plain_parser():
 )
 def test_the_locustfile_options_refuse_bad_values(argv):
     parser = argparse.ArgumentParser()
-    lr.add_stream_arguments(parser)
+    locust_streams.add_stream_arguments(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(argv)
 
@@ -325,7 +328,7 @@ def test_parse_stats_csv_takes_requests_from_the_aggregated_row():
         "grpc,spotvlm,64,0,110,121.8,69.2,509.6,458.2,9.3,0.0,110,120,120,130,140,150,420,510,510,510,510",
         ",Aggregated,64,0,110,121.8,69.2,509.6,458.2,9.3,0.0,110,120,120,130,140,150,420,510,510,510,510",
     )
-    totals = lr.parse_stats_csv(lines)
+    totals = locust_reports.parse_stats_csv(lines)
     assert (totals.requests, totals.failures) == (64, 0)
     assert totals.entry("CONTEXT", "age_ms")["Request Count"] == "59"
     assert totals.entry("grpc", "nope") is None
@@ -333,9 +336,9 @@ def test_parse_stats_csv_takes_requests_from_the_aggregated_row():
 
 def test_a_failure_in_any_row_counts():
     lines = stats_csv("grpc,spotvlm,10,3,1,1,1,1,1,1,1", ",Aggregated,10,0,1,1,1,1,1,1,1")
-    assert lr.parse_stats_csv(lines).failures == 3
+    assert locust_reports.parse_stats_csv(lines).failures == 3
     lines = stats_csv("grpc,spotvlm,10,0,1,1,1,1,1,1,1", ",Aggregated,10,2,1,1,1,1,1,1,1")
-    assert lr.parse_stats_csv(lines).failures == 2
+    assert locust_reports.parse_stats_csv(lines).failures == 2
 
 
 @pytest.mark.parametrize(
@@ -349,23 +352,23 @@ def test_a_failure_in_any_row_counts():
 )
 def test_parse_stats_csv_refuses_what_is_not_a_locust_stats_csv(lines):
     with pytest.raises(ValueError):
-        lr.parse_stats_csv(lines)
+        locust_reports.parse_stats_csv(lines)
 
 
 def test_read_failures_csv(tmp_path: Path):
     path = tmp_path / "load_failures.csv"
-    assert lr.read_failures_csv(path) == []
+    assert locust_reports.read_failures_csv(path) == []
     path.write_text(
         "Method,Name,Error,Occurrences,First Seen,Last Seen\n"
         "grpc,spotvlm,\"FrameError('StatusCode.INVALID_ARGUMENT: max_tokens must be >= 1')\",14,1,2\n"
     )
-    assert lr.read_failures_csv(path) == [
+    assert locust_reports.read_failures_csv(path) == [
         "14 x grpc spotvlm: FrameError('StatusCode.INVALID_ARGUMENT: max_tokens must be >= 1')"
     ]
 
 
-def totals(requests: int, failures: int) -> lr.LocustTotals:
-    return lr.LocustTotals(requests=requests, failures=failures, rows=[])
+def totals(requests: int, failures: int) -> locust_reports.LocustTotals:
+    return locust_reports.LocustTotals(requests=requests, failures=failures, rows=[])
 
 
 @pytest.mark.parametrize(
@@ -382,11 +385,11 @@ def totals(requests: int, failures: int) -> lr.LocustTotals:
     ],
 )
 def test_verdict(returncode, stats, status):
-    assert lr.verdict(returncode, stats)[0] == status
+    assert locust_reports.verdict(returncode, stats)[0] == status
 
 
 def test_reports_paths(tmp_path: Path):
-    reports = lr.Reports(tmp_path)
+    reports = locust_reports.Reports(tmp_path)
     assert reports.stats_csv == Path(f"{reports.csv_prefix}_stats.csv")
     assert reports.failures_csv == Path(f"{reports.csv_prefix}_failures.csv")
     assert reports.context_json == Path(f"{reports.csv_prefix}_context.json")
@@ -400,12 +403,12 @@ def test_images_must_be_a_folder(tmp_path: Path, capsys):
 
 
 def test_positive_float_and_int():
-    assert lr.positive_float("2.5") == 2.5
-    assert lr.positive_int("3") == 3
+    assert locust_streams.positive_float("2.5") == 2.5
+    assert locust_streams.positive_int("3") == 3
     for bad in ("0", "-1", "inf", "nan", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
-            lr.positive_float(bad)
+            locust_streams.positive_float(bad)
     for bad in ("0", "1.5", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
-            lr.positive_int(bad)
-    assert math.isfinite(lr.positive_float("1e3"))
+            locust_streams.positive_int(bad)
+    assert math.isfinite(locust_streams.positive_float("1e3"))
