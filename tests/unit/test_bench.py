@@ -353,10 +353,17 @@ def test_phases_share_prompt_and_delays():
 
 
 def test_wait_for_cloud_stops_once_the_cloud_has_answered(monkeypatch):
-    counts = iter([3.0, 5.0, 8.0])
-    monkeypatch.setattr(bench, "scrape_metrics", lambda url: {"lvlm": {"requests": next(counts)}})
-    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
-    assert bench.wait_for_cloud("127.0.0.1:1", expected=8, timeout_s=5.0) < 5.0
+    counts = [3.0, 5.0, 8.0, 9.0]
+    scrapes, sleeps = [], []
+
+    def scrape(url: str) -> dict:
+        scrapes.append(url)
+        return {"lvlm": {"requests": counts[len(scrapes) - 1]}}
+
+    monkeypatch.setattr(bench, "scrape_metrics", scrape)
+    monkeypatch.setattr(bench.time, "sleep", sleeps.append)
+    bench.wait_for_cloud("127.0.0.1:1", expected=8, timeout_s=600.0)
+    assert len(scrapes) == 3 and len(sleeps) == 2  # it stopped at the scrape that saw 8 answers
 
 
 # -- options, table, plot ----------------------------------------------------------------------------------------------

@@ -491,6 +491,17 @@ def test_memory_scales_with_streams(clock):
 
 # -- threads --------------------------------------------------------------------------------------------------------
 
+THREAD_WAIT_S = 60.0
+
+
+def run_until(done, errors: list[BaseException], stop: threading.Event) -> None:
+    """Lets the threads work until `done()` (or one of them failed), then stops them; a generous deadline keeps a
+    hung thread from hanging the test."""
+    deadline = time.monotonic() + THREAD_WAIT_S
+    while not done() and not errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+
 
 def test_concurrent_writer_and_reader():
     k, max_results = 4, 3
@@ -537,13 +548,12 @@ def test_concurrent_writer_and_reader():
     threads = [threading.Thread(target=writer), threading.Thread(target=reader), threading.Thread(target=reader)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
-    stop.set()
+    run_until(lambda: counts["writes"] >= 200 and counts["reads"] >= 200, errors, stop)
     for t in threads:
-        t.join(timeout=5)
+        t.join(timeout=THREAD_WAIT_S)
     assert not any(t.is_alive() for t in threads)
     assert errors == []
-    assert counts["writes"] > 10 and counts["reads"] > 10
+    assert counts["writes"] >= 200 and counts["reads"] >= 200
     assert len(store) == len(stream_ids)
     for sid in stream_ids:
         assert len(store.snapshot(sid).turns) == k
@@ -554,6 +564,7 @@ def test_concurrent_lifecycle_and_cloud_results():
     store = ContextStore(StoreLimits(max_streams=4))
     stop = threading.Event()
     errors: list[BaseException] = []
+    counts = {"lifecycle": 0, "cloud": 0}
 
     def lifecycle() -> None:
         try:
@@ -566,6 +577,7 @@ def test_concurrent_lifecycle_and_cloud_results():
                 if n % 3 == 0:
                     store.end_stream(sid)
                 n += 1
+                counts["lifecycle"] = n
         except BaseException as exc:
             errors.append(exc)
 
@@ -575,15 +587,17 @@ def test_concurrent_lifecycle_and_cloud_results():
             while not stop.is_set():
                 store.add_cloud_result(n % 8, result(n))
                 n += 1
+                counts["cloud"] = n
         except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=lifecycle), threading.Thread(target=cloud)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
-    stop.set()
+    run_until(lambda: counts["lifecycle"] >= 500 and counts["cloud"] >= 500, errors, stop)
     for t in threads:
-        t.join(timeout=5)
+        t.join(timeout=THREAD_WAIT_S)
+    assert not any(t.is_alive() for t in threads)
     assert errors == []
+    assert counts["lifecycle"] >= 500 and counts["cloud"] >= 500
     assert len(store) <= 4
