@@ -3,7 +3,8 @@
     spotvlm eval [--quick] [--out DIR] [--dataset FILE.jsonl] [--latencies 0,0.5,1,2,4,9,trace] ...
     python -m load_tests.eval_run ...                                  (the same options)
 
-Steps (the pure parts are evaluation/runner.py):
+Steps (the pure parts are evaluation/runner.py; the preparation is load_tests/eval_setup.py, the run
+load_tests/eval_replay.py):
 1. the dataset: `--dataset FILE.jsonl` (docs/dataset.md), else the synthetic test split, generated once and cached
    under --data-dir (build/eval/data)/<split>-<hash of seeds and settings>, next to the seed-0 latency trace;
 2. the servers: the cloud and an edge linked to it on free loopback ports, the edge sending every frame to the cloud
@@ -28,169 +29,32 @@ only written into the report. Exit status: 0 when the report was written, 1 when
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import json
-import re
-import statistics
 import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
 
-import numpy as np
-
-from evaluation.dataset import DatasetError, Example, default_seeds, generate_split, load_dataset
-from evaluation.latency import LatencySetting, ensure_default_trace, trace_setting
-from evaluation.policies import CLOUD_REFERENCE, EDGE_ONLY, SPOTVLM_POLICIES
+from evaluation.dataset import DatasetError
+from evaluation.latency import ensure_default_trace, trace_setting
+from evaluation.policies import SPOTVLM_POLICIES
 from evaluation.questions import QuestionConfig
-from evaluation.report import EvalRecord, write_report
+from evaluation.report import write_report
 from evaluation.runner import (
-    Answer,
-    StreamRun,
-    VideoPlan,
-    box_in_frame,
-    cloud_stale_records,
-    context_states,
-    dataset_cache_dir,
-    format_progress,
-    group_videos,
-    limit_videos,
     parse_latencies,
-    plan_cloud_stale,
-    plan_runs,
-    records_for,
-    scored_answer,
-    stale_cloud_requests,
-    violations_for,
 )
-from evaluation.scenes import SceneConfig
-from evaluation.staleness import TruthIndex
-from evaluation.scoring import score
+from load_tests.eval_replay import run_eval
+from load_tests.eval_setup import REPOSITORY_ROOT, checkpoint_problems, load_examples, rendered_checkpoint, say
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REPOSITORY_ROOT = PROJECT_ROOT / "model_repository"
 DEFAULT_OUT = PROJECT_ROOT / "build" / "eval"
 DATA_ROOT = PROJECT_ROOT / "build" / "eval" / "data"
 FULL_DEFAULTS = {"videos": 3, "seconds": 10.0, "latencies": "0,0.5,1,2,4,9,trace"}
 QUICK_DEFAULTS = {"videos": 2, "seconds": 5.0, "latencies": "0,2"}
-# Cloud requests in flight per stream on the edge: every frame of a 10 fps stream at a 9 s delay plus inference.
-CLOUD_MAX_INFLIGHT = 120
-# Where each edge model's rendered config names its checkpoint.
-CHECKPOINT_CONFIGS = {"edge": "edge/svlm_generate/config.pbtxt", "cloud": "cloud/lvlm/config.pbtxt"}
-EDGE_PREPROCESS_CONFIG = "edge/svlm_preprocess/config.pbtxt"
 # Real-time tasks ask a standing question of the stream; the cloud's late answer to it is what context transfer reuses.
 EVAL_HOLD_S = 3.0
 
 
 ANSWER_MAX_TOKENS = 40
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-class ProgressBar:
-    """runner.format_progress redrawn in place on a terminal; in a log, a line every 10 % or 10 s."""
-
-    def __init__(self, total: int, out: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.total = total
-        self.done = 0
-        self.out = out if out is not None else sys.stderr
-        self.tty = bool(getattr(self.out, "isatty", lambda: False)())
-        self.clock = clock
-        self.started = clock()
-        self._last_line_s = -1e9
-        self._last_decile = -1
-        self._lock = threading.Lock()
-
-    def advance(self, count: int = 1, label: str = "") -> None:
-        with self._lock:
-            self.done += count
-            self._draw(label)
-
-    def set_total(self, total: int) -> None:
-        with self._lock:
-            self.total = max(total, self.done)
-
-    def _draw(self, label: str, final: bool = False) -> None:
-        now = self.clock()
-        line = format_progress(self.done, self.total, now - self.started, label)
-        if self.tty:
-            self.out.write("\r\x1b[2K" + line + ("\n" if final else ""))
-        else:
-            decile = 10 * self.done // max(self.total, 1)
-            if not final and decile == self._last_decile and now - self._last_line_s < 10:
-                return
-            self._last_decile, self._last_line_s = decile, now
-            self.out.write(line + "\n")
-        self.out.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            self._draw("done", final=True)
-
-
-# -- checkpoints and data ----------------------------------------------------------------------------------------------
-
-
-def rendered_parameter(config: Path, key: str) -> str | None:
-    """A string parameter of a rendered config.pbtxt, or None when the file or the key cannot be read."""
-    try:
-        text = config.read_text()
-    except OSError:
-        return None
-    match = re.search(rf'key:\s*"{re.escape(key)}",\s*value:\s*\{{\s*string_value:\s*"([^"]*)"', text)
-    return match.group(1) if match else None
-
-
-def rendered_checkpoint(side: str, repository_root: Path = REPOSITORY_ROOT) -> Path | None:
-    """The checkpoint folder the built repository loads on `side`, or None when it cannot be read."""
-    value = rendered_parameter(repository_root / CHECKPOINT_CONFIGS[side], "checkpoint")
-    return Path(value).resolve() if value is not None else None
-
-
-def edge_input_size(repository_root: Path = REPOSITORY_ROOT) -> tuple[int, int] | None:
-    """The square the built edge resizes every frame to (its preprocess config's image_size), or None."""
-    value = rendered_parameter(repository_root / EDGE_PREPROCESS_CONFIG, "image_size")
-    return (int(value),) * 2 if value is not None and value.isdigit() else None
-
-
-def checkpoint_problems(args: argparse.Namespace, repository_root: Path = REPOSITORY_ROOT) -> list[str]:
-    problems = []
-    for side in ("edge", "cloud"):
-        wanted = getattr(args, f"{side}_checkpoint")
-        if wanted is None:
-            continue
-        built = rendered_checkpoint(side, repository_root)
-        if built != Path(wanted).resolve():
-            problems.append(
-                f"the {side} repository was built with checkpoint {built}, not {Path(wanted).resolve()}: run"
-                f" ./build_engines.sh --{side}-checkpoint {wanted} (and the other side's option) first"
-            )
-    return problems
-
-
-def load_examples(args: argparse.Namespace, videos: int, seconds: float) -> tuple[list[VideoPlan], str]:
-    """The videos to replay and a line saying where they came from. DatasetError / ValueError for bad data."""
-    if args.dataset is not None:
-        examples = load_dataset(args.dataset)
-        plans = group_videos(examples)
-        if args.quick or args.videos is not None or args.seconds is not None:
-            plans = limit_videos(plans, videos, seconds)
-        return plans, f"dataset {args.dataset}"
-    seeds = default_seeds("test", videos)
-    scene_config = SceneConfig(fps=args.fps, seconds=seconds)
-    question_config = QuestionConfig(hold_s=args.hold_s)
-    folder = dataset_cache_dir(args.data_dir, "test", seeds, scene_config, question_config)
-    path = folder / "test.jsonl"
-    if not path.is_file():  # generate_split writes the JSONL last: present means complete
-        _say(f"generating the test split ({videos} video(s) of {seconds:g} s, seeds {seeds[0]}..{seeds[-1]}) ...")
-        generate_split("test", seeds, folder, scene_config, question_config)
-    held = f", standing questions held {args.hold_s:g} s" if args.hold_s else ""
-    return group_videos(load_dataset(path)), f"synthetic test split, seeds {seeds[0]}..{seeds[-1]}{held} ({path})"
 
 
 # -- talking to the servers --------------------------------------------------------------------------------------------
@@ -204,232 +68,6 @@ def _ready(url: str) -> bool:
             return client.is_ready()
     except Exception:  # a malformed URL is as unreachable as a dead server
         return False
-
-
-def _frame(example: Example, frame_index: int | None = None) -> np.ndarray:
-    from evaluation.dataset import load_frame
-
-    if frame_index is not None and frame_index != example.frame_index:
-        example = dataclasses.replace(example, frame_index=frame_index)
-    return load_frame(example)
-
-
-def ask_cloud(client: Any, frame: np.ndarray, question: str, max_tokens: int | None) -> Answer:
-    started = time.perf_counter()
-    try:
-        reply = client.ask_lvlm(frame, question, max_tokens=max_tokens)
-    except Exception as exc:  # one failed request is a wrong answer, not the end of the run
-        return Answer("", (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}")
-    # lvlm's DETECTIONS are already in the frame's pixels (its TEXT is in those of its resized input).
-    box = tuple(reply.detections[0]["bbox_2d"]) if reply.detections else None
-    return Answer(reply.text, reply.latency_ms, box=box)
-
-
-def run_stream(
-    run: StreamRun,
-    url: str,
-    frames: Sequence[np.ndarray],
-    max_tokens: int | None,
-    progress: ProgressBar,
-    edge_input: tuple[int, int] | None = None,
-) -> dict[str, Answer]:
-    """One Triton sequence: each question's frame at its time after the start, one request in flight. `edge_input`:
-    the edge model's input size, which its boxes are in (None: unknown, the text is scored as it is)."""
-    from client.streaming import StreamSession
-
-    session = StreamSession(url, "grpc", run.sequence_id, params=run.request_parameters(max_tokens), timeout_s=60.0)
-    answers: dict[str, Answer] = {}
-    examples = run.video.examples
-    label = f"{run.setting.name} {run.policy}"
-    try:
-        t0 = time.monotonic()
-        for index, (example, offset) in enumerate(zip(examples, run.send_offsets_s())):
-            wait = t0 + offset - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            session.prompt = example.question
-            result = session.send(frames[index], start=index == 0, end=index == len(examples) - 1)
-            box = box_in_frame(result.text, edge_input, frames[index].shape[:2]) if edge_input else None
-            answers[example.id] = Answer(result.text, result.latency_ms, result.error, result.context, box)
-            progress.advance(label=label)
-    finally:
-        session.close()
-    return answers
-
-
-def _start(server: Any, name: str, ready_timeout: float) -> None:
-    """Starts one server; read its URLs only after this returns (see run_eval)."""
-    _say(f"starting the {name} tritonserver ...")
-    server.start(ready_timeout)
-    _say(f"  {name} ready in {server.ready_time_s or 0:.1f} s (grpc {server.grpc_url})")
-
-
-# -- the run -----------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class EvalResult:
-    records: list[EvalRecord]
-    rows: list[dict[str, Any]]  # answers.jsonl
-    notes: list[str]
-    errors: int
-    settings: list[LatencySetting]  # the settings measured (a trace is skipped with --edge-url)
-
-
-def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[LatencySetting]) -> EvalResult:
-    from client.linked_servers import LinkedServers
-    from client.triton_client import VLMClient
-
-    notes: list[str] = []
-    own_servers = args.edge_url is None
-    if not own_servers:
-        skipped = [s.name for s in settings if not s.per_request]
-        if skipped:
-            notes.append(
-                f"skipped {', '.join(skipped)}: a trace is set only in the edge's config, and --edge-url names a"
-                " running edge; start one with SPOTVLM_CLOUD_DELAY=trace:FILE to measure it"
-            )
-            settings = [s for s in settings if s.per_request]
-    runs = plan_runs(videos, settings, first_sequence_id=1_000_000 * (1 + int(time.time()) % 1000))
-    questions = sum(len(v.examples) for v in videos)
-    edge_requests = sum(len(r.video.examples) for r in runs)
-    # cloud_stale's extra cloud requests are known after the reference; until then count one per question and setting.
-    progress = ProgressBar(questions + questions * len(settings) + edge_requests)
-    rows: list[dict[str, Any]] = []
-    records: list[EvalRecord] = []
-
-    def keep(
-        policy: str,
-        latency: str,
-        examples: Sequence[Example],
-        answers: dict[str, Answer],
-        states: dict[str, str] | None = None,
-    ) -> None:
-        records.extend(records_for(policy, latency, examples, answers, states))
-        for example in examples:
-            answer = answers.get(example.id) or Answer("", None, "no answer")
-            rows.append(
-                {
-                    "id": example.id,
-                    "task": example.task,
-                    "policy": policy,
-                    "latency": latency,
-                    "question": example.question,
-                    "expected": list(example.answer) if isinstance(example.answer, tuple) else example.answer,
-                    "answer": answer.text,
-                    "correct": answer.error is None and score(example, scored_answer(example, answer)).correct,
-                    "latency_ms": None if answer.latency_ms is None else round(answer.latency_ms, 1),
-                    "error": answer.error,
-                    "context_frame": answer.context.context_frame,
-                    "context_age_ms": answer.context.context_age_ms,
-                    "context_state": (states or {}).get(example.id),
-                }
-            )
-
-    with contextlib.ExitStack() as stack:
-        linked_edge_url = args.edge_url
-        if own_servers:
-            # Each URL read once its server is ready: a start that loses a picked port to another process retries on
-            # new ports, so a URL read before start() can name a port nobody listens on.
-            servers = stack.enter_context(
-                LinkedServers(
-                    REPOSITORY_ROOT,
-                    edge=any(s.per_request for s in settings),
-                    edge_name="edge (linked to the cloud)",
-                    edge_env={"SPOTVLM_CLOUD_MAX_INFLIGHT": str(CLOUD_MAX_INFLIGHT)},
-                    starter=lambda name, server: _start(server, name, args.ready_timeout),
-                )
-            )
-            cloud_url = servers.cloud.grpc_url
-            if servers.edge is not None:
-                linked_edge_url = servers.edge.grpc_url
-        else:
-            cloud_url = args.cloud_url
-        cloud_client = stack.enter_context(VLMClient(cloud_url, "grpc", timeout_s=60.0))
-
-        # 3. the cloud reference
-        _say(f"cloud reference: {questions} question(s) on {len(videos)} video(s), no delay")
-        cloud_answers: dict[str, dict[tuple[int, str], Answer]] = {}  # video -> (frame, question) -> answer
-        reference_latencies = []
-        for video in videos:
-            per_video = cloud_answers.setdefault(video.video, {})
-            reference: dict[str, Answer] = {}
-            for example in video.examples:
-                answer = ask_cloud(cloud_client, _frame(example), example.question, args.max_tokens)
-                reference[example.id] = answer
-                per_video[(example.frame_index, example.question)] = answer
-                if answer.error is None and answer.latency_ms is not None:
-                    reference_latencies.append(answer.latency_ms)
-                progress.advance(label="cloud reference")
-            keep(CLOUD_REFERENCE, "0s", video.examples, reference)
-        service_s = statistics.median(reference_latencies) / 1000 if reference_latencies else 0.0
-
-        # 4. cloud_stale's answers on older frames
-        picks = {(s.name, v.video): plan_cloud_stale(v, s, service_s) for s in settings for v in videos}
-        extra = {
-            v.video: stale_cloud_requests(pick for (_, name), ps in picks.items() if name == v.video for pick in ps)
-            for v in videos
-        }
-        progress.set_total(progress.total - questions * len(settings) + sum(len(e) for e in extra.values()))
-        for video in videos:
-            first = video.examples[0]
-            for frame_index, question in extra[video.video]:
-                answer = ask_cloud(cloud_client, _frame(first, frame_index), question, args.max_tokens)
-                cloud_answers[video.video][(frame_index, question)] = answer
-                progress.advance(label="cloud_stale's older frames")
-        notes.append(
-            "cloud_stale replays the cloud's zero-delay answers (the question asked on the newest frame whose answer"
-            f" has arrived), every frame sent, with the cloud's median service time {service_s * 1000:.0f} ms added"
-            " to each latency setting; before any arrival it shows edge_only's answer and latency"
-        )
-
-        # 5. the spotvlm policies: per-request settings on one linked edge, each trace on an edge of its own
-        edge_answers: dict[tuple[str, str, str], dict[str, Answer]] = {}
-        edge_input = edge_input_size()  # the edge's boxes are in these pixels (the locally built repository's)
-        notes.append(
-            "boxes are scored in the frame's pixels: the cloud's from its DETECTIONS, the edge's mapped from its"
-            + (f" {edge_input[1]}x{edge_input[0]} input" if edge_input else " input (size unknown: scored as written)")
-        )
-        violations: list[str] = []
-        frames: dict[str, list[np.ndarray]] = {}
-        truth = TruthIndex()
-        for setting in settings:
-            with contextlib.ExitStack() as trace_stack:
-                if setting.per_request:
-                    assert linked_edge_url is not None
-                    url = linked_edge_url
-                else:  # only with servers of our own (skipped above otherwise)
-                    edge = servers.start_edge(
-                        env={"SPOTVLM_CLOUD_DELAY": setting.spec},
-                        name=f"edge ({setting.name}: cloud_delay {setting.spec})",
-                    )
-                    trace_stack.callback(edge.stop)
-                    url = edge.grpc_url
-                for run in (r for r in runs if r.setting.name == setting.name):
-                    if run.video.video not in frames:
-                        frames[run.video.video] = [_frame(e) for e in run.video.examples]
-                    video_frames = frames[run.video.video]
-                    answers = run_stream(run, url, video_frames, args.max_tokens, progress, edge_input)
-                    edge_answers[(setting.name, run.video.video, run.policy)] = answers
-                    violations += violations_for(run, answers)
-                    states = context_states(run.video, answers, truth, video_frames[0].shape[:2])
-                    keep(run.policy, setting.name, run.video.examples, answers, states)
-        progress.close()
-
-    # cloud_stale, from the answers gathered above
-    for (latency, video_name), video_picks in picks.items():
-        stale = cloud_stale_records(
-            video_picks, latency, cloud_answers[video_name], edge_answers.get((latency, video_name, EDGE_ONLY), {})
-        )
-        records.extend(stale)
-    errors = sum(1 for row in rows if row["error"])
-    if errors:
-        notes.append(f"{errors} request(s) failed and count as wrong answers (answers.jsonl has each error)")
-    if violations:
-        notes.append(
-            f"{len(violations)} answer(s) where spotvlm's CONTEXT contradicts the policy, e.g. {violations[0]}"
-        )
-    return EvalResult(records, rows, notes, errors, settings)
 
 
 # -- command line ------------------------------------------------------------------------------------------------------
@@ -537,7 +175,7 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm eval") -> int:
             print(f"{prog}: no ready Triton server (gRPC) at {', '.join(unreachable)}", file=sys.stderr)
             return 2
     questions = sum(len(p.examples) for p in plans)
-    _say(
+    say(
         f"{prog}: {questions} question(s) on {len(plans)} video(s) from the {source}; latencies"
         f" {', '.join(s.name for s in settings)}; policies {', '.join(SPOTVLM_POLICIES)} on the edge, cloud_stale"
         " client-side, and the cloud reference"
