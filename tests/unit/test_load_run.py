@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -283,31 +281,6 @@ def test_locust_command_passes_the_stream_options(tmp_path: Path):
 def test_load_run_refuses_bad_options(argv):
     with pytest.raises(SystemExit):
         load_args(*argv)
-
-
-def run_locust_list(*options: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(lr.LOCUSTFILE), "--list", *options],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=lr.PROJECT_ROOT,
-    )
-
-
-def test_the_real_locust_loads_the_locustfile_and_its_options():
-    """locust imports the locustfile (gevent patching, grpc's gevent mode), finds the user and parses its options."""
-    result = run_locust_list(
-        "--protocol", "http", "--fps", "2", "--prompt", "Where?", "--max-tokens", "4", "--cloud-delay", "1500"
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SpotVLMStream" in result.stdout
-
-
-def test_the_real_locust_refuses_a_bad_fps():
-    result = run_locust_list("--fps", "0")
-    assert result.returncode != 0
-    assert "--fps: must be > 0" in result.stderr
 
 
 # -- locust's stats CSV and the verdict --------------------------------------------------------------------------------
