@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import numpy as np
+from tqdm import tqdm
 
 from client.sharding import EdgeRing, edge_unreachable, parse_edge_urls, stream_headers
+from client.stats import percentile
 from client.triton_client import ClientError, VLMClient, decode_text, text_tensor
 from python_backends.context.report import ContextReport
 from python_backends.image_processing import encode_jpeg
@@ -329,8 +331,8 @@ class _StreamStats:
 
 
 class ProgressBoard:
-    """Live progress, one line per stream. On a TTY one block redrawn in place; otherwise plain lines every ~2 s
-    (log files and CI output should not fill with carriage returns)."""
+    """Live progress as one tqdm bar per stream: frames sent of those planned, with the stream's last and p50 latency,
+    context share, cloud state, errors, restarts and late frames. Redrawn every 0.5 s on a TTY, else every 2 s."""
 
     def __init__(
         self,
@@ -347,7 +349,7 @@ class ProgressBoard:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._drawn_lines = 0
+        self._bars: dict[int, tqdm] = {}
 
     def update(self, result: FrameResult) -> None:
         with self._lock:
@@ -355,31 +357,39 @@ class ProgressBoard:
 
     def lines(self) -> list[str]:
         with self._lock:
-            return [self._line(sid, st) for sid, st in self.stats.items()]
+            return [
+                f"stream {sid:>3}: {st.sent:>5}/{self.frames_per_stream} frames  {self._line(st)}"
+                for sid, st in self.stats.items()
+            ]
 
-    def _line(self, stream_id: int, st: _StreamStats) -> str:
+    @staticmethod
+    def _line(st: _StreamStats) -> str:
         answered = st.sent - st.errors
         last = f"{st.last_latency_ms:.0f}" if st.last_latency_ms is not None else "-"
-        p50 = f"{np.percentile(st.latencies, 50):.0f}" if st.latencies else "-"
+        p50 = percentile(st.latencies, 50)
         ctx = f"{100 * st.with_context / answered:.0f}%" if answered else "-"
         return (
-            f"stream {stream_id:>3}: {st.sent:>5}/{self.frames_per_stream} frames  last {last:>5} ms"
-            f"  p50 {p50:>5} ms  context {ctx:>4}  cloud {st.cloud_state:<5}"
-            f"  errors {st.errors}  restarts {st.restarts}  late {st.late}"
+            f"last {last:>5} ms  p50 {'-' if p50 is None else f'{p50:.0f}':>5} ms  context {ctx:>4}"
+            f"  cloud {st.cloud_state:<5}  errors {st.errors}  restarts {st.restarts}  late {st.late}"
         )
 
     def render(self) -> None:
         if self.out is None:
             return
-        lines = self.lines()
-        if self.tty:
-            # Move up over the previous block and rewrite each line in place (ANSI: cursor up N lines, clear line).
-            prefix = f"\x1b[{self._drawn_lines}F" if self._drawn_lines else ""
-            self.out.write(prefix + "".join(f"\x1b[2K{line}\n" for line in lines))
-            self._drawn_lines = len(lines)
-        else:
-            self.out.write("".join(f"{line}\n" for line in lines))
-        self.out.flush()
+        with self._lock:
+            for sid, st in self.stats.items():
+                bar = self._bars.get(sid)
+                if bar is None:
+                    bar = self._bars[sid] = tqdm(
+                        total=self.frames_per_stream,
+                        position=len(self._bars),
+                        file=self.out,
+                        mininterval=0,
+                        bar_format=f"stream {sid:>3}: {{n_fmt:>5}}/{{total_fmt}} frames |{{bar:20}}| {{desc}}",
+                    )
+                bar.n = st.sent
+                bar.set_description_str(self._line(st), refresh=False)
+                bar.refresh()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -392,12 +402,15 @@ class ProgressBoard:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stops the ticker and draws the final state once."""
+        """Stops the ticker, draws the final state once and closes the bars."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         self.render()
+        with self._lock:
+            for bar in self._bars.values():
+                bar.close()
 
 
 # -- running streams ---------------------------------------------------------------------------------------------------
@@ -558,8 +571,8 @@ def _summary_row(name: str, results: Sequence[FrameResult]) -> dict[str, Any]:
         "errors": len(results) - len(answered),
         "restarts": sum(r.restarted for r in results),
         "late": sum(r.late for r in results),
-        "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
-        "p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
         # Of the answered frames: an error reply has no context to count.
         "context_share": sum(r.has_context for r in answered) / len(answered) if answered else None,
         "context_age_p50_ms": float(np.median(ages)) if ages else None,

@@ -23,6 +23,7 @@ import numpy as np
 from client.frame_sources import SyntheticSource
 from client.launcher import TritonServer
 from client.streaming import run_streams
+from client.stats import percentile
 from load_tests.triton_metrics import read_metrics_text, series_values
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
@@ -32,8 +33,8 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p90": None, "mean": None}
     return {
-        "p50": round(float(np.percentile(values, 50)), 1),
-        "p90": round(float(np.percentile(values, 90)), 1),
+        "p50": percentile(values, 50, digits=1),
+        "p90": percentile(values, 90, digits=1),
         "mean": round(float(np.mean(values)), 1),
     }
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from client.stats import percentile
 from python_backends.context.tracking import METHODS, FrameHistory, track_box
 
 
@@ -127,7 +128,7 @@ def measure(fps: float, ages_s: list[float], clips: int, repeat: int) -> dict:
                     "scene": scene,
                     "method": method,
                     "mean_ms": round(float(np.mean(costs)), 3),
-                    "p95_ms": round(float(np.percentile(costs, 95)), 3),
+                    "p95_ms": percentile(costs, 95, digits=3),
                 }
                 if scene == "vanished":
                     row["reported_lost"] = round(float(np.mean(lost)), 3)
