@@ -2,8 +2,9 @@
 
 :mod:`client.triton_install` finds the binary and builds its backend folder, argv and environment;
 :mod:`client.ports` picks free loopback ports; :mod:`client.processes` reads the server's processes and their
-``/dev/shm`` regions through psutil; :mod:`client.server_process` holds :class:`TritonServer`, one server process;
-:mod:`client.serve` runs one in the foreground (``spotvlm serve``).
+``/dev/shm`` regions through psutil; :mod:`client.server_process` holds :class:`TritonServer`, one server process, and
+:mod:`client.server_log` the :class:`ServerStartError` its log explains; :mod:`client.serve` runs one in the
+foreground (``spotvlm serve``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from client.ports import LOOPBACK, free_port, free_ports
 from client.processes import SHM_DIR, SHM_REGION_PREFIX, descendant_pids, find_shm_regions
 from client.serve import serve_forever
-from client.server_process import ServerStartError, TritonServer
+from client.server_log import ServerStartError
+from client.server_process import TritonServer
 from client.triton_install import (
     TritonInstall,
     TritonNotFoundError,

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from client.server_log import LOG_TAIL_LINES
-from client.server_process import ServerStartError, TritonServer
+from client.server_log import LOG_TAIL_LINES, ServerStartError
+from client.server_process import TritonServer
 
 logger = logging.getLogger("spotvlm.launcher")
 

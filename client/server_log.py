@@ -1,9 +1,11 @@
-"""Reading a tritonserver log: its last lines, and the error lines that explain a failed start."""
+"""Reading a tritonserver log: its last lines, its error lines, and the error that explains a failed start."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 LOG_TAIL_LINES = 60
@@ -45,3 +47,29 @@ def tail_lines(path: Path, n: int) -> str:
         return ""
     lines = data.decode("utf-8", errors="replace").splitlines()
     return "\n".join(lines[-n:])
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not become ready in time.
+
+    The message holds the command line and the tail of the server log, because
+    that is where Triton explains what went wrong (a model's traceback, a port
+    already in use, a missing backend).
+    """
+
+    def __init__(self, message: str, *, returncode: int | None = None, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.log_tail = log_tail
+
+
+def start_error(reason: str, command: Sequence[str], log_path: Path, returncode: int | None) -> ServerStartError:
+    """The error for a start that failed for ``reason``, with the command and what the log says."""
+    tail = tail_lines(log_path, LOG_TAIL_LINES)
+    errors = error_lines(log_path)
+    message = f"{reason}\ncommand: {shlex.join(command)}\n"
+    if errors:
+        # With many models the first error can scroll out of the tail.
+        message += "--- error lines in the log ---\n" + "\n".join(errors) + "\n"
+    message += f"--- last {LOG_TAIL_LINES} lines of {log_path} ---\n{tail}"
+    return ServerStartError(message, returncode=returncode, log_tail=tail)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from client.ports import LOOPBACK, foreign_listeners, free_ports, listens_on, port_in_use
 from client.processes import descendant_pids, find_shm_regions, kill_group, reap_group, unlink_regions
-from client.server_log import LOG_TAIL_LINES, error_lines, tail_lines
+from client.server_log import LOG_TAIL_LINES, ServerStartError, start_error, tail_lines
 from client.triton_install import (
     TritonInstall,
     build_backend_directory,
@@ -51,20 +51,6 @@ _READY_POLL_S = 0.1
 _SHM_SNAPSHOT_EVERY_S = 0.5
 # After the server exits, its stubs should be gone too; give stragglers this long.
 _GROUP_GRACE_S = 2.0
-
-
-class ServerStartError(RuntimeError):
-    """The server exited or did not become ready in time.
-
-    The message holds the command line and the tail of the server log, because
-    that is where Triton explains what went wrong (a model's traceback, a port
-    already in use, a missing backend).
-    """
-
-    def __init__(self, message: str, *, returncode: int | None = None, log_tail: str = "") -> None:
-        super().__init__(message)
-        self.returncode = returncode
-        self.log_tail = log_tail
 
 
 # Safety net: a server left running when the interpreter exits (a crashed test,
@@ -344,16 +330,9 @@ class TritonServer:
     def _raise_start_error(self, reason: str, returncode: int | None) -> None:
         # Stop first so the log is complete (a dying server flushes its last words).
         self.stop(timeout_s=10)
-        tail = self.log_tail(LOG_TAIL_LINES)
-        errors = error_lines(self.log_path)
-        message = f"{reason}\ncommand: {shlex.join(self._command)}\n"
-        if errors:
-            # With many models the first error can scroll out of the tail.
-            message += "--- error lines in the log ---\n" + "\n".join(errors) + "\n"
-        message += f"--- last {LOG_TAIL_LINES} lines of {self.log_path} ---\n{tail}"
-        if returncode is None:
-            returncode = self.returncode
-        raise ServerStartError(message, returncode=returncode, log_tail=tail)
+        raise start_error(
+            reason, self._command, self.log_path, returncode if returncode is not None else self.returncode
+        )
 
     def _record_shm(self, *, mapped: bool) -> None:
         proc = self._proc

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from client.processes import SHM_REGION_PREFIX, descendant_pids, pid_alive
-from client.server_process import ServerStartError, TritonServer
+from client.server_log import ServerStartError
+from client.server_process import TritonServer
 from client.triton_install import TritonNotFoundError, locate_tritonserver
 
 pytestmark = pytest.mark.integration

@@ -30,7 +30,8 @@ from client.processes import (
     pid_alive,
 )
 from client.serve import serve_forever
-from client.server_process import ServerStartError, TritonServer
+from client.server_log import ServerStartError
+from client.server_process import TritonServer
 from client.triton_install import TritonInstall
 
 

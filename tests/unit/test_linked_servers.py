@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.launcher import ServerStartError
+from client.server_log import ServerStartError
 from client.linked_servers import CLOUD_OFF, CLOUD_URL_ENV, LinkedServers
 
 ROOT = Path("/repos")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from client.ports import free_ports
-from client.server_process import ServerStartError, TritonServer
+from client.server_log import ServerStartError
+from client.server_process import TritonServer
 
 
 def _fail_first_start(monkeypatch, server, message):
