@@ -29,7 +29,8 @@ from training.examples import CLOUD_MIX, EDGE_MIX, MixConfig, build_examples, bu
 from training.number_loss import NumberLoss, NumberTokens
 from training.tokens import DEFAULT_MAX_NUMBER
 from training.tower_pretraining import TowerPretrainConfig
-from training.trainer import TrainConfig, build_model, encode, save_checkpoint, train
+from training.precision import choose_precision
+from training.trainer import TrainConfig, build_model, encode, planned, save_checkpoint, time_limit_s, train
 from training.views import ModelView
 
 # Bumped whenever the same inputs would train a different model (examples, targets, trainer).
@@ -351,16 +352,17 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
     _say(f"{recipe.model}: {parameters / 1e6:.2f} M parameters, {described}")
     encoded = [encode(tokenizer, e) for e in examples]
     ready_s = time.monotonic() - started
-    train_config, features, tower_losses = recipe.train, None, []
+    features, tower_losses = None, []
+    train_config, choice = planned(recipe.train, recipe.model, recipe.tower.steps if recipe.tower else 0)
+    _say(f"{recipe.model}: training in {choice.precision} ({choice.reason})")
     if recipe.tower is not None:
         tower_started = time.monotonic()
         tower_losses, features = pretrain_and_cache(model, examples, encoded, recipe)
         # The tower's minutes come out of the same budget: the whole run still ends on time.
         spent_min = (time.monotonic() - tower_started) / 60
         train_config = replace(train_config, minutes=max(0.05, train_config.minutes - spent_min))
-    budget = f"{train_config.minutes:.1f} min"
-    if train_config.steps:
-        budget = f"{train_config.steps} steps (at most {budget})"
+    guard_min = time_limit_s(train_config) / 60
+    budget = f"{train_config.steps} steps (expected in {train_config.minutes:.1f} min, stopped after {guard_min:.1f})"
     _say(f"{recipe.model}: training for {budget} on {train_config.device} (examples ready in {ready_s:.0f} s)")
     say = lambda m: _say(f"{recipe.model}: {m}")  # noqa: E731
     stream = None
@@ -382,6 +384,9 @@ def run(recipe: Recipe, out_root: Path = DEFAULT_OUT, threads: int = 0, eval_lim
         "recipe": json.loads(json.dumps(asdict(recipe), default=str)),
         "parameters": parameters,
         "steps": result.steps,
+        "planned_steps": train_config.steps,
+        "stopped_by_guard": result.stopped_by_guard,
+        "precision": {"requested": choice.requested, "ran": choice.precision, "reason": choice.reason},
         "train_seconds": result.seconds,
         "examples": len(encoded),
         "final_loss": sum(result.losses[-20:]) / max(1, len(result.losses[-20:])),
@@ -419,7 +424,7 @@ def pretrain_and_cache(model, examples, encoded, recipe: Recipe) -> tuple[list[f
         labelled = labelled_examples(examples)
         _say(f"{recipe.model}: pretraining the vision tower for {steps} steps on {len(labelled)} frames")
     say = lambda m: _say(f"{recipe.model}: {m}")  # noqa: E731
-    precision = recipe.tower.precision or recipe.train.precision
+    precision = choose_precision(recipe.tower.precision or recipe.train.precision, recipe.train.device).precision
     losses = pretrain_tower(model, labelled, recipe.tower, progress=say, precision=precision)
     freeze_tower(model)
     features = cache_features(model, [e.image for e in encoded]) if encoded else None

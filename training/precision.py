@@ -5,13 +5,18 @@ Why (measured on 2 cores of an AMD EPYC with AVX512-BF16): a cloud step on fresh
 (batch 8) took 0.33 s in float32 and 0.17 s under bfloat16 autocast with eager attention; autocast on the default
 SDPA attention gave 0.21 s, as torch's CPU flash-attention backward does not speed up in bfloat16. In float32 the
 two attentions cost the same. Weights, gradients and the optimiser stay float32 (autocast casts per operation), and
-evaluation and serving run in float32, so a checkpoint trained either way serves the same way.
+evaluation and serving run in float32, so a checkpoint trained either way serves the same way. On a CPU without
+AVX512-BF16 or AMX a bfloat16 matmul is about 90 times slower than float32's, so `choose_precision` trains there in
+float32 (a short measured matmul decides where torch reports neither).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 # "bf16-fp32-scores": bfloat16 autocast with the language model's attention scores in float32 (float32_scores).
 PRECISIONS = ("fp32", "bf16", "bf16-fp32-scores")
@@ -30,6 +35,82 @@ def autocast(device: str, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+# bfloat16 is kept on a CPU without AVX512-BF16 or AMX only if the probe's bfloat16 matmul is at most this many times
+# as slow as float32's (an AVX2-only CPU measured about 90 times: a run in the same minutes did 36 steps, not 1,860).
+BF16_SLOWDOWN_LIMIT = 1.5
+PROBE_SHAPE = (256, 512, 512)  # an [m, k] @ [k, n] matmul about the size of a tiny model's projections
+
+
+@dataclass(frozen=True)
+class Bf16Support:
+    """What this CPU offers bfloat16: torch's capability name, whether it has AVX512-BF16 or AMX, and, when it has
+    neither, the probe's matmul times (milliseconds; None when not measured)."""
+
+    capability: str
+    native: bool
+    fp32_ms: float | None = None
+    bf16_ms: float | None = None
+
+    @property
+    def slowdown(self) -> float | None:
+        return None if self.fp32_ms is None or self.bf16_ms is None else self.bf16_ms / max(self.fp32_ms, 1e-9)
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    requested: str
+    precision: str  # what runs
+    reason: str
+
+
+def _matmul_ms(dtype, repeats: int = 3) -> float:
+    import torch
+
+    m, k, n = PROBE_SHAPE
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    a @ b  # the first call pays for kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, (time.perf_counter() - started) * 1000)
+    return best
+
+
+@functools.cache
+def cpu_bf16_support() -> Bf16Support:
+    """The one place that asks the CPU (tests fake it here): native bfloat16 per torch, else a measured probe."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if native:
+        return Bf16Support(capability, True)
+    return Bf16Support(capability, False, _matmul_ms(torch.float32), _matmul_ms(torch.bfloat16))
+
+
+def choose_precision(requested: str, device: str = "cpu") -> PrecisionChoice:
+    """The precision to train in: `requested`, except that bfloat16 on a CPU that computes it slowly (no AVX512-BF16
+    nor AMX, and a bfloat16 matmul over BF16_SLOWDOWN_LIMIT times float32's) trains in float32 instead: weights,
+    optimiser and serving are float32 either way, so only the speed and the rounding change."""
+    check_precision(requested)
+    if requested == "fp32":
+        return PrecisionChoice(requested, "fp32", "float32 asked")
+    if not device.startswith("cpu"):
+        return PrecisionChoice(requested, requested, f"{requested} asked, on {device}")
+    support = cpu_bf16_support()
+    if support.native:
+        return PrecisionChoice(requested, requested, f"this CPU ({support.capability}) has AVX512-BF16 or AMX")
+    measured = f"a bf16 matmul {support.bf16_ms:.2f} ms against {support.fp32_ms:.2f} ms in fp32"
+    if support.slowdown is not None and support.slowdown <= BF16_SLOWDOWN_LIMIT:
+        return PrecisionChoice(requested, requested, f"no AVX512-BF16 nor AMX ({support.capability}), but {measured}")
+    return PrecisionChoice(
+        requested,
+        "fp32",
+        f"{requested} asked, but this CPU ({support.capability}) has no AVX512-BF16 nor AMX: {measured}",
+    )
 
 
 TEXT_ATTENTION = "eager_float32_scores"

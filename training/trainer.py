@@ -1,9 +1,11 @@
 """Training a tiny Qwen2.5-VL checkpoint on CPU within a wall-time budget.
 
-The learning rate follows a short linear warm-up, then a cosine from the peak to 10 % of it over the *wall-time*
-budget rather than a step count, so a run ends on time whatever the machine's speed (PLATFORM.md); a step budget
-(`TrainConfig.steps`) makes a run the same on any machine instead, e.g. on a GPU (`device`). Loss is on the
-answer tokens only (and the closing <|im_end|>): the prompt is context, not something to imitate.
+The learning rate follows a short linear warm-up, then a cosine from the peak to 10 % of it over a step budget
+(`TrainConfig.steps`), so a run is the same on any machine, CPU or GPU (`device`); its minutes are then what it is
+expected to take, and only a run past STEP_BUDGET_GUARD times them is stopped. Without a step budget the cosine runs
+over the wall-time budget instead and a run ends on time whatever the machine's speed. Either way the run says, after
+its first steps, how long it expects to take. Loss is on the answer tokens only (and the closing <|im_end|>): the
+prompt is context, not something to imitate.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +25,22 @@ from python_backends.prompts import build_chat_prompt
 from training.attention_supervision import attention_capture, attention_loss, target_pairs
 from training.examples import ModelExample
 from training.number_loss import NumberLoss, NumberTokens, token_losses
-from training.precision import autocast, check_precision, float32_scores, training_attention
+from training.precision import PrecisionChoice, autocast, check_precision, choose_precision, float32_scores
+from training.precision import training_attention
 from training.schedule import lr_factor
 from training.tokens import add_number_tokens, number_tokens
 from training.views import image_grid, image_tokens, pixel_rows
 
 IGNORE = -100
+# With a step budget, a run is stopped when it takes this many times its minutes (a machine far slower than expected).
+STEP_BUDGET_GUARD = 3.0
+# Language-model steps a minute of the default recipes on the machine their budgets were set on (2 cores of an AMD
+# EPYC with AVX512-BF16, in bfloat16): the edge ran 1,860 steps in 6 minutes, the cloud 6,536 in the 21.2 minutes
+# left after its 600-step tower took 2.8. A run without a step budget gets the steps its minutes gave there.
+REFERENCE_STEPS_PER_MINUTE = {"edge": 310.0, "cloud": 308.0}
+REFERENCE_TOWER_MINUTES_PER_STEP = 2.8 / 600
+# Steps timed before a run says how long it expects to take (the first is left out: it pays for warming up).
+ESTIMATE_AFTER_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,8 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None  # a cap for tests; the wall-time budget always applies
     # A step budget: the learning rate's schedule (and a stream's curriculum) advance by steps done / `steps`
-    # instead of by wall time, so a run is the same on any machine; the wall-time budget still caps it.
+    # instead of by wall time, so a run is the same on any machine; `minutes` then only estimate the run, and
+    # STEP_BUDGET_GUARD times them cap it.
     steps: int | None = None
     # Where the model trains: "cpu", or a torch device such as "cuda" (the checkpoint is saved from the CPU).
     device: str = "cpu"
@@ -88,6 +101,43 @@ class TrainResult:
     seconds: float
     examples_seen: int
     losses: list[float] = field(default_factory=list)  # one per step
+    expected_seconds: float | None = None  # the whole run, as estimated after its first steps
+    stopped_by_guard: bool = False  # a step budget not reached before the wall-time guard
+
+
+def planned(config: TrainConfig, model: str, tower_steps: int = 0) -> tuple[TrainConfig, PrecisionChoice]:
+    """What a default model's training runs: in the precision this machine computes fast (precision.choose_precision)
+    and, without a step budget, for the steps its minutes (less the tower's) gave on the reference machine, so that a
+    slower machine trains the same model for longer instead of a shorter one in the same time."""
+    choice = choose_precision(config.precision, config.device)
+    steps = config.steps
+    if steps is None:
+        minutes = config.minutes - tower_steps * REFERENCE_TOWER_MINUTES_PER_STEP
+        steps = max(1, round(minutes * REFERENCE_STEPS_PER_MINUTE[model]))
+    return replace(config, precision=choice.precision, steps=steps), choice
+
+
+def time_limit_s(config: TrainConfig) -> float:
+    """When a run is stopped: its minutes, or STEP_BUDGET_GUARD times them with a step budget."""
+    return config.minutes * 60 * (STEP_BUDGET_GUARD if config.steps is not None else 1.0)
+
+
+def expectation(config: TrainConfig, seconds_per_step: float) -> tuple[float, str]:
+    """How long a run is expected to take (seconds) and a line that says so, from the time its steps take."""
+    if config.steps is None:
+        budget_s = config.minutes * 60
+        steps = int(budget_s / seconds_per_step)
+        return (
+            budget_s,
+            f"expects about {steps} steps in its {config.minutes:.1f} min ({seconds_per_step:.3f} s a step)",
+        )
+    total = min(config.steps, config.max_steps or config.steps)
+    expected_s = total * seconds_per_step
+    line = f"expects {total} steps to take about {expected_s / 60:.1f} min ({seconds_per_step:.3f} s a step)"
+    if expected_s > time_limit_s(config):
+        reached = int(time_limit_s(config) / seconds_per_step)
+        line += f"; over the {time_limit_s(config) / 60:.1f}-min guard, it will stop after about {reached} steps"
+    return expected_s, line
 
 
 def build_model(spec: TinyVLMSpec, max_number: int, corpus: Sequence[str] | None = None):
@@ -280,15 +330,21 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
     optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
     pad_id, image_token_id = tokenizer.pad_token_id, model.config.image_token_id
     budget_s = config.minutes * 60
+    guard_s = time_limit_s(config)
     limit = min(config.max_steps or math.inf, config.steps or math.inf)
     device = torch.device(config.device)
     started = time.monotonic()
-    last_log = started
+    last_log = first_done = started
     result = TrainResult(steps=0, seconds=0.0, examples_seen=0)
     model.train()
     while True:
         elapsed = time.monotonic() - started
-        if elapsed >= budget_s or result.steps >= limit:
+        if result.steps >= limit:
+            break
+        if elapsed >= guard_s:
+            result.stopped_by_guard = config.steps is not None
+            if result.stopped_by_guard and progress is not None:
+                progress(f"stopped by the {guard_s / 60:.1f}-min guard after {result.steps} of {config.steps} steps")
             break
         progress_fraction = elapsed / budget_s if config.steps is None else result.steps / config.steps
         batch = stream(config.batch_size, progress_fraction)
@@ -318,6 +374,12 @@ def _train(model, tokenizer, stream, config: TrainConfig, progress, select, capt
         result.examples_seen += len(batch)
         result.losses.append(loss.item())
         now = time.monotonic()
+        if result.steps == 1:
+            first_done = now
+        elif result.steps == ESTIMATE_AFTER_STEPS + 1:
+            result.expected_seconds, line = expectation(config, (now - first_done) / ESTIMATE_AFTER_STEPS)
+            if progress is not None:
+                progress(f"{config.precision}: {line}")
         if progress is not None and now - last_log >= config.log_every_s:
             last_log = now
             recent = result.losses[-20:]

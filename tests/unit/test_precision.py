@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from training import pipeline
+from training import precision as precision_module
 from training.examples import MixConfig
 from training.fresh_frames import (
     FreshCurriculum,
@@ -19,9 +20,11 @@ from training.fresh_frames import (
 )
 from training.packed_attention import PACKED_ATTENTION
 from training.attention_supervision import attention_capture, attention_loss, target_pairs
-from training.precision import TEXT_ATTENTION, autocast, float32_scores, training_attention
+from training.precision import TEXT_ATTENTION, Bf16Support, autocast, choose_precision, float32_scores
+from training.precision import training_attention
 from training.tower_pretraining import TowerPretrainConfig, pretrain_tower, tower_features
-from training.trainer import TrainConfig, batch_loss, build_model, collate, save_checkpoint, train
+from training.trainer import STEP_BUDGET_GUARD, TrainConfig, batch_loss, build_model, collate, expectation, planned
+from training.trainer import save_checkpoint, time_limit_s, train
 
 from .test_training import MAX_NUMBER, TINY_SPEC, TINY_VIEW
 
@@ -192,6 +195,94 @@ def test_the_tower_precision_defaults_to_the_language_models_and_enters_the_key_
         lambda model, labelled, config, progress=None, precision="fp32": seen.append(precision) or [1.0],
     )
     model, _ = build_model(WINDOWED_SPEC, MAX_NUMBER)
+    _fake_cpu(monkeypatch, NATIVE)
     for chosen in (mixed, pipeline.recipe("cloud", 20, precision="fp32")):
         pipeline.pretrain_and_cache(model, [], [], chosen)
     assert seen == ["bf16", "fp32"]
+    _fake_cpu(monkeypatch, AVX2_ONLY)  # a CPU without fast bfloat16 pretrains the tower in float32
+    pipeline.pretrain_and_cache(model, [], [], mixed)
+    assert seen[-1] == "fp32"
+
+
+# -- the precision this CPU trains in, and the step budget --------------------------------------------------------
+
+NATIVE = Bf16Support("AVX512", True)
+AVX2_ONLY = Bf16Support("AVX2", False, fp32_ms=0.5, bf16_ms=45.0)  # about what an AVX2-only CPU measures
+FAST_ELSEWHERE = Bf16Support("DEFAULT", False, fp32_ms=1.0, bf16_ms=0.6)  # e.g. a CPU torch has no flag for
+
+
+def _fake_cpu(monkeypatch, support: Bf16Support) -> list:
+    asked = []
+    monkeypatch.setattr(precision_module, "cpu_bf16_support", lambda: asked.append(1) or support)
+    return asked
+
+
+@pytest.mark.parametrize("requested", ["bf16", "bf16-fp32-scores"])
+def test_a_cpu_without_fast_bf16_trains_in_float32(monkeypatch, requested) -> None:
+    _fake_cpu(monkeypatch, AVX2_ONLY)
+    choice = choose_precision(requested, "cpu")
+    assert choice.requested == requested and choice.precision == "fp32"
+    assert "AVX2" in choice.reason and "45.00 ms against 0.50 ms" in choice.reason
+
+
+@pytest.mark.parametrize("support", [NATIVE, FAST_ELSEWHERE], ids=["AVX512-BF16 or AMX", "measured fast"])
+def test_a_cpu_with_fast_bf16_keeps_what_was_asked(monkeypatch, support) -> None:
+    _fake_cpu(monkeypatch, support)
+    for requested in ("bf16", "bf16-fp32-scores"):
+        assert choose_precision(requested, "cpu").precision == requested
+
+
+def test_float32_and_gpus_never_ask_the_cpu(monkeypatch) -> None:
+    asked = _fake_cpu(monkeypatch, AVX2_ONLY)
+    assert choose_precision("fp32", "cpu").precision == "fp32"
+    assert choose_precision("bf16-fp32-scores", "cuda").precision == "bf16-fp32-scores"
+    assert asked == []
+    with pytest.raises(ValueError, match="precision must be one of"):
+        choose_precision("fp16", "cpu")
+
+
+def test_the_real_cpu_gives_a_consistent_answer() -> None:
+    """Whatever this machine is: native support is never measured, a measurement has both times, the choice follows
+    them."""
+    support = precision_module.cpu_bf16_support()
+    if support.native:
+        assert support.slowdown is None and choose_precision("bf16").precision == "bf16"
+    else:
+        assert support.fp32_ms > 0 and support.bf16_ms > 0
+        expected = "bf16" if support.slowdown <= precision_module.BF16_SLOWDOWN_LIMIT else "fp32"
+        assert choose_precision("bf16").precision == expected
+
+
+def test_a_default_run_plans_the_reference_steps_in_the_precision_the_cpu_affords(monkeypatch) -> None:
+    """The edge's 6 minutes are the 1,860 steps they gave on the reference machine, whatever this one's speed; the
+    cloud's tower minutes come off first; an explicit step budget stays."""
+    _fake_cpu(monkeypatch, AVX2_ONLY)
+    edge, choice = planned(pipeline.recipe("edge", 6).train, "edge")
+    assert edge.steps == 1860 and edge.precision == "fp32" and choice.requested == "bf16"
+    cloud, _ = planned(pipeline.recipe("cloud", 24).train, "cloud", tower_steps=600)
+    assert cloud.steps == 6530 and cloud.precision == "fp32"
+    stepped, _ = planned(pipeline.recipe("edge", 6, steps=100).train, "edge")
+    assert stepped.steps == 100 and stepped.minutes == 6
+    _fake_cpu(monkeypatch, NATIVE)
+    assert planned(pipeline.recipe("cloud", 24).train, "cloud", 600)[0].precision == "bf16-fp32-scores"
+
+
+def test_the_minutes_estimate_a_step_budget_and_guard_it() -> None:
+    stepped = TrainConfig(minutes=2, steps=600)
+    assert time_limit_s(stepped) == 2 * 60 * STEP_BUDGET_GUARD and time_limit_s(TrainConfig(minutes=2)) == 120
+    expected_s, line = expectation(stepped, 0.1)
+    assert expected_s == pytest.approx(60) and line.startswith("expects 600 steps to take about 1.0 min")
+    slow_s, slow = expectation(stepped, 2.0)  # 20 min expected, stopped at 6
+    assert slow_s == pytest.approx(1200) and "it will stop after about 180 steps" in slow
+    assert expectation(TrainConfig(minutes=1), 0.5)[1].startswith("expects about 120 steps in its 1.0 min")
+
+
+def test_a_run_reports_what_it_expects_after_its_first_steps() -> None:
+    model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
+    stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 2, FreshCurriculum(seed=3))
+    said = []
+    config = TrainConfig(minutes=5, batch_size=2, steps=8, warmup_steps=1)
+    result = train(model, tokenizer, [], config, progress=said.append, stream=stream)
+    assert result.steps == 8 and not result.stopped_by_guard and result.expected_seconds > 0
+    (line,) = [s for s in said if "expects" in s]
+    assert line.startswith("fp32: expects 8 steps to take about")
