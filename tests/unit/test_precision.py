@@ -86,6 +86,7 @@ def test_precision_is_checked_and_float32_is_a_no_op() -> None:
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "bf16-fp32-scores"])
 def test_bf16_training_with_attention_supervision_learns_and_keeps_float32_weights(precision) -> None:
     """The whole cloud path in bfloat16: fresh frames, many questions a frame, attention supervision (whose mass
@@ -105,6 +106,7 @@ def test_bf16_training_with_attention_supervision_learns_and_keeps_float32_weigh
     assert _implementations(model) == ("sdpa", "sdpa")
 
 
+@pytest.mark.slow
 def test_bf16_tower_pretraining_learns_as_float32_does() -> None:
     """From the same weights on the same fresh frames, the bfloat16 tower's loss falls as the float32 one's does."""
     config = TowerPretrainConfig(steps=60, batch_size=8, lr=5e-3)
