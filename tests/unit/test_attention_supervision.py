@@ -70,6 +70,7 @@ def test_the_loss_is_the_attention_the_model_itself_computes() -> None:
     assert ours == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_supervised_training_moves_the_heads_attention_onto_the_asked_objects() -> None:
     model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
     stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 4, FreshCurriculum(seed=1))

@@ -91,6 +91,7 @@ def test_training_on_a_stream_lowers_the_loss() -> None:
         train(model, tokenizer, [object()], config, stream=stream)
 
 
+@pytest.mark.slow
 def test_the_tower_pretrains_on_fresh_frames_with_weighted_empty_cells() -> None:
     model, _ = build_model(TINY_SPEC, MAX_NUMBER)
     draw = fresh_labelled_frames(FreshFrames(0), TINY_VIEW)

@@ -101,6 +101,7 @@ def test_examples_are_well_formed_and_their_targets_score_as_correct(split) -> N
     assert [(e.target, e.history, e.context) for e in again] == [(e.target, e.history, e.context) for e in examples]
 
 
+@pytest.mark.slow
 def test_cloud_view_keeps_the_aspect_ratio_of_the_image_processor(split) -> None:
     (example,) = build_examples(split[:1], ModelView(224, keep_aspect=True), MixConfig(), seed=0)
     height, width = example.images[0].shape[:2]
@@ -176,6 +177,7 @@ def test_the_coordinate_bin_is_an_option_that_keys_only_when_changed(split, caps
     assert "coordinate_bin must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_short_training_run_lowers_the_loss_on_a_fixed_batch(split, tiny_model) -> None:
     model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
     examples = build_examples(split[:8], TINY_VIEW, MixConfig(), seed=0)
@@ -208,6 +210,7 @@ def test_a_step_budget_drives_the_schedule_and_ends_the_run(split) -> None:
         TrainConfig(minutes=5, steps=0)
 
 
+@pytest.mark.slow
 def test_the_trainer_memorises_a_dozen_examples_of_every_task(split) -> None:
     """The whole path (targets, image rows, token alignment, loss mask, greedy decoding) can learn: a model that
     cannot even memorise 12 examples has a bug, whatever it scores on held-out frames. The full-size models do this

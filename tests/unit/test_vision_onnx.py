@@ -158,6 +158,7 @@ def exported(visual, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_export_files_and_signature(exported):
     import onnx
 
@@ -175,6 +176,7 @@ def test_export_files_and_signature(exported):
         assert not os.path.isabs(loc) and (exported.parent / loc).is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_ort_matches_hf(visual, exported, n):
     diff = onnx_parity(visual, exported, 112, n_images=n, seed=n)
@@ -182,6 +184,7 @@ def test_ort_matches_hf(visual, exported, n):
     assert diff < ORT_TOL
 
 
+@pytest.mark.slow
 def test_ort_loads_from_other_cwd(visual, exported, tmp_path, monkeypatch):
     import onnxruntime as ort
 
@@ -193,6 +196,7 @@ def test_ort_loads_from_other_cwd(visual, exported, tmp_path, monkeypatch):
     assert np.abs(got - ref).max() < ORT_TOL
 
 
+@pytest.mark.slow
 def test_export_unequal_windows(visual, tmp_path):
     path = export_vision_onnx(visual, 140, tmp_path / "model140.onnx")
     assert path == tmp_path / "model140.onnx"
