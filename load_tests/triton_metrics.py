@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 # The models of the edge path whose Triton metrics are reported (context_ingest and svlm_focus are not used here).
 METRIC_MODELS = ("spotvlm", "svlm", "svlm_preprocess", "svlm_vision", "svlm_generate", "svlm_postprocess")
@@ -17,13 +18,23 @@ METRIC_NAMES = {
 }
 
 
+def samples(text: str) -> Iterator[tuple[set[str], Sample]]:
+    """Every sample of a Prometheus text with the names it answers to. The parser names a counter's samples
+    `<family>_total` even where the text has no `_total` (as Triton's nv_inference_* counters): both names count."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            names = {sample.name}
+            if family.type == "counter" and sample.name == f"{family.name}_total":
+                names.add(family.name)
+            yield names, sample
+
+
 def series_values(text: str, name: str, **labels: str) -> list[float]:
     """The values of every sample `name{labels...}` in a Prometheus text (labels not given are not compared)."""
     return [
         sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        for names, sample in samples(text)
+        if name in names and all(sample.labels.get(k) == v for k, v in labels.items())
     ]
 
 
@@ -31,14 +42,13 @@ def parse_metrics(text: str) -> dict[str, dict[str, float]]:
     """model -> {requests, executions, queue_us, compute_us} from Triton's Prometheus text (counters summed over
     versions)."""
     out: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = METRIC_NAMES.get(sample.name)
-            model_name = sample.labels.get("model")
-            if key is None or model_name is None:
-                continue
-            model = out.setdefault(model_name, {})
-            model[key] = model.get(key, 0.0) + float(sample.value)
+    for names, sample in samples(text):
+        key = next((METRIC_NAMES[n] for n in names if n in METRIC_NAMES), None)
+        model_name = sample.labels.get("model")
+        if key is None or model_name is None:
+            continue
+        model = out.setdefault(model_name, {})
+        model[key] = model.get(key, 0.0) + float(sample.value)
     return out
 
 

@@ -51,3 +51,22 @@ def test_series_values_match_labels() -> None:
 
 def test_scrape_metrics_of_no_server_is_empty() -> None:
     assert tm.scrape_metrics("127.0.0.1:9") == {}
+
+
+TRITON_TEXT = """# HELP nv_inference_request_success Number of successful inference requests, all batch sizes
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="spotvlm",version="1"} 40
+# HELP nv_inference_exec_count Number of model executions performed (does not include cached requests)
+# TYPE nv_inference_exec_count counter
+nv_inference_exec_count{model="spotvlm",version="1"} 20
+# HELP spotvlm_frames_total Frames answered
+# TYPE spotvlm_frames_total counter
+spotvlm_frames_total{cloud_context="yes",model="spotvlm"} 12
+"""
+
+
+def test_counters_declared_as_triton_declares_them() -> None:
+    # The parser names a counter's samples <name>_total; Triton's nv_inference_* counters have no _total.
+    assert tm.parse_metrics(TRITON_TEXT) == {"spotvlm": {"requests": 40.0, "executions": 20.0}}
+    assert tm.series_values(TRITON_TEXT, "nv_inference_exec_count", model="spotvlm") == [20.0]
+    assert tm.series_values(TRITON_TEXT, "spotvlm_frames_total", cloud_context="yes") == [12.0]
