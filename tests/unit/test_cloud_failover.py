@@ -17,7 +17,7 @@ from tests.unit.test_cloud_link import FakeCall, FakeClient, FakeResult, Recorde
 
 pb = fake_pb_utils.install()
 
-from python_backends.serving.metrics import SpotMetrics  # noqa: E402  (after the fake pb_utils)
+from python_backends.serving.metrics import SpotMetrics  # after the fake pb_utils
 
 
 async def refuse(call: FakeCall) -> FakeResult:
