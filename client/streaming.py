@@ -426,6 +426,7 @@ def _stream_worker(
     n_frames: int,
     sink: Callable[[FrameResult], None],
     stop: threading.Event,
+    frame_sink: Callable[[np.ndarray, FrameResult], None] | None = None,
 ) -> None:
     def fetch(it: Any) -> tuple[np.ndarray, list[dict[str, Any]] | None] | None:
         try:
@@ -453,6 +454,8 @@ def _stream_worker(
         result.late = late
         result.objects = objects
         sink(result)
+        if frame_sink is not None:
+            frame_sink(frame, result)
         index += 1
 
 
@@ -474,6 +477,7 @@ def run_streams(
     timeout_s: float = 60.0,
     session_factory: Callable[[int], StreamSession] | None = None,
     stop: threading.Event | None = None,
+    frame_sink: Callable[[np.ndarray, FrameResult], None] | None = None,
 ) -> list[FrameResult]:
     """Runs one stream per source concurrently and returns every frame's result, ordered by stream and frame.
 
@@ -481,6 +485,7 @@ def run_streams(
     frame go at once (counted as late); there is never more than one request in flight per stream. A Ctrl-C (or
     setting `stop`) ends the streams after their in-flight requests and returns what was answered so far.
     `session_factory(stream_id)` replaces the default `StreamSession` (tests use it to inject a fake client).
+    `frame_sink(frame, result)` gets each frame sent with its result, on the stream's thread (client.annotate).
     """
     if not sources:
         raise ValueError("no sources")
@@ -530,6 +535,7 @@ def run_streams(
                 n_frames=n_frames,
                 sink=sink,
                 stop=stop,
+                frame_sink=frame_sink,
             ),
             daemon=True,
         )

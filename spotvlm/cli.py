@@ -137,6 +137,18 @@ def _edge_problem(url: str, protocol: str, model: str) -> str | None:
     return None
 
 
+def _stream_videos(args: argparse.Namespace):
+    """--annotate's frame sink: each stream's frames with its answers drawn on them, to MP4s at the stream's fps."""
+    from client.annotate import FrameAnnotator, StreamVideos
+    from evaluation.runner import box_in_frame
+    from load_tests.eval_setup import edge_input_size
+
+    # The edge's boxes are in the pixels of the square it resizes frames to (the locally built repository's).
+    input_size = edge_input_size()
+    edge_box = (lambda text, size: box_in_frame(text, input_size, size)) if input_size is not None else None
+    return StreamVideos(args.annotate, fps=args.fps, annotator=FrameAnnotator(edge_box))
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     from client.streaming import DEFAULT_PROMPT, print_summary, run_streams, summarize
 
@@ -187,6 +199,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 )
                 return 2
         stop = threading.Event()
+        videos = stack.enter_context(_stream_videos(args)) if args.annotate else None
         results = run_streams(
             sources,
             url=url,
@@ -202,11 +215,14 @@ def cmd_stream(args: argparse.Namespace) -> int:
             send=args.send,
             timeout_s=args.timeout,
             stop=stop,
+            frame_sink=videos,
         )
     print()
     print_summary(summarize(results))
     if args.out:
         print(f"\nper-frame results: {args.out}")
+    if videos is not None:
+        print(f"\nannotated video: {', '.join(str(path) for path in videos.paths) or 'none (no frame was sent)'}")
     if stop.is_set():
         return 130
     return 0 if results and all(r.error is None for r in results) else 1
@@ -299,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="send frames as raw RGB (IMAGE) or JPEG-encoded (IMAGE_BYTES) (default: raw)",
     )
     stream.add_argument("--out", metavar="FILE", help="write one JSON line per frame result to FILE")
+    stream.add_argument(
+        "--annotate",
+        metavar="FILE",
+        help="write the stream as an MP4 with the edge's answer and box, the cloud's late box, the tracked box and"
+        " the context's age drawn on each frame (stream k>1 to FILE's name with .stream<k>)",
+    )
     stream.add_argument("--seed", type=int, default=0, help="synthetic scene seed; stream k uses seed+k (default: 0)")
     stream.add_argument(
         "--start",
