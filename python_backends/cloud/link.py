@@ -41,13 +41,12 @@ from python_backends.cloud.request import (  # re-exported: the link's callers i
     CloudReply,
     _build_request,
     _default_client_factory,
-    _first_text,
     classify_error,
     cloud_channel_args,
     encode_frame,
     image_bytes_size,
+    parse_answers,
 )
-from python_backends.detections import detections_from_json
 
 __all__ = [
     "ERROR_KINDS",
@@ -477,16 +476,12 @@ class CloudLink:
         if remaining <= 0:
             raise asyncio.TimeoutError("deadline passed before sending")
         result = await client.infer(self.model, inputs, outputs=outputs, client_timeout=remaining)
-        text = _first_text(result, "TEXT")
-        raw_detections = _first_text(result, "DETECTIONS")
-        try:
-            detections = tuple(detections_from_json(raw_detections))
-        except (ValueError, TypeError) as exc:
-            raise CloudCallError("bad_reply", f"DETECTIONS is not a detection list: {exc}") from exc
+        first, *others = parse_answers(result, len(job.prompts))
         return CloudReply(
             job=job,
-            text=text,
-            detections=detections,
+            text=first.text,
+            detections=first.detections,
+            other_answers=tuple(others),
             frame_size=frame_size,
             sent_s=sent_s,
             arrived_s=self._clock(),

@@ -1,4 +1,8 @@
-"""One cloud request: the job, the reply, the error kinds, the JPEG and the gRPC request to the cloud's `lvlm`."""
+"""One cloud request: the job, the reply, the error kinds, the JPEG and the gRPC request to the cloud's `lvlm`.
+
+A job asks one or more questions of one frame (the stream's standing questions): they travel as one request, PROMPT
+holding every prompt, and `lvlm` answers all of them on that frame, TEXT and DETECTIONS holding one answer per prompt.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from python_backends.detections import Detection
 from python_backends.cloud.delay import DelayInjector
+from python_backends.detections import Detection, detections_from_json
 from python_backends.image_processing import encode_jpeg
 
 ERROR_KINDS = ("timeout", "unavailable", "server", "bad_reply", "client")
@@ -19,7 +23,9 @@ ERROR_KINDS = ("timeout", "unavailable", "server", "bad_reply", "client")
 
 @dataclass(frozen=True, eq=False)
 class CloudJob:
-    """One frame for the cloud. Give exactly one of `image` (UINT8 [H, W, 3] RGB) or `image_bytes` (JPEG/PNG)."""
+    """One frame for the cloud. Give exactly one of `image` (UINT8 [H, W, 3] RGB) or `image_bytes` (JPEG/PNG).
+    `prompt` is the frame's own question; `other_prompts` the stream's other standing questions, asked of the same
+    frame in the same request."""
 
     stream_id: int
     frame_id: int
@@ -29,9 +35,20 @@ class CloudJob:
     image: np.ndarray | None = None
     image_bytes: bytes | None = None
     delay: DelayInjector | None = None  # overrides the link's injected delay for this job
+    other_prompts: tuple[str, ...] = ()
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """Every prompt of the request, the frame's own first."""
+        return (self.prompt, *self.other_prompts)
 
     def __post_init__(self) -> None:
         # Checked here, on the caller's thread, so a bad job fails where it was made, not later in the loop.
+        if not isinstance(self.other_prompts, tuple):
+            raise ValueError(f"CloudJob.other_prompts must be a tuple, got {type(self.other_prompts).__name__}")
+        for index, prompt in enumerate(self.prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"CloudJob prompt {index} is empty or not text: {prompt!r}")
         if (self.image is None) == (self.image_bytes is None):
             raise ValueError("CloudJob needs exactly one of image or image_bytes")
         if self.image is not None:
@@ -46,15 +63,29 @@ class CloudJob:
 
 
 @dataclass(frozen=True)
+class PromptAnswer:
+    """The LVLM's answer to one prompt of a request."""
+
+    text: str
+    detections: tuple[Detection, ...]  # in pixels of the image sent
+
+
+@dataclass(frozen=True)
 class CloudReply:
     job: CloudJob
-    text: str
+    text: str  # the answer to job.prompt
     detections: tuple[Detection, ...]  # in pixels of the image sent, i.e. of `frame_size`
     frame_size: tuple[int, int]  # (h, w) of the image sent, after any max_side downscale
     sent_s: float
     arrived_s: float
     endpoint: str = ""  # the cloud endpoint that answered
     attempt_s: float | None = None  # when the call that answered went out (after any retries); None: at sent_s
+    other_answers: tuple[PromptAnswer, ...] = ()  # the answers to job.other_prompts, in their order
+
+    @property
+    def answers(self) -> tuple[PromptAnswer, ...]:
+        """One answer per prompt of the job, in the job's order."""
+        return (PromptAnswer(self.text, self.detections), *self.other_answers)
 
     @property
     def rtt_ms(self) -> float:
@@ -126,20 +157,35 @@ def image_bytes_size(data: bytes) -> tuple[int, int]:
     return height, width
 
 
-def _first_text(result: Any, name: str) -> str:
+def _texts(result: Any, name: str, count: int) -> list[str]:
+    """The `count` texts of a [1, count] (or [count]) BYTES output."""
     array = result.as_numpy(name)
     if array is None:
         raise CloudCallError("bad_reply", f"reply has no {name} output")
     flat = np.asarray(array).reshape(-1)
-    if flat.size < 1:
-        raise CloudCallError("bad_reply", f"reply's {name} output is empty")
-    value = flat[0]
-    if isinstance(value, bytes):
+    if flat.size != count:
+        raise CloudCallError("bad_reply", f"reply's {name} holds {flat.size} answers for {count} prompts")
+    texts = []
+    for value in flat:
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CloudCallError("bad_reply", f"reply's {name} is not UTF-8: {exc}") from exc
+        texts.append(str(value))
+    return texts
+
+
+def parse_answers(result: Any, count: int) -> list[PromptAnswer]:
+    """The answers to a request of `count` prompts: TEXT and DETECTIONS, one per prompt."""
+    answers = []
+    for text, raw in zip(_texts(result, "TEXT", count), _texts(result, "DETECTIONS", count), strict=True):
         try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CloudCallError("bad_reply", f"reply's {name} is not UTF-8: {exc}") from exc
-    return str(value)
+            detections = tuple(detections_from_json(raw))
+        except (ValueError, TypeError) as exc:
+            raise CloudCallError("bad_reply", f"DETECTIONS is not a detection list: {exc}") from exc
+        answers.append(PromptAnswer(text, detections))
+    return answers
 
 
 # gRPC's reconnect backoff to a cloud that went away, capped at about the breaker's retry interval. gRPC's default
@@ -181,8 +227,10 @@ def _build_request(job: CloudJob, jpeg: bytes) -> tuple[list, list]:
     # lvlm has max_batch_size > 0: every input carries a leading batch dim of 1.
     image = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")
     image.set_data_from_numpy(np.array([[jpeg]], dtype=np.object_))
-    prompt = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
-    prompt.set_data_from_numpy(np.array([[job.prompt.encode("utf-8")]], dtype=np.object_))
+    # Every prompt in one request, [1, n]: lvlm encodes the image once and answers them together.
+    prompts = job.prompts
+    prompt = grpcclient.InferInput("PROMPT", [1, len(prompts)], "BYTES")
+    prompt.set_data_from_numpy(np.array([[p.encode("utf-8") for p in prompts]], dtype=np.object_))
     inputs = [image, prompt]
     if job.max_tokens and job.max_tokens > 0:
         max_tokens = grpcclient.InferInput("MAX_TOKENS", [1, 1], "INT32")

@@ -544,3 +544,66 @@ def test_real_grpc_client_on_a_closed_port_is_unavailable():
         assert recorder.errors[0][1] == "unavailable"
     finally:
         assert closes(link)
+
+
+# -- several prompts on one frame ----------------------------------------------------------------------------------
+
+
+class FakeResults(FakeResult):
+    """A reply holding one text per prompt: outputs are lists, returned as [1, n]."""
+
+    def as_numpy(self, name: str):
+        values = self._outputs.get(name)
+        return None if values is None else np.array([values], dtype=np.object_)
+
+
+async def answer_each(call: FakeCall) -> FakeResults:
+    prompts = [p.decode() for p in deserialize_bytes_tensor(call.inputs["PROMPT"]._get_content())]
+    detections = [json.dumps([{"bbox_2d": [i, i, 10 + i, 10 + i], "label": f"obj{i}"}]) for i in range(len(prompts))]
+    return FakeResults(
+        {"TEXT": [f"answer to {p}".encode() for p in prompts], "DETECTIONS": [d.encode() for d in detections]}
+    )
+
+
+def test_a_job_with_several_prompts_is_one_request_answered_per_prompt(make_link):
+    link, factory, recorder = make_link(answer_each)
+    sent = job(prompt="where is the car?", other_prompts=("what colour is it?", "how many cars?"))
+    assert sent.prompts == ("where is the car?", "what colour is it?", "how many cars?")
+    assert link.submit(sent) == "sent"
+    recorder.wait(replies=1)
+    (call,) = factory.calls
+    assert (call.inputs["PROMPT"].shape(), call.inputs["PROMPT"].datatype()) == ([1, 3], "BYTES")
+    assert [p.decode() for p in deserialize_bytes_tensor(call.inputs["PROMPT"]._get_content())] == list(sent.prompts)
+    assert call.inputs["IMAGE_BYTES"].shape() == [1, 1], "one frame for all the prompts"
+    (reply,) = recorder.replies
+    assert reply.text == "answer to where is the car?"
+    assert reply.detections == (Detection("obj0", (0.0, 0.0, 10.0, 10.0)),)
+    assert [a.text for a in reply.answers] == [f"answer to {p}" for p in sent.prompts]
+    assert [a.detections for a in reply.answers][2] == (Detection("obj2", (2.0, 2.0, 12.0, 12.0)),)
+    assert link.stats()["sent"] == 1 and link.stats()["replies"] == 1
+
+
+def test_one_prompt_is_the_request_as_before(make_link):
+    link, factory, recorder = make_link(answer_each)
+    link.submit(job())
+    recorder.wait(replies=1)
+    assert factory.calls[0].inputs["PROMPT"].shape() == [1, 1]
+    (reply,) = recorder.replies
+    assert reply.other_answers == () and len(reply.answers) == 1
+
+
+@pytest.mark.parametrize("texts", [[b"one"], [b"one", b"two", b"three"]])
+def test_a_reply_with_another_number_of_answers_than_prompts_is_a_bad_reply(make_link, texts):
+    async def miscounted(call: FakeCall) -> FakeResults:
+        return FakeResults({"TEXT": texts, "DETECTIONS": [b"[]"] * len(texts)})
+
+    link, _, recorder = make_link(miscounted)
+    link.submit(job(other_prompts=("second?",)))
+    recorder.wait(errors=1)
+    assert recorder.errors[0][1] == "bad_reply" and recorder.replies == []
+
+
+@pytest.mark.parametrize("others", [("",), ("ok?", "   "), ["a list?"]])
+def test_a_job_refuses_an_empty_prompt_among_several(others):
+    with pytest.raises(ValueError, match="CloudJob"):
+        job(other_prompts=others)
