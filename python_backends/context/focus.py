@@ -221,8 +221,13 @@ def plan_focus(
     age_ms: float,
     mode: FocusMode,
     config: FocusConfig = FocusConfig(),
+    tracked: Sequence[Detection] | None = None,
 ) -> FocusPlan:
-    """What the SVLM sees for this frame. Falls back to the plain frame (mode OFF) when there is nothing to focus on."""
+    """What the SVLM sees for this frame. Falls back to the plain frame (mode OFF) when there is nothing to focus on.
+    `tracked`: the cloud's boxes found again in this frame (its pixels); the crop centres on them with the base
+    margin only, since they say where the objects are now, not where they were `age_ms` ago."""
+    if tracked:
+        detections, source_size, age_ms = tracked, image.shape[:2], 0.0
     if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(f"image must be a non-empty H x W (x C) array, got shape {tuple(image.shape)}")
     plain = FocusPlan(mode=FocusMode.OFF, box=None, labels=[], images=[image])

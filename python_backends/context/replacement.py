@@ -13,7 +13,7 @@ about another question most of the time, and a trained edge given that history a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,6 +73,16 @@ class ReplacementConfig:
 
 
 @dataclass(frozen=True)
+class AnswerOverride:
+    """How one cloud answer is written into the history instead of its own text: `text` in place of the LVLM's
+    (boxes in the SVLM's pixels, where the object is now) and `note` after the age tag (was it tracked, how much
+    changed). Built by context.served_context; without one, the answer is written as the cloud gave it."""
+
+    text: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ReplacedHistory:
     turns: list[Turn]  # oldest first, ready for build_chat_prompt
     replaced_turns: int  # how many SVLM answers were replaced by LVLM answers
@@ -86,12 +96,20 @@ def _age_ms(result: CloudResult, now_ms: int) -> int:
     return max(0, int(now_ms) - int(result.frame_timestamp_ms))
 
 
-def tagged_answer(result: CloudResult, now_ms: int, config: ReplacementConfig, budget: TokenBudget) -> str:
-    """The age tag, then as much of the LVLM text as fits the budget. The tag is never cut: the SVLM must know the
-    text is old even when little of it fits."""
+def tagged_answer(
+    result: CloudResult,
+    now_ms: int,
+    config: ReplacementConfig,
+    budget: TokenBudget,
+    override: AnswerOverride | None = None,
+) -> str:
+    """The age tag (and the override's note), then as much of the LVLM text (or the override's) as fits the budget.
+    The tag is never cut: the SVLM must know the text is old even when little of it fits."""
     age_ms = _age_ms(result, now_ms)
     tag = config.age_tag.format(frame_id=result.frame_id, age_s=age_ms / 1000.0, age_ms=age_ms)
-    text = result.text.strip()
+    if override is not None and override.note:
+        tag = f"{tag} {override.note}"
+    text = (override.text if override is not None else result.text).strip()
     if not text:
         return tag
     # Tokenizers need not be additive over concatenation, so check the joined string and shrink until it fits.
@@ -127,10 +145,13 @@ def build_history(
     config: ReplacementConfig = ReplacementConfig(),
     budget: TokenBudget = DEFAULT_BUDGET,
     question: str | None = None,
+    overrides: Mapping[int, AnswerOverride] | None = None,
 ) -> ReplacedHistory:
     """The last K turns, with every answer the LVLM has given for their frames in place of the SVLM's answer; the
     freshest LVLM answer is always included, as an extra turn if its frame has left the window. Given the current
-    `question` and `config.match_question`, only the turns and answers about that question take part."""
+    `question` and `config.match_question`, only the turns and answers about that question take part. `overrides`
+    (by the answer's frame id) rewrite answers as AnswerOverride says."""
+    overrides = overrides or {}
     if config.match_question and question is not None:
         key = question_key(question)
         turns = [t for t in turns if question_key(t.question) == key]
@@ -149,14 +170,17 @@ def build_history(
         if result is None:
             entries.append((Turn(question=record.question, answer=record.answer), False, False))
         else:
-            turn = Turn(question=record.question, answer=tagged_answer(result, now_ms, config, budget))
+            answer = tagged_answer(result, now_ms, config, budget, overrides.get(result.frame_id))
+            turn = Turn(question=record.question, answer=answer)
             entries.append((turn, True, result is freshest))
 
     if freshest is not None and all(record.frame_id != freshest.frame_id for record in window):
         asked = freshest.question or next(
             (r.question for r in reversed(turns) if r.frame_id == freshest.frame_id), GENERIC_QUESTION
         )
-        extra = Turn(question=asked, answer=tagged_answer(freshest, now_ms, config, budget))
+        extra = Turn(
+            question=asked, answer=tagged_answer(freshest, now_ms, config, budget, overrides.get(freshest.frame_id))
+        )
         # Keep the history in frame order: the frame is normally older than the window (prepend), but its turn may
         # be missing from `turns` altogether while being newer than some of them.
         position = sum(1 for record in window if record.frame_id < freshest.frame_id)

@@ -23,6 +23,10 @@ def _number(value: Any) -> int | float | None:
     return value if math.isfinite(value) else None
 
 
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -58,6 +62,7 @@ class ContextReport:
     context_detections: int | None = None  # how many boxes that answer carried (0: text only)
     cloud_state: str | None = None  # ok, slow, down or off
     cloud_dispatch: str | None = None  # sent, skipped_busy, skipped_down or off
+    cloud_questions: int | None = None  # how many distinct questions the stream's cloud answers in reach answer
     focus_mode: str | None = None  # the focus applied: off, crop_only or crop_and_frame
     focus_box: list[int] | None = None  # the crop in this frame's pixels, x1 y1 x2 y2
     focus_frame: int | None = None  # the frame of the LVLM answer whose boxes the crop used
@@ -66,6 +71,13 @@ class ContextReport:
     history_turns: int = 0  # turns in the history sent to the SVLM
     svlm_model: str | None = None  # svlm or svlm_focus
     latency_ms: LatencyBreakdown | None = None
+    # Tracking (focus_tracking): was the context answer's box found again in this frame (None: tracking off, or
+    # no box to track), where (this frame's pixels, x1 y1 x2 y2), how much its region (the whole frame for an answer
+    # without boxes) changed since the cloud's frame (0..1), and whether the focus crop centred on tracked boxes.
+    tracked: bool | None = None
+    tracked_box: list[int] | None = None
+    region_change: float | None = None
+    focus_tracked: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know (read, never written)
 
     @property
@@ -85,6 +97,7 @@ class ContextReport:
     def from_dict(cls, data: Mapping[str, Any]) -> ContextReport:
         known = {item.name for item in fields(cls)} - {"extra"}
         box = data.get("focus_box")
+        tracked_box = data.get("tracked_box")
         labels = data.get("focus_labels")
         return cls(
             stream_id=_number(data.get("stream_id")),
@@ -95,6 +108,7 @@ class ContextReport:
             context_detections=_number(data.get("context_detections")),
             cloud_state=_text(data.get("cloud_state")),
             cloud_dispatch=_text(data.get("cloud_dispatch")),
+            cloud_questions=_number(data.get("cloud_questions")),
             focus_mode=_text(data.get("focus_mode")),
             focus_box=list(box) if isinstance(box, (list, tuple)) else None,
             focus_frame=_number(data.get("focus_frame")),
@@ -103,6 +117,10 @@ class ContextReport:
             history_turns=_number(data.get("history_turns")) or 0,
             svlm_model=_text(data.get("svlm_model")),
             latency_ms=LatencyBreakdown.from_dict(data.get("latency_ms")),
+            tracked=_flag(data.get("tracked")),
+            tracked_box=list(tracked_box) if isinstance(tracked_box, (list, tuple)) else None,
+            region_change=_number(data.get("region_change")),
+            focus_tracked=_flag(data.get("focus_tracked")),
             extra={key: value for key, value in data.items() if key not in known},
         )
 

@@ -13,9 +13,12 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from python_backends.context.tracking import FrameHistory, StoredFrame
 from python_backends.detections import Detection
 from python_backends.errors import InputError
 
@@ -80,13 +83,24 @@ class StoreLimits:
     max_cloud_results: int = 8
     max_text_chars: int = 1024
     max_detections: int = 32
+    # The stream's standing questions: the distinct questions of its recent frames, which every frame sent to the
+    # cloud asks together.
+    max_questions: int = 4
+    # Small grey copies of the stream's last frames, to carry the cloud's boxes to the current frame (tracking.py):
+    # at most max_frames * frame_side**2 bytes a stream; 0 frames: none kept.
+    max_frames: int = 0
+    frame_side: int = 160
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {self.max_streams}")
         if not self.ttl_s > 0:
             raise ValueError(f"ttl_s must be positive, got {self.ttl_s}")
-        for name in ("max_turns", "max_cloud_results", "max_text_chars", "max_detections"):
+        if self.max_questions < 1:
+            raise ValueError(f"max_questions must be at least 1, got {self.max_questions}")
+        if self.max_frames:
+            FrameHistory(self.max_frames, self.frame_side)  # raises on a side too small to track in
+        for name in ("max_turns", "max_cloud_results", "max_text_chars", "max_detections", "max_frames"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
 
@@ -94,12 +108,14 @@ class StoreLimits:
 class _Stream:
     """Mutable per-stream state; only touched with the store's lock held."""
 
-    __slots__ = ("turns", "cloud_results", "last_used")
+    __slots__ = ("turns", "cloud_results", "questions", "frames", "last_used")
 
     def __init__(self, limits: StoreLimits, now: float) -> None:
         # deque(maxlen) drops the oldest entry on append, which is exactly the K-turn window.
         self.turns: deque[TurnRecord] = deque(maxlen=limits.max_turns)
         self.cloud_results: deque[CloudResult] = deque(maxlen=limits.max_cloud_results)
+        self.questions: deque[str] = deque(maxlen=limits.max_questions)  # most recent first
+        self.frames = FrameHistory(limits.max_frames, limits.frame_side) if limits.max_frames > 0 else None
         self.last_used = now
 
 
@@ -107,6 +123,11 @@ def _check_stream_id(stream_id: object) -> int:
     if isinstance(stream_id, bool) or not isinstance(stream_id, int):
         raise InputError(f"stream id must be an integer, got {type(stream_id).__name__}")
     return stream_id
+
+
+def question_key(question: str) -> str:
+    """What two questions must share to count as the same question: the same words, case and spacing aside."""
+    return " ".join(question.split()).casefold()
 
 
 def _deep_size(obj: object, seen: set[int]) -> int:
@@ -127,6 +148,20 @@ def _deep_size(obj: object, seen: set[int]) -> int:
         if hasattr(obj, slot):
             size += _deep_size(getattr(obj, slot), seen)
     return size
+
+
+def _frame_record_bytes() -> int:
+    """What one buffered frame costs besides its pixels: the record, its attributes and the array's header."""
+    record = StoredFrame(0, 0, np.zeros((1, 1), dtype=np.uint8), 1.0, (1, 1))
+    header = sys.getsizeof(record.grey) - record.grey.nbytes
+    return sys.getsizeof(record) + sys.getsizeof(vars(record)) + sys.getsizeof(record.full_size) + header
+
+
+_FRAME_RECORD_BYTES = _frame_record_bytes()
+
+
+def _frames_bytes(frames: FrameHistory) -> int:
+    return sys.getsizeof(frames) + frames.nbytes + _FRAME_RECORD_BYTES * len(frames)
 
 
 class ContextStore:
@@ -224,19 +259,57 @@ class ContextStore:
             self._purge_locked(now)
             self._touch_locked(stream_id, now).turns.append(turn)
 
+    def add_frame(self, stream_id: int, frame_id: int, timestamp_ms: int, image: np.ndarray) -> FrameHistory | None:
+        """Keeps a small grey copy of a known stream's frame (an unknown stream is not created: a frame that fails
+        leaves nothing behind) and returns the stream's frame history; None when the stream is unknown or no frames
+        are kept. The history is the store's own: only the thread that adds frames may read it outside the store."""
+        stream_id = _check_stream_id(stream_id)
+        now = self._clock()
+        with self._lock:
+            now = self._now_locked(now)
+            self._purge_locked(now)
+            stream = self._streams.get(stream_id)
+            if stream is None or stream.frames is None:
+                return None
+            # Under the lock: memory_bytes walks the same buffer from another thread.
+            stream.frames.add(frame_id, timestamp_ms, image)
+            return stream.frames
+
     def add_cloud_result(self, stream_id: int, result: CloudResult) -> bool:
         """Record a late LVLM answer. False, and nothing stored, when the stream is gone: a late answer for a dead
         stream must not bring it back. It does not count as use, so a stream the client abandoned still expires."""
+        return self.add_cloud_results(stream_id, [result])
+
+    def add_cloud_results(self, stream_id: int, results: Sequence[CloudResult]) -> bool:
+        """Record the LVLM's answers to several questions on one frame at once (a reader sees all or none of them),
+        in the given order, as `add_cloud_result` records one."""
         stream_id = _check_stream_id(stream_id)
-        result = self._clip_result(result)
+        results = [self._clip_result(result) for result in results]
         now = self._clock()
         with self._lock:
             self._purge_locked(self._now_locked(now))
             stream = self._streams.get(stream_id)
             if stream is None:
                 return False
-            stream.cloud_results.append(result)
+            stream.cloud_results.extend(results)
             return True
+
+    def ask(self, stream_id: int, question: str) -> tuple[str, ...]:
+        """Record the question a frame of the stream asks and return the stream's standing questions: the distinct
+        questions of its recent frames (same words, case and spacing aside), most recent first, so `question` comes
+        first, at most `max_questions`. An unknown stream is created, as `add_turn` does."""
+        stream_id = _check_stream_id(stream_id)
+        question = question[: self.limits.max_text_chars]
+        key = question_key(question)
+        now = self._clock()
+        with self._lock:
+            now = self._now_locked(now)
+            self._purge_locked(now)
+            questions = self._touch_locked(stream_id, now).questions
+            kept = [q for q in questions if question_key(q) != key][: self.limits.max_questions - 1]
+            questions.clear()
+            questions.extend([question, *kept])
+            return tuple(questions)
 
     def snapshot(self, stream_id: int) -> StreamSnapshot | None:
         """An immutable copy of the stream's context, or None for an unknown stream. Counts as use."""
@@ -281,12 +354,16 @@ class ContextStore:
         with self._lock:
             # Only shallow sizes and references under the lock; the records are immutable, so they are walked outside.
             total = sys.getsizeof(self._streams)
-            records: list[tuple[tuple[TurnRecord, ...], tuple[CloudResult, ...]]] = []
+            records: list[tuple[tuple[TurnRecord, ...], tuple[CloudResult, ...], tuple[str, ...]]] = []
             for stream_id, stream in self._streams.items():
                 total += sys.getsizeof(stream_id) + sys.getsizeof(stream) + sys.getsizeof(stream.last_used)
                 total += sys.getsizeof(stream.turns) + sys.getsizeof(stream.cloud_results)
-                records.append((tuple(stream.turns), tuple(stream.cloud_results)))
+                total += sys.getsizeof(stream.questions)
+                if stream.frames is not None:
+                    total += _frames_bytes(stream.frames)
+                records.append((tuple(stream.turns), tuple(stream.cloud_results), tuple(stream.questions)))
         seen: set[int] = set()
-        for turns, results in records:
+        for turns, results, questions in records:
             total += sum(_deep_size(t, seen) for t in turns) + sum(_deep_size(r, seen) for r in results)
+            total += sum(_deep_size(q, seen) for q in questions)
         return total

@@ -8,12 +8,15 @@ the server's environment overrides the config (python_backends.params.with_env_o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from python_backends.context.focus import FocusConfig, FocusMode, parse_focus_mode
 from python_backends.context.replacement import ReplacementConfig
+from python_backends.context.served_context import ServedContextConfig
 from python_backends.context.store import StoreLimits
 from python_backends.params import get_param
 from python_backends.serving.request_fields import DEFAULT_MAX_INPUT_PIXELS
@@ -45,6 +48,10 @@ class SpotVLMConfig:
     cloud_max_tokens: int = _param(48, "the LVLM's answer length in tokens")
     cloud_deadline_ms: float = _param(10000.0, "deadline of one cloud request")
     cloud_max_inflight: int = _param(1, "frames of one stream at the cloud at once; more are skipped (`skipped_busy`)")
+    cloud_questions: int = _param(
+        StoreLimits.max_questions,
+        "a frame sent to the cloud asks the stream's last this many distinct questions (at most lvlm's `max_prompts`)",
+    )
     cloud_jpeg_quality: int = _param(85, "JPEG quality of frames sent to the cloud as pixels")
     cloud_max_side: int = _param(0, "frames sent to the cloud are downscaled to this longer side (0: as they are)")
     cloud_failure_threshold: int = _param(3, "failures in a row that open the circuit breaker")
@@ -64,6 +71,22 @@ class SpotVLMConfig:
     focus_max_margin: float = _param(FocusConfig.max_margin, "the largest margin fraction")
     focus_min_size: int = _param(FocusConfig.min_size, "the crop's smallest side in pixels")
     focus_frame_side: int = _param(FocusConfig.frame_side, "in `crop_and_frame`, the frame's downscaled longer side")
+    focus_tracking: bool = _param(
+        True,
+        "carry the cloud's boxes to the current frame (history boxes where the object is now, crop centred on it); "
+        "`false`: the paper's method; the default of the `focus_tracking` request parameter",
+    )
+    tracking_frames: int = _param(100, "frames per stream kept as small grey copies to track from (0: none)")
+    tracking_side: int = _param(160, "the longer side of those copies, in pixels")
+    tracking_max_boxes: int = _param(
+        ServedContextConfig.max_tracked_boxes, "boxes tracked per frame (those the question is about), at most"
+    )
+    svlm_image_size: int = _param(
+        0, "the SVLM's square input side: history boxes are in its pixels (0: the checkpoint's, else 448)"
+    )
+    svlm_coordinate_bin: int = _param(
+        ServedContextConfig.coordinate_bin, "the SVLM writes box corners on multiples of this (as it was trained)"
+    )
     context_turns: int = _param(ReplacementConfig.max_turns, "K: the SVLM's last turns in the history")
     context_match: str = _param(
         "question", "`question`: only turns and LVLM answers to the question asked; `any`: whatever they asked"
@@ -84,6 +107,12 @@ class SpotVLMConfig:
     def __post_init__(self) -> None:
         if self.context_match not in CONTEXT_MATCH_CHOICES:
             raise ValueError(f"context_match must be 'question' or 'any', got {self.context_match!r}")
+        if self.tracking_frames < 0 or self.tracking_max_boxes < 0 or self.svlm_image_size < 0:
+            raise ValueError("tracking_frames, tracking_max_boxes and svlm_image_size must not be negative")
+        if self.svlm_coordinate_bin < 1:
+            raise ValueError(f"svlm_coordinate_bin must be at least 1, got {self.svlm_coordinate_bin}")
+        if self.cloud_questions < 1:
+            raise ValueError(f"model parameter cloud_questions must be at least 1, got {self.cloud_questions}")
         if "{question}" not in self.cloud_prompt:
             raise ValueError(f"model parameter cloud_prompt must contain {{question}}, got {self.cloud_prompt!r}")
 
@@ -131,6 +160,37 @@ class SpotVLMConfig:
             max_streams=self.store_max_streams,
             ttl_s=self.store_ttl_s,
             max_turns=max(self.context_turns, self.store_turns),
+            max_questions=self.cloud_questions,
+            # Room for the answers to every standing question on the newest two frames the cloud answered: the newer
+            # may arrive first.
+            max_cloud_results=max(StoreLimits.max_cloud_results, 2 * self.cloud_questions),
+            max_frames=self.tracking_frames,
+            frame_side=self.tracking_side,
+        )
+
+    def svlm_side(self) -> int:
+        """svlm_image_size, or when 0 the square input side recorded in a checkpoint built here
+        (spotvlm_build.json), else 448 (as spotvlm/build.py's default)."""
+        if self.svlm_image_size:
+            return self.svlm_image_size
+        path = Path(self.checkpoint) / "spotvlm_build.json" if self.checkpoint else None
+        if path is None or not path.is_file():
+            return 448
+        try:
+            return int(json.loads(path.read_text(encoding="utf-8"))["spec"]["image_size"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read the SVLM's image size from {path}: {exc!r}") from exc
+
+    def served_context(self, svlm_image_size: int, tracking: bool | None = None) -> ServedContextConfig:
+        """How the SVLM's context is built, for an SVLM whose square input has `svlm_image_size` pixels a side;
+        `tracking` None: the configured `focus_tracking`."""
+        return ServedContextConfig(
+            replacement=self.replacement(),
+            focus=self.focus(),
+            tracking=self.focus_tracking if tracking is None else tracking,
+            svlm_size=(svlm_image_size, svlm_image_size),
+            coordinate_bin=self.svlm_coordinate_bin,
+            max_tracked_boxes=self.tracking_max_boxes,
         )
 
 
@@ -149,6 +209,9 @@ REQUEST_PARAMETERS = (
     RequestParameter("use_context", "bool", "`true`", "false: answer from the frame alone, no cloud context"),
     RequestParameter("text_context", "bool", "`true`", "false: no text history for the SVLM, the focus crop stays"),
     RequestParameter(
+        "focus_tracking", "bool", "`focus_tracking`", "false: the cloud's answers as they came, not tracked to now"
+    ),
+    RequestParameter(
         "cloud_delay", "str", "the config's", "extra cloud delay for this frame, as `cloud_delay` but no `trace:`"
     ),
 )
@@ -157,6 +220,8 @@ REQUEST_PARAMETERS = (
 def _default_text(value: Any) -> str:
     if isinstance(value, FocusMode):
         value = value.value
+    if isinstance(value, bool):
+        value = str(value).lower()
     if value == "":
         return "(empty)"
     return f"`{value}`"

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,20 +30,11 @@ import numpy as np
 from python_backends.cloud.breaker import CircuitBreaker
 from python_backends.cloud.delay import DelayInjector, parse_delay_spec
 from python_backends.cloud.link import CloudJob, CloudLink, CloudReply
-from python_backends.context.focus import (
-    FocusMode,
-    FocusPlan,
-    focus_source,
-    parse_focus_mode,
-    plan_focus,
-)
+from python_backends.context.focus import FocusMode, FocusPlan, parse_focus_mode
 from python_backends.context.report import ContextReport, LatencyBreakdown
-from python_backends.context.replacement import (
-    ReplacedHistory,
-    WordBudget,
-    build_history,
-)
-from python_backends.context.store import CloudResult, ContextStore, TurnRecord
+from python_backends.context.replacement import ReplacedHistory, WordBudget
+from python_backends.context.served_context import AnswerTracking, build_context_input, track_answers
+from python_backends.context.store import CloudResult, ContextStore, TurnRecord, question_key
 from python_backends.context.token_budget import TokenizerBudget
 from python_backends.errors import InputError
 from python_backends.params import model_parameters, with_env_overrides
@@ -88,6 +79,7 @@ class FrameRequest:
     focus: FocusMode
     use_context: bool
     text_context: bool  # false: no HISTORY for the SVLM, while the cloud's answers still plan the focus
+    tracking: bool  # carry the cloud's boxes to this frame (focus_tracking)
     cloud_delay: DelayInjector | None
     received: float  # perf_counter when parsing began
 
@@ -105,6 +97,9 @@ class PreparedFrame:
     context_rtt_ms: float | None = None  # the cloud round trip of the freshest LVLM answer used
     context_detections: int | None = None  # how many boxes that answer carried (0: text only)
     focus_frame: int | None = None  # the frame of the cloud answer whose boxes the focus crop used
+    cloud_questions: int | None = None  # how many questions the cloud answers in reach answer
+    focus_tracked: bool | None = None  # None: tracking off for this frame
+    context_tracking: AnswerTracking | None = None  # the history's freshest cloud answer carried to this frame
 
 
 @dataclass
@@ -136,6 +131,9 @@ class SpotVLMStep:
         self.default_focus = config.focus_mode
         self.focus_config = config.focus()
         self.replacement = config.replacement()
+        # History boxes are written in the pixels of the SVLM's square input, as it answers.
+        self.svlm_image_size = config.svlm_side()
+        self.served = {on: config.served_context(self.svlm_image_size, tracking=on) for on in (True, False)}
         self.budget = _token_budget(config.checkpoint)
         self.store = ContextStore(config.store_limits())
         self._lock = threading.Lock()  # guards the dicts below; the cloud thread reads them
@@ -143,10 +141,10 @@ class SpotVLMStep:
         self._epochs: dict[int, int] = {}  # new at every sequence start: late replies of an old run are dropped
         # Epochs are never reused, not even after END or expiry, when a stream's entry is forgotten.
         self._epoch_counter = itertools.count(1)
-        # job -> (epoch, the question asked of that frame), while in flight. Keyed by the job itself (CloudJob compares
-        # by identity), not (stream, frame): frame ids restart with every run, so a new run's frame would collide with
-        # an old run's in-flight job.
-        self._dispatched: dict[CloudJob, tuple[int, str]] = {}
+        # job -> (epoch, the questions asked of that frame in the job's prompt order), while in flight. Keyed by the
+        # job itself (CloudJob compares by identity), not (stream, frame): frame ids restart with every run, so a new
+        # run's frame would collide with an old run's in-flight job.
+        self._dispatched: dict[CloudJob, tuple[int, tuple[str, ...]]] = {}
         self._delays: dict[str, DelayInjector] = {}
         self.cloud_max_tokens = config.cloud_max_tokens
         # What the LVLM is asked. Real Qwen2.5-VL checkpoints return boxes when told to, e.g.
@@ -210,19 +208,22 @@ class SpotVLMStep:
             current = self._epochs.get(job.stream_id)
         if sent is None or sent[0] != current:
             return
-        self.store.add_cloud_result(
-            job.stream_id,
+        results = [
             CloudResult(
                 frame_id=job.frame_id,
                 frame_timestamp_ms=job.frame_timestamp_ms,
                 sent_s=reply.sent_s,
                 arrived_s=reply.arrived_s,
-                text=reply.text,
-                detections=tuple(reply.detections),
+                text=answer.text,
+                detections=tuple(answer.detections),
                 frame_size=reply.frame_size,
-                question=sent[1],
-            ),
-        )
+                question=question,
+            )
+            for question, answer in zip(sent[1], reply.answers, strict=True)
+        ]
+        # One answer per standing question, all on this frame. The frame's own question goes last: of one frame's
+        # answers, readers that take the later arrival (context replacement by frame) take the one to what it asked.
+        self.store.add_cloud_results(job.stream_id, results[::-1])
 
     def _on_cloud_error(self, job: CloudJob, kind: str) -> None:
         with self._lock:
@@ -232,18 +233,23 @@ class SpotVLMStep:
     def _dispatch(self, frame: FrameRequest, frame_id: int) -> str:
         if self.link is None:
             return "off"
+        # The frame asks the cloud every standing question of its stream, its own first, so the context keeps an
+        # answer on a recent frame to each question the stream asks.
+        questions = self.store.ask(frame.stream_id, frame.prompt)
+        prompts = [self.cloud_prompt.replace("{question}", question) for question in questions]
         job = CloudJob(
             stream_id=frame.stream_id,
             frame_id=frame_id,
             frame_timestamp_ms=frame.timestamp_ms,
-            prompt=self.cloud_prompt.replace("{question}", frame.prompt),
+            prompt=prompts[0],
+            other_prompts=tuple(prompts[1:]),
             max_tokens=self.cloud_max_tokens,
             image=None if frame.image_bytes is not None else frame.image,
             image_bytes=frame.image_bytes,
             delay=frame.cloud_delay,
         )
         with self._lock:  # before submit: the reply may come back on the link's thread before submit returns
-            self._dispatched[job] = (self._epochs.get(frame.stream_id, 0), frame.prompt)
+            self._dispatched[job] = (self._epochs.get(frame.stream_id, 0), questions)
         outcome = self.link.submit(job)
         if outcome != "sent":
             with self._lock:
@@ -284,6 +290,7 @@ class SpotVLMStep:
             focus=parse_focus_mode(params.get("focus"), self.default_focus),
             use_context=bool_parameter(params, "use_context", True),
             text_context=bool_parameter(params, "text_context", True),
+            tracking=bool_parameter(params, "focus_tracking", self.config.focus_tracking),
             cloud_delay=delay,
             received=received,
         )
@@ -310,31 +317,41 @@ class SpotVLMStep:
         if frame.start:
             self.store.start_stream(stream)
 
+        # Every frame, before anything can fail for it: a later cloud answer about it is tracked from here.
+        frames = self.store.add_frame(stream, frame_id, frame.timestamp_ms, frame.image)
+
         dispatch = self._dispatch(frame, frame_id)
 
         snapshot = self.store.snapshot(stream) if frame.use_context else None
-        history = ReplacedHistory(turns=[], replaced_turns=0, context_frame=None, context_age_ms=None)
-        boxes = None
+        cloud_questions = None
+        served = self.served[frame.tracking]
+        context = None
         if snapshot is not None:
             results = [
                 r
                 for r in snapshot.cloud_results
                 if frame.timestamp_ms - r.frame_timestamp_ms <= self.max_context_age_ms
             ]
-            history = build_history(
-                snapshot.turns, results, frame.timestamp_ms, self.replacement, self.budget, question=frame.prompt
+            cloud_questions = len({question_key(r.question) for r in results if r.question is not None})
+            tracking = None
+            if frame.tracking and results:
+                tracking = track_answers(frames, results, frame_id, frame.prompt, served.max_tracked_boxes)
+            context = build_context_input(
+                frame.image,
+                frame.prompt,
+                frame.timestamp_ms,
+                snapshot.turns,
+                results,
+                tracking,
+                frame.focus,
+                served,
+                self.budget,
+                text_context=frame.text_context,
             )
-            boxes = focus_source(results, frame.prompt)
-            if not frame.text_context:
-                # Focus alone (the evaluation's focus_only): CONTEXT still names the cloud answer in use.
-                history = replace(history, turns=[], replaced_turns=0)
-
-        if boxes is not None and frame.focus is not FocusMode.OFF:
-            age_ms = max(0, frame.timestamp_ms - boxes.frame_timestamp_ms)
-            plan = plan_focus(
-                frame.image, boxes.detections, boxes.frame_size, frame.prompt, age_ms, frame.focus, self.focus_config
-            )
+        if context is not None:
+            history, plan = context.history, context.plan
         else:
+            history = ReplacedHistory(turns=[], replaced_turns=0, context_frame=None, context_age_ms=None)
             plan = FocusPlan(mode=FocusMode.OFF, box=None, labels=[], images=[frame.image])
 
         pb = self._pb_utils
@@ -349,8 +366,12 @@ class SpotVLMStep:
         if history.turns:
             inputs.append(pb.Tensor("HISTORY", np.array([[history_json(history.turns).encode("utf-8")]], np.object_)))
         prepared = PreparedFrame(frame, frame_id, dispatch, history, plan, model, inputs)
-        if plan.mode is not FocusMode.OFF:
-            prepared.focus_frame = boxes.frame_id
+        prepared.cloud_questions = cloud_questions
+        if context is not None and context.focus_result is not None:
+            prepared.focus_frame = context.focus_result.frame_id
+            prepared.focus_tracked = context.focus_tracked if frame.tracking else None
+        if context is not None and frame.tracking:
+            prepared.context_tracking = context.context_tracking
         latest = history.context_result  # kept when text_context is off: CONTEXT still names it
         if latest is not None:
             prepared.context_rtt_ms = round(latest.rtt_ms, 1)
@@ -396,6 +417,7 @@ class SpotVLMStep:
                 context_detections=prepared.context_detections,
                 cloud_state=self.link.state.value if self.link is not None else "off",
                 cloud_dispatch=prepared.dispatch,
+                cloud_questions=prepared.cloud_questions,
                 focus_mode=prepared.plan.mode.value,
                 focus_box=list(prepared.plan.box) if prepared.plan.box is not None else None,
                 focus_frame=prepared.focus_frame,
@@ -404,6 +426,8 @@ class SpotVLMStep:
                 history_turns=len(history.turns),
                 svlm_model=prepared.model,
                 latency_ms=_latency(prepared, outcome),
+                **AnswerTracking.report_fields(prepared.context_tracking),
+                focus_tracked=prepared.focus_tracked,
             )
             if self.metrics is not None:
                 self.metrics.record_frame(history.context_age_ms, prepared.plan.mode.value)

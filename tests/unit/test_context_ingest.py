@@ -153,7 +153,8 @@ def test_a_batch_of_only_bad_results_answers_each(step):
 def test_ingest_reaches_the_owning_spotvlm_and_its_next_frame(step, monkeypatch):
     """Both models in one process; the handler plays Triton's sequence batcher, refusing streams not started."""
     monkeypatch.delenv("SPOTVLM_CLOUD_URL", raising=False)
-    spot = SpotVLMStep({**_args({"cloud_url": "off"}), "model_name": "spotvlm"}, pb_utils=pb)
+    # The cloud's own words in the history: tracking off (on, a box answer is rewritten as the SVLM's boxes).
+    spot = SpotVLMStep({**_args({"cloud_url": "off", "focus_tracking": "false"}), "model_name": "spotvlm"}, pb_utils=pb)
     frame = np.zeros((96, 128, 3), dtype=np.uint8)
 
     async def triton(call):

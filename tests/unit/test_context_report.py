@@ -8,7 +8,8 @@ import pytest
 
 from python_backends.context.report import ContextReport, LatencyBreakdown
 
-# The keys spotvlm has always written, in its order: readers and stored results depend on them.
+# The keys spotvlm writes, in its order: readers and stored results depend on them. The tracking keys came last,
+# after latency_ms, so every earlier key kept its place.
 CONTEXT_KEYS = [
     "stream_id",
     "frame_id",
@@ -26,6 +27,10 @@ CONTEXT_KEYS = [
     "history_turns",
     "svlm_model",
     "latency_ms",
+    "tracked",
+    "tracked_box",
+    "region_change",
+    "focus_tracked",
 ]
 
 
@@ -47,6 +52,10 @@ def full_report() -> ContextReport:
         history_turns=4,
         svlm_model="svlm_focus",
         latency_ms=LatencyBreakdown(preprocess=5.15, vision=8.85, generate=35.39, total=49.59),
+        tracked=True,
+        tracked_box=[101, 80, 199, 310],
+        region_change=0.042,
+        focus_tracked=True,
     )
 
 
@@ -67,6 +76,7 @@ def test_before_any_cloud_answer_the_context_fields_are_null() -> None:
     report = ContextReport(stream_id=1, frame_id=0, cloud_state="off", cloud_dispatch="off", focus_mode="off")
     data = json.loads(report.to_json())
     assert data["context_frame"] is None and data["context_age_ms"] is None and data["latency_ms"] is None
+    assert data["tracked"] is None and data["tracked_box"] is None and data["region_change"] is None
     assert not ContextReport.from_json(report.to_json()).has_context
 
 
@@ -75,6 +85,13 @@ def test_missing_fields_take_their_defaults() -> None:
     assert report.has_context and report.context_frame == 4
     assert report.cloud_state is None and report.replaced_turns == 0 and report.focus_labels == []
     assert report.latency_ms is None and report.extra == {}
+    assert report.tracked is None and report.focus_tracked is None
+
+
+def test_a_tracked_flag_holding_something_else_reads_as_none() -> None:
+    report = ContextReport.from_json('{"tracked": "yes", "focus_tracked": 1, "region_change": "x"}')
+    assert report.tracked is None and report.focus_tracked is None and report.region_change is None
+    assert ContextReport.from_json('{"tracked": false}').tracked is False
 
 
 @pytest.mark.parametrize("bad", ['"12"', "true", "null", "NaN", "Infinity", "[1]"])

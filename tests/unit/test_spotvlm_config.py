@@ -26,7 +26,14 @@ def test_every_field_has_a_one_line_doc_and_every_request_parameter_one() -> Non
     for item in fields(SpotVLMConfig):
         doc = item.metadata["doc"]
         assert doc and "\n" not in doc and "|" not in doc, item.name
-    assert {p.name for p in REQUEST_PARAMETERS} == {"max_tokens", "focus", "use_context", "text_context", "cloud_delay"}
+    assert {p.name for p in REQUEST_PARAMETERS} == {
+        "max_tokens",
+        "focus",
+        "use_context",
+        "text_context",
+        "focus_tracking",
+        "cloud_delay",
+    }
 
 
 def test_the_template_names_only_known_parameters() -> None:

@@ -133,14 +133,15 @@ class FakeCloudLink:
 
 @pytest.fixture
 def make_step(monkeypatch):
-    """SpotVLMStep factory; cloud_url defaults to off, and the environment cannot override the parameters."""
+    """SpotVLMStep factory; cloud_url defaults to off, and the environment cannot override the parameters. Tracking
+    is off unless a test turns it on: these tests pin the paper's method (test_served_context.py tests tracking)."""
     monkeypatch.delenv("SPOTVLM_CLOUD_URL", raising=False)
     monkeypatch.delenv("SPOTVLM_CLOUD_DELAY", raising=False)
     monkeypatch.setattr(spotvlm_step, "CloudLink", FakeCloudLink)
     made = []
 
     def make(**params) -> SpotVLMStep:
-        step = SpotVLMStep(_args({"cloud_url": "off", **params}), pb_utils=pb)
+        step = SpotVLMStep(_args({"cloud_url": "off", "focus_tracking": "false", **params}), pb_utils=pb)
         made.append(step)
         return step
 
@@ -681,6 +682,7 @@ def _prepared(prepare_ms: float) -> PreparedFrame:
         focus=FocusMode.OFF,
         use_context=True,
         text_context=True,
+        tracking=False,
         cloud_delay=None,
         received=time.perf_counter(),
     )

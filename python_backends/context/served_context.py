@@ -1,0 +1,242 @@
+"""The SVLM's context input for one frame (history turns and focus plan), built one way for serving and training.
+
+`spotvlm` calls `build_context_input` for every frame; training/examples.py builds its examples with it too, so what
+the edge learned from is what it is served. With tracking on (`focus_tracking`), the cloud's answers are carried
+forward from the frame the cloud saw to the frame being answered (`track_answers`, template matching on the
+stream's small grey frames, tracking.py):
+- in the history, a box answer is written where the object is now, in the SVLM input's pixels and on its coordinate
+  bin grid, as the SVLM itself answers (`[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]`); after the age tag a note
+  says whether the object was found again and how much its region (the whole frame for text answers) changed, in
+  percent, a single token for the tiny checkpoints: `[tracked, change 4]`, `[lost, change 37]`, `[change 12]`;
+- the focus crop centres on the tracked boxes; a lost box falls back to the cloud's box widened by the age margin.
+With tracking off, the answer is written as the cloud gave it and the crop is the cloud's box widened by the age
+margin: the paper's method.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from python_backends.context.focus import FocusConfig, FocusMode, FocusPlan, focus_source, plan_focus
+from python_backends.context.focus import relevant_detections
+from python_backends.context.replacement import (
+    DEFAULT_BUDGET,
+    AnswerOverride,
+    ReplacedHistory,
+    ReplacementConfig,
+    TokenBudget,
+    build_history,
+)
+from python_backends.context.store import CloudResult, TurnRecord
+from python_backends.context.tracking import Box, FrameHistory, region_change, track_box
+from python_backends.detections import Detection, scale_box
+
+
+@dataclass(frozen=True)
+class ServedContextConfig:
+    replacement: ReplacementConfig = ReplacementConfig()
+    focus: FocusConfig = FocusConfig()
+    tracking: bool = True  # carry the cloud's boxes to the current frame (False: the paper's method)
+    svlm_size: tuple[int, int] = (448, 448)  # (height, width) of the SVLM's input: its boxes are in these pixels
+    coordinate_bin: int = 2  # the SVLM writes box corners on multiples of this (training/tokens.py)
+    max_tracked_boxes: int = 4  # boxes tracked per frame, over all cloud answers in use: bounds the per-frame work
+
+    def __post_init__(self) -> None:
+        if self.coordinate_bin < 1:
+            raise ValueError(f"coordinate_bin must be >= 1, got {self.coordinate_bin}")
+        if self.max_tracked_boxes < 0:
+            raise ValueError(f"max_tracked_boxes must not be negative, got {self.max_tracked_boxes}")
+        if min(self.svlm_size) < 1:
+            raise ValueError(f"svlm_size must be positive, got {self.svlm_size}")
+
+
+@dataclass(frozen=True)
+class TrackedBox:
+    detection: Detection  # the cloud's, in the pixels of the image it saw
+    box: Box | None  # where it is in the current frame (its pixels); None when lost
+    confidence: float
+
+
+@dataclass(frozen=True)
+class AnswerTracking:
+    """One cloud answer carried to the current frame."""
+
+    frame_id: int  # the frame the cloud answered
+    boxes: tuple[TrackedBox, ...]  # its boxes the question is about, as far as the box budget went
+    region_change: float  # in [0, 1]: under those boxes, or over the whole frame for an answer without boxes
+
+    @property
+    def tracked(self) -> bool | None:
+        """True: every box tracked was found again; False: one was lost; None: no box was tracked."""
+        if not self.boxes:
+            return None
+        return all(b.box is not None for b in self.boxes)
+
+    @staticmethod
+    def report_fields(tracking: AnswerTracking | None) -> dict:
+        """CONTEXT's tracked, tracked_box (the union of the boxes found, in this frame's pixels, when all were) and
+        region_change; all None for no tracking."""
+        if tracking is None:
+            return {"tracked": None, "tracked_box": None, "region_change": None}
+        box = None
+        if tracking.tracked:
+            box = [round(v) for v in _union([b.box for b in tracking.boxes if b.box is not None])]
+        return {"tracked": tracking.tracked, "tracked_box": box, "region_change": round(tracking.region_change, 3)}
+
+    def note(self) -> str:
+        change = f"change {int(round(self.region_change * 100))}"
+        state = {True: "tracked, ", False: "lost, ", None: ""}[self.tracked]
+        return f"[{state}{change}]"
+
+
+@dataclass(frozen=True)
+class ContextInput:
+    history: ReplacedHistory
+    plan: FocusPlan
+    focus_result: CloudResult | None = None  # the cloud answer whose boxes the focus crop used
+    focus_tracked: bool = False  # the crop centred on tracked boxes
+    context_tracking: AnswerTracking | None = None  # the tracking of the history's freshest cloud answer
+    tracking: Mapping[int, AnswerTracking] = field(default_factory=dict)
+
+
+def _newest_per_frame(results: Sequence[CloudResult]) -> dict[int, CloudResult]:
+    """One answer per frame, the later arrival winning (as context replacement chooses)."""
+    by_frame: dict[int, CloudResult] = {}
+    for result in results:
+        by_frame[result.frame_id] = result
+    return by_frame
+
+
+def _union(boxes: Sequence[Sequence[float]]) -> Box:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def track_answers(
+    frames: FrameHistory | None,
+    results: Sequence[CloudResult],
+    to_frame_id: int,
+    question: str,
+    max_boxes: int = ServedContextConfig.max_tracked_boxes,
+) -> dict[int, AnswerTracking]:
+    """Every cloud answer in `results` carried to frame `to_frame_id`, by the answer's frame id. The boxes the
+    question is about are tracked, the focus answer's first, then the newest answers', at most `max_boxes` in all; an
+    answer whose frame is no longer buffered is lost, and its change counts as full."""
+    if frames is None:
+        return {}
+    by_frame = _newest_per_frame(results)
+    source = focus_source(list(by_frame.values()), question)
+    order = sorted(by_frame.values(), key=lambda r: r.frame_id, reverse=True)
+    if source is not None:
+        order = [source] + [r for r in order if r is not source]
+    budget, tracked = max_boxes, {}
+    for result in order:
+        stored = frames.get(result.frame_id)
+        relevant = relevant_detections(result.detections, question)
+        if stored is None or result.frame_size[0] <= 0 or result.frame_size[1] <= 0:
+            lost = tuple(TrackedBox(d, None, 0.0) for d in relevant[: max(0, budget)])
+            budget -= len(lost)
+            tracked[result.frame_id] = AnswerTracking(result.frame_id, lost, 1.0)
+            continue
+        # The cloud's boxes are in the pixels of the image it saw; the tracker's in the frame's as the edge got it.
+        full = [scale_box(d.bbox, result.frame_size, stored.full_size) for d in relevant]
+        boxes = []
+        for detection, box in zip(relevant[: max(0, budget)], full, strict=False):
+            found = track_box(frames, box, result.frame_id, to_frame_id)
+            boxes.append(TrackedBox(detection, found.box, found.confidence))
+        budget -= len(boxes)
+        change = region_change(frames, _union(full) if full else None, result.frame_id, to_frame_id)
+        tracked[result.frame_id] = AnswerTracking(result.frame_id, tuple(boxes), change)
+    return tracked
+
+
+def _bin(value: float, coordinate_bin: int, limit: int) -> int:
+    return int(min(limit, max(0, round(value / coordinate_bin) * coordinate_bin)))
+
+
+def binned_box(box: Sequence[float], size: tuple[int, int], coordinate_bin: int) -> list[int]:
+    """Corners on the bin grid of an image of `size` (height, width), never collapsing to zero width; the rule of
+    training/tokens.py's binned_box, which the training targets use."""
+    height, width = size
+    x1, x2 = (_bin(v, coordinate_bin, width) for v in (box[0], box[2]))
+    y1, y2 = (_bin(v, coordinate_bin, height) for v in (box[1], box[3]))
+    if x2 <= x1:
+        x1, x2 = (x1, x1 + coordinate_bin) if x1 + coordinate_bin <= width else (x2 - coordinate_bin, x2)
+    if y2 <= y1:
+        y1, y2 = (y1, y1 + coordinate_bin) if y1 + coordinate_bin <= height else (y2 - coordinate_bin, y2)
+    return [x1, y1, x2, y2]
+
+
+def grounding_text(boxes: Sequence[tuple[Sequence[int], str]]) -> str:
+    """Qwen2.5-VL grounding JSON, as the SVLM answers a grounding question (training/tokens.py grounding_answer)."""
+    return json.dumps([{"bbox_2d": [int(v) for v in box], "label": label} for box, label in boxes])
+
+
+def answer_override(
+    result: CloudResult, tracking: AnswerTracking, frame_size: tuple[int, int], config: ServedContextConfig
+) -> AnswerOverride:
+    """How `result` reads in the history of a frame of `frame_size` (height, width): its boxes in the SVLM's pixels,
+    each where it was tracked to (a lost or untracked one where the cloud saw it), and the tracking note."""
+    if not result.detections:
+        return AnswerOverride(text=result.text, note=tracking.note())
+    now = {b.detection: b.box for b in tracking.boxes if b.box is not None}
+    boxes = []
+    for detection in result.detections:
+        box = now.get(detection)
+        seen = (
+            scale_box(box, frame_size, config.svlm_size)
+            if box is not None
+            else scale_box(detection.bbox, result.frame_size, config.svlm_size)
+        )
+        boxes.append((binned_box(seen, config.svlm_size, config.coordinate_bin), detection.label))
+    return AnswerOverride(text=grounding_text(boxes), note=tracking.note())
+
+
+def build_context_input(
+    image: np.ndarray,
+    question: str,
+    now_ms: int,
+    turns: Sequence[TurnRecord],
+    cloud_results: Sequence[CloudResult],
+    tracking: Mapping[int, AnswerTracking] | None,
+    focus_mode: FocusMode,
+    config: ServedContextConfig = ServedContextConfig(),
+    budget: TokenBudget = DEFAULT_BUDGET,
+    text_context: bool = True,
+) -> ContextInput:
+    """The history turns and focus plan the SVLM gets for `image`, asked `question` at `now_ms`, given the stream's
+    turns, the cloud answers in use and their tracking (track_answers; ignored when config.tracking is off)."""
+    tracking = (tracking or {}) if config.tracking else {}
+    frame_size = image.shape[:2]
+    overrides = {
+        frame_id: answer_override(result, tracking[frame_id], frame_size, config)
+        for frame_id, result in _newest_per_frame(cloud_results).items()
+        if frame_id in tracking
+    }
+    history = build_history(
+        turns, cloud_results, now_ms, config.replacement, budget, question=question, overrides=overrides
+    )
+    context_tracking = tracking.get(history.context_frame) if history.context_frame is not None else None
+    if not text_context:
+        # Focus alone: the history's freshest answer is still named (CONTEXT), but no turn goes to the SVLM.
+        history = replace(history, turns=[], replaced_turns=0)
+
+    source = focus_source(cloud_results, question)
+    plain = FocusPlan(mode=FocusMode.OFF, box=None, labels=[], images=[image])
+    if source is None or focus_mode is FocusMode.OFF:
+        return ContextInput(history, plain, None, False, context_tracking, tracking)
+    # Centre on the tracked boxes only when every box the question is about was found again.
+    track = tracking.get(source.frame_id)
+    relevant = relevant_detections(source.detections, question)
+    tracked = None
+    if track is not None and track.tracked and len(track.boxes) == len(relevant):
+        tracked = [Detection(b.detection.label, b.box) for b in track.boxes]
+    age_ms = max(0, now_ms - source.frame_timestamp_ms)
+    plan = plan_focus(
+        image, source.detections, source.frame_size, question, age_ms, focus_mode, config.focus, tracked=tracked
+    )
+    used = source if plan.mode is not FocusMode.OFF else None
+    return ContextInput(history, plan, used, used is not None and tracked is not None, context_tracking, tracking)
