@@ -1,10 +1,10 @@
 """A stream's answers drawn on its frames and written as an MP4, so tracking can be judged by looking.
 
 Each frame gets the boxes drawn on it: the edge's box (the first box of its answer), the cloud's late box (the focus
-crop spotvlm cut around the cloud's boxes, and the cloud's boxes themselves where CONTEXT carries them), the tracked
-box (the cloud's box carried to this frame) and the synthetic scene's true boxes. A panel under the frame holds the
-legend, the context's age, the cloud's state, whether the track was lost, and the edge's answer, wrapped. A field
-CONTEXT does not carry draws nothing.
+crop spotvlm cut around the cloud's boxes; CONTEXT counts those boxes but does not carry them), the tracked box (the
+cloud's boxes found again in this frame) and the synthetic scene's true boxes. A panel under the frame holds the
+legend, the context's frame and age, the cloud's state, how much the cloud's region changed since, whether the track
+was lost, and the edge's answer, wrapped. A field CONTEXT does not carry draws nothing.
 
 The edge writes its boxes in the pixels of the square it resized the frame to. The annotator does not redo that
 mapping: it takes `edge_box(text, (height, width))`, e.g. evaluation.runner.box_in_frame bound to the edge's input
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import textwrap
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -32,17 +32,15 @@ EdgeBoxReader = Callable[[str, tuple[int, int]], Box | None]  # answer text, ima
 
 # RGB, as the frames are. Distinct hues, each named in the legend.
 EDGE_COLOUR = (0, 220, 255)  # cyan
-CLOUD_COLOUR = (255, 0, 255)  # magenta
-FOCUS_COLOUR = (255, 200, 0)  # amber
+FOCUS_COLOUR = (255, 0, 255)  # magenta
 TRACKED_COLOUR = (0, 255, 0)  # green
 LOST_COLOUR = (255, 40, 40)  # red
 TRUTH_COLOUR = (255, 255, 255)  # white
 TEXT_COLOUR = (235, 235, 235)
 PANEL_COLOUR = (24, 24, 24)
 LEGEND = (
-    ("edge", EDGE_COLOUR),
-    ("cloud (late)", CLOUD_COLOUR),
-    ("focus crop", FOCUS_COLOUR),
+    ("edge answer", EDGE_COLOUR),
+    ("cloud crop (late)", FOCUS_COLOUR),
     ("tracked", TRACKED_COLOUR),
     ("truth", TRUTH_COLOUR),
 )
@@ -51,11 +49,6 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _FONT_SCALE = 0.45
 _LINE_HEIGHT = 18
 _ANSWER_LINES = 3  # the panel's height is fixed (a video's frames share one size): longer answers are cut
-# Names the tracking fields may have in CONTEXT (as a ContextReport attribute, or a key it keeps in `extra`).
-_TRACKED_BOX_KEYS = ("tracked_box",)
-_TRACKED_KEYS = ("tracked",)
-_LOST_KEYS = ("track_lost", "tracking_lost", "lost")
-_CLOUD_BOX_KEYS = ("context_boxes", "cloud_boxes", "cloud_detections")
 
 
 @dataclass(frozen=True)
@@ -72,10 +65,10 @@ class Overlay:
     answer: str = ""
     error: str | None = None
     edge_box: Box | None = None
-    cloud_boxes: tuple[LabelledBox, ...] = ()
-    focus_box: Box | None = None
-    tracked_box: Box | None = None
-    track_lost: bool | None = None  # None: CONTEXT says nothing about tracking
+    focus_box: Box | None = None  # the crop spotvlm cut around the cloud's (tracked) boxes
+    tracked_box: Box | None = None  # the cloud's boxes found again in this frame (their union)
+    track_lost: bool | None = None  # None: tracking off, or no cloud box to track
+    region_change: float | None = None  # how much the cloud's region changed since its frame, 0..1
     truth_boxes: tuple[LabelledBox, ...] = ()
     context_frame: int | None = None
     context_age_ms: float | None = None
@@ -110,17 +103,6 @@ def _labelled(items: Any) -> tuple[LabelledBox, ...]:
     return tuple(found)
 
 
-def _context_field(context: ContextReport, names: Sequence[str]) -> Any:
-    """The first of `names` CONTEXT carries, as a field of the report or a key it kept in `extra`; else None."""
-    for name in names:
-        value = getattr(context, name, None)
-        if value is None:
-            value = context.extra.get(name)
-        if value is not None:
-            return value
-    return None
-
-
 def _edge_box(text: str, context: ContextReport, frame_size: tuple[int, int], read: EdgeBoxReader) -> Box | None:
     """The edge's box in the frame's pixels. With focus crop_only the edge saw only the crop: its box is in the crop."""
     crop = _box(context.focus_box) if context.focus_mode == "crop_only" else None
@@ -137,19 +119,15 @@ def overlay_for(result: Any, frame_size: tuple[int, int], edge_box: EdgeBoxReade
     """The overlay of one client.streaming.FrameResult (anything with its fields) on a frame of `frame_size` (h, w)."""
     context = result.context if isinstance(getattr(result, "context", None), ContextReport) else ContextReport()
     text = result.text or ""
-    lost = _context_field(context, _LOST_KEYS)
-    tracked = _context_field(context, _TRACKED_KEYS)
-    if lost is None and isinstance(tracked, bool) and context.focus_frame is not None:
-        lost = not tracked  # a cloud box was there to track, and CONTEXT says it was not tracked
     return Overlay(
         frame_index=result.frame_index,
         answer=text,
         error=result.error,
         edge_box=_edge_box(text, context, frame_size, edge_box) if edge_box is not None and text else None,
-        cloud_boxes=_labelled(_context_field(context, _CLOUD_BOX_KEYS)),
         focus_box=_box(context.focus_box),
-        tracked_box=_box(_context_field(context, _TRACKED_BOX_KEYS)),
-        track_lost=lost if isinstance(lost, bool) else None,
+        tracked_box=_box(context.tracked_box),
+        track_lost=(not context.tracked) if isinstance(context.tracked, bool) else None,
+        region_change=context.region_change,
         truth_boxes=_labelled(getattr(result, "objects", None)),
         context_frame=context.context_frame,
         context_age_ms=context.context_age_ms,
@@ -188,6 +166,8 @@ def _status(overlay: Overlay) -> str:
         age = f"{overlay.context_age_ms:.0f} ms" if overlay.context_age_ms is not None else "?"
         context = f"context frame {overlay.context_frame}, age {age}"
     parts = [f"frame {overlay.frame_index}", context, f"cloud {overlay.cloud_state or '-'}"]
+    if overlay.region_change is not None:
+        parts.append(f"change {overlay.region_change:.2f}")
     if overlay.focus_mode and overlay.focus_mode != "off":
         parts.append(f"focus {overlay.focus_mode}")
     return "  |  ".join(parts)
@@ -227,9 +207,7 @@ class FrameAnnotator:
         for truth in overlay.truth_boxes:
             _rectangle(picture, scaled(truth.box), TRUTH_COLOUR, "", 1)
         if overlay.focus_box is not None:
-            _rectangle(picture, scaled(overlay.focus_box), FOCUS_COLOUR, "", 1)
-        for cloud in overlay.cloud_boxes:
-            _rectangle(picture, scaled(cloud.box), CLOUD_COLOUR, cloud.label, 2)
+            _rectangle(picture, scaled(overlay.focus_box), FOCUS_COLOUR, "cloud crop", 2)
         if overlay.tracked_box is not None:
             _rectangle(picture, scaled(overlay.tracked_box), TRACKED_COLOUR, "tracked", 2)
         if overlay.edge_box is not None:

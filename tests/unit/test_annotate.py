@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from client.annotate import (
-    CLOUD_COLOUR,
     EDGE_COLOUR,
     FOCUS_COLOUR,
     LOST_COLOUR,
@@ -82,16 +81,15 @@ def test_cloud_focus_and_tracked_boxes_are_drawn_from_context():
         focus_mode="crop_and_frame",
         focus_box=[20, 30, 380, 190],
         focus_frame=1,
-        extra={
-            "tracked_box": [200, 50, 300, 150],
-            "tracked": True,
-            "context_boxes": [{"bbox_2d": [60, 60, 160, 160], "label": "car"}],
-        },
+        tracked=True,
+        tracked_box=[200, 50, 300, 150],
+        region_change=0.2,
     )
     image = FrameAnnotator(min_width=0).annotate(_frame(), _result("a car", context))
     _edges_have(image, (200, 50, 300, 150), TRACKED_COLOUR)
-    _edges_have(image, (60, 60, 160, 160), CLOUD_COLOUR)
     _edges_have(image, (20, 30, 380, 190), FOCUS_COLOUR)
+    overlay = overlay_for(_result("a car", context), (200, 400))
+    assert overlay.track_lost is False and overlay.region_change == 0.2 and overlay.context_age_ms == 1500.0
 
 
 def test_a_small_frame_is_scaled_up_with_its_boxes():
@@ -116,7 +114,8 @@ def test_missing_fields_draw_nothing_and_do_not_fail():
         _result(),  # no answer, no context
         _result("no box in this answer"),
         _result(_answer([1, 2, 3])),  # a malformed box
-        _result("x", ContextReport(focus_box=None, extra={"tracked_box": "nowhere", "context_boxes": [1, 2]})),
+        _result("x", ContextReport.from_dict({"tracked_box": "nowhere", "tracked": "yes", "focus_box": [1, 2]})),
+        _result("x", ContextReport(tracked_box=[1, 2, float("nan"), 4])),
         _result("x", ContextReport(extra={"raw": "not json"})),
         _result("", error="timeout"),
     ):
@@ -133,7 +132,7 @@ def test_no_edge_box_reader_draws_no_edge_box():
 
 
 def test_a_lost_track_is_said_in_red_and_no_tracked_box_is_drawn():
-    context = ContextReport(context_frame=2, focus_frame=2, extra={"tracked": False, "tracked_box": None})
+    context = ContextReport(context_frame=2, focus_frame=2, tracked=False, tracked_box=None)
     overlay = overlay_for(_result("a car", context), (200, 400))
     assert overlay.track_lost is True and overlay.tracked_box is None
     image = FrameAnnotator(min_width=0).annotate(_frame(), _result("a car", context))
