@@ -5,12 +5,13 @@ question, and the target text. Targets are what the served model must emit: the 
 the count, or Qwen2.5-VL grounding JSON in the model's input pixels on the coarse bin grid (tokens.py).
 
 The edge model's mix adds, per example, at most one of:
-- text history: one cloud answer about an earlier frame, tagged with its age exactly as context replacement tags it.
+- text history: one cloud answer about an earlier frame, written by spotvlm's own context builder
+  (python_backends/context/served_context.py: tagged with its age, and with `tracking` carried to the frame).
   The age is a cloud latency drawn from the benchmark's settings plus up to one frame interval, so the answer is stale
   (no longer right) as often as the scenes make it at those delays. Most of the time the turn asks the same question,
   otherwise another question about that frame;
-- a focus crop (recognition only): the current frame cropped around where the target was `age` ago, with the serving
-  path's own age-dependent margin (context.focus.focus_box).
+- a focus crop (recognition only): the current frame cropped by the same builder around where the target was `age`
+  ago, with the serving path's age-dependent margin (or, with `tracking`, around where it was tracked to).
 
 `build_frame_examples` makes the cloud's mix instead: one example per frame, asking many of the frame's questions one
 after the other (`follow_ups`). On 2 cores the language model does not learn, from one question per image, to find
@@ -21,12 +22,15 @@ dozen answers per step, and localisation left its prior (cloud, 20 min: 0.45 aga
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from python_backends.context.focus import focus_box
+from python_backends.context.focus import FocusMode
 from python_backends.context.replacement import ReplacementConfig
+from python_backends.context.served_context import ServedContextConfig, build_context_input, track_answers
+from python_backends.context.store import CloudResult
+from python_backends.context.tracking import FrameHistory
 from python_backends.detections import Detection
 from python_backends.detections import scale_box
 from evaluation.dataset import Example, load_frame
@@ -108,33 +112,68 @@ def _draw_age(rng: np.random.Generator, mix: MixConfig) -> float:
     return float(rng.choice(mix.latencies_s)) + float(rng.uniform(0.0, 0.1))
 
 
-def _add_context(item, example, frame, earlier_index, age, wants_history, fixed_age_s, mix, rng, truth, seen):
-    """Fills `item`'s history (or picks its focus crop) from the frame `age` earlier; returns the image to show."""
+def _context_config(seen: tuple[int, int], mix: MixConfig, tracking: bool) -> ServedContextConfig:
+    """spotvlm's context builder as the examples use it: any question's answer may be the history (the mix asks
+    another question about the earlier frame at times), the edge's pixels and bin grid."""
+    return ServedContextConfig(
+        replacement=ReplacementConfig(match_question=False),
+        tracking=tracking,
+        svlm_size=tuple(seen),
+        coordinate_bin=mix.coordinate_bin,
+    )
+
+
+def _add_context(item, example, frame, earlier_index, wants_history, fixed_age_s, mix, rng, truth, seen, tracking):
+    """Fills `item`'s history (or picks its focus crop) from the cloud's answer about frame `earlier_index`, built by
+    spotvlm's own context builder (served_context); returns the image to show."""
     height, width = frame.shape[:2]
     earlier_truth = truth.frames(example.video)[earlier_index]
+    now_ms = int(round(example.time_s * 1000))
+    earlier_ms = int(round(example.time_s * earlier_index / example.frame_index * 1000))
     if not wants_history:
         targets = [o for o in earlier_truth if o.object_id in example.meta.get("target_ids", [])]
-        detections = [Detection(o.label, tuple(float(v) for v in o.box)) for o in targets]
-        box = focus_box(detections, (height, width), (height, width), age * 1000)
-        if box is None:
+        detections = tuple(Detection(o.label, tuple(float(v) for v in o.box)) for o in targets)
+        if not detections:
             return frame
-        x1, y1, x2, y2 = box
-        item.context, item.context_age_s = "focus", age
-        return np.ascontiguousarray(frame[y1:y2, x1:x2])
-    same = fixed_age_s is not None or rng.random() < mix.same_question_fraction
-    earlier = answer_at(example.question, earlier_truth, width, height) if same else None
-    if earlier is None and not same:
-        pool = [q for qs in candidate_questions(earlier_truth, width, height).values() for q in qs]
-        earlier = pool[int(rng.integers(len(pool)))] if pool else None
-    if earlier is None:
+        answer = CloudResult(earlier_index, earlier_ms, 0.0, 0.0, "", detections, (height, width), example.question)
+        mode = FocusMode.CROP_ONLY
+    else:
+        same = fixed_age_s is not None or rng.random() < mix.same_question_fraction
+        earlier = answer_at(example.question, earlier_truth, width, height) if same else None
+        if earlier is None and not same:
+            pool = [q for qs in candidate_questions(earlier_truth, width, height).values() for q in qs]
+            earlier = pool[int(rng.integers(len(pool)))] if pool else None
+        if earlier is None:
+            return frame
+        # The cloud answers in the edge's pixels here (training's ideal cloud); its boxes, in the frame's pixels,
+        # are what tracking carries forward.
+        text = answer_text(earlier.task, earlier.answer, earlier.question, seen, (height, width), mix.coordinate_bin)
+        detections = ()
+        if earlier.task == "grounding":
+            match = _GROUNDING_LABEL.match(earlier.question)
+            label = match.group(1) if match else "object"
+            detections = (Detection(label, tuple(float(v) for v in earlier.answer)),)
+        answer = CloudResult(earlier_index, earlier_ms, 0.0, 0.0, text, detections, (height, width), earlier.question)
+        mode = FocusMode.OFF
+    config = _context_config(seen, mix, tracking)
+    tracks = None
+    if tracking:
+        frames = FrameHistory(max_frames=2)
+        frames.add(earlier_index, earlier_ms, load_frame(replace(example, frame_index=earlier_index)))
+        frames.add(example.frame_index, now_ms, frame)
+        tracks = track_answers(frames, [answer], example.frame_index, example.question, config.max_tracked_boxes)
+    context = build_context_input(frame, example.question, now_ms, [], [answer], tracks, mode, config)
+    age = (now_ms - earlier_ms) / 1000
+    if wants_history:
+        item.history = context.history.turns
+        item.context, item.context_age_s = "history", age
+        if earlier.question == example.question:
+            item.context_stale = is_stale(example.task, earlier.answer, example.answer)
         return frame
-    text = answer_text(earlier.task, earlier.answer, earlier.question, seen, (height, width), mix.coordinate_bin)
-    tag = ReplacementConfig().age_tag.format(frame_id=earlier_index, age_s=age, age_ms=int(age * 1000))
-    item.history = [Turn(earlier.question, f"{tag} {text}")]
-    item.context, item.context_age_s = "history", age
-    if earlier.question == example.question:
-        item.context_stale = is_stale(example.task, earlier.answer, example.answer)
-    return frame
+    if context.plan.mode is FocusMode.OFF:
+        return frame
+    item.context, item.context_age_s = "focus", age
+    return context.plan.images[0]
 
 
 def build_examples(
@@ -144,9 +183,12 @@ def build_examples(
     seed: int,
     fixed_age_s: float | None = None,
     truth: TruthIndex | None = None,
+    tracking: bool = False,
 ) -> list[ModelExample]:
     """Model examples for `dataset`, deterministic for a seed. `fixed_age_s` gives every example a same-question
-    history turn of that age (where the question was answerable then): the evaluation of context's effect."""
+    history turn of that age (where the question was answerable then): the evaluation of context's effect.
+    `tracking`: the context as spotvlm serves it with `focus_tracking` on (the cloud's boxes carried to the frame);
+    off, as with it off, which is how the default checkpoints were trained."""
     rng = np.random.default_rng(seed)
     truth = truth or TruthIndex()
     # Questions of one frame are consecutive: keeping only the last frame decoded bounds memory.
@@ -179,8 +221,8 @@ def build_examples(
                 earlier_index = example.frame_index - int(round(age / frame_step_s))
             # Before the video had run for `age`, no cloud answer that old exists: the frame stays without context.
             if earlier_index >= 0:
-                image = _add_context(item, example, frame, earlier_index, age, wants_history, fixed_age_s, mix, rng,
-                                     truth, seen)  # fmt: skip
+                image = _add_context(item, example, frame, earlier_index, wants_history, fixed_age_s, mix, rng,
+                                     truth, seen, tracking)  # fmt: skip
         item.images = [view.resize(image)]
         result.append(item)
     return result
