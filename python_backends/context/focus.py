@@ -17,6 +17,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 from PIL import Image
 
+from python_backends.context.store import question_key
 from python_backends.detections import Detection
 from python_backends.errors import InputError
 
@@ -122,6 +123,7 @@ class _Boxed(Protocol):
     frame_id: int
     arrived_s: float
     detections: Sequence[Detection]
+    question: str | None
 
 
 B = TypeVar("B", bound=_Boxed)
@@ -133,8 +135,15 @@ def focus_source(results: Sequence[B], question: str) -> B | None:
     brought them, so unlike context replacement this looks past the question asked."""
     named = [r for r in results if mentioned_detections(r.detections, question)]
     pool = named or [r for r in results if r.detections]
-    # The newest frame, and for one frame the later arrival (as context replacement chooses).
-    return max(pool, key=lambda r: (r.frame_id, r.arrived_s)) if pool else None
+    key = question_key(question)
+
+    def rank(result: B) -> tuple[int, bool, float]:
+        # The newest frame; of one frame's answers (the cloud answers every standing question of a frame), the one to
+        # the question asked now, then the later arrival (as context replacement chooses).
+        asked_now = result.question is not None and question_key(result.question) == key
+        return (result.frame_id, asked_now, result.arrived_s)
+
+    return max(pool, key=rank) if pool else None
 
 
 def focus_margin(age_ms: float, config: FocusConfig = FocusConfig()) -> float:

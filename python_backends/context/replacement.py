@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from python_backends.context.store import CloudResult, TurnRecord
+from python_backends.context.store import CloudResult, TurnRecord, question_key
 from python_backends.prompts import Turn
 
 GENERIC_QUESTION = "What do you see?"
@@ -120,11 +120,6 @@ def tagged_answer(
         if allowance <= 0 or budget.count(joined) <= config.budget_tokens:
             return joined
         allowance -= 1
-
-
-def question_key(question: str) -> str:
-    """What two questions must share to count as the same question."""
-    return " ".join(question.split()).casefold()
 
 
 def matching_results(

@@ -13,6 +13,7 @@ pb = fake_pb_utils.install()
 from python_backends.cloud.link import CloudReply
 from python_backends.cloud.request import PromptAnswer
 from python_backends.context.store import CloudResult, ContextStore, StoreLimits
+from python_backends.detections import Detection
 from python_backends.serving.spotvlm_config import SpotVLMConfig
 from tests.unit.test_spotvlm_step import (  # fixtures and helpers of the spotvlm step's own tests
     CAR,
@@ -186,3 +187,17 @@ def test_one_question_is_one_prompt_as_before(cloud_step, calls) -> None:
     assert isinstance(cloud_step.link, FakeCloudLink) and np.array_equal(
         cloud_step.link.jobs[0].image, frame().inputs["IMAGE"][0]
     )
+
+
+def test_focus_takes_of_one_frames_answers_the_one_to_the_question_asked_now() -> None:
+    from dataclasses import replace
+
+    from python_backends.context.focus import focus_source
+
+    car_answer = replace(cloud_result(4, CAR_Q), detections=(CAR,))
+    colour_answer = replace(cloud_result(4, COLOUR_Q), detections=(Detection("car", (0.0, 0.0, 5.0, 5.0)),))
+    for filed in ([car_answer, colour_answer], [colour_answer, car_answer]):
+        assert focus_source(filed, " what colour is the CAR?") is colour_answer
+        assert focus_source(filed, CAR_Q) is car_answer
+    newer = replace(cloud_result(5, COLOUR_Q), detections=(CAR,))
+    assert focus_source([car_answer, newer], CAR_Q) is newer, "a newer frame still comes first"
