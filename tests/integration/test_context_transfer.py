@@ -132,7 +132,7 @@ def test_custom_metrics_count_cloud_traffic(linked_edge):
     assert value("spotvlm_frames_total", cloud_context="yes") >= 10
     assert value("spotvlm_context_age_ms_count") >= 10
     assert value("spotvlm_cloud_rtt_ms_count") >= 2
-    assert value(r'spotvlm_cloud_frames_skipped_total\{model="spotvlm",reason="busy"\}') >= 1
+    assert value("spotvlm_cloud_frames_skipped_total", reason="busy") >= 1
     assert "spotvlm_cloud_inflight" in text and "spotvlm_focus_applied_total" in text
     assert 'spotvlm_cloud_errors_total{kind="timeout",model="spotvlm"}' in text
 
