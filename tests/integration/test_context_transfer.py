@@ -20,6 +20,7 @@ from client.model_repository import read_model_config, set_model_parameter, writ
 from client.streaming import FrameResult, StreamSession, run_streams
 from python_backends.context.focus import focus_box
 from python_backends.detections import Detection
+from load_tests.tracking_bench import iou, synthetic_clip
 from load_tests.triton_metrics import read_metrics_text
 from tests.integration.conftest import PROJECT_ROOT, ServeProcess, _require_built
 from tests.integration.streams_helpers import ingest as _ingest
@@ -139,8 +140,9 @@ def test_custom_metrics_count_cloud_traffic(linked_edge):
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_ingested_detections_give_the_focus_box(linked_edge, protocol):
-    # The streams' own cloud answers are held back well past the test, so only the ingested result is context.
-    params = {"cloud_delay": "8000", "focus": "crop_only", "max_tokens": 4}
+    # The streams' own cloud answers are held back well past the test, so only the ingested result is context; the
+    # paper's focus (the cloud's box widened by the age margin), not tracked.
+    params = {"cloud_delay": "8000", "focus": "crop_only", "max_tokens": 4, "focus_tracking": False}
     target = 201 if protocol == "http" else 211
     source = SyntheticSource(seed=3, size=FRAME_SIZE)
     frames = iter(source)
@@ -180,6 +182,27 @@ def test_ingested_detections_give_the_focus_box(linked_edge, protocol):
         bystander.send(next(frames), start=False, end=True)
         session.close()
         bystander.close()
+
+
+def test_a_moving_object_is_tracked_to_the_frame_answered(linked_edge):
+    clip = synthetic_clip(11, size=FRAME_SIZE, seed=3)  # a textured square crossing a textured background
+    params = {"cloud_delay": "8000", "focus": "crop_only", "max_tokens": 4}
+    session = StreamSession(linked_edge.grpc_url, "grpc", 501, "Where is the box?", params=params)
+    try:
+        first = session.send(clip.frames[0], start=True, end=False)
+        assert first.ok, first.error
+        box = [{"bbox_2d": list(clip.boxes[0]), "label": "box"}]
+        _ingest(linked_edge.grpc_url, 501, first.context.frame_id, box, FRAME_SIZE, "a box")
+        for image in clip.frames[1:]:
+            time.sleep(0.1)  # at least the clip's 10 fps: the tracker's search window grows with the frames' age
+            last = session.send(image, start=False, end=False)
+            assert last.ok, last.error
+    finally:
+        session.send(clip.frames[-1], start=False, end=True)
+        session.close()
+    context = last.context
+    assert context.context_frame == 0 and context.tracked is True and context.focus_tracked is True
+    assert iou(context.tracked_box, clip.boxes[10]) >= 0.5 and iou(clip.boxes[0], clip.boxes[10]) < 0.5
 
 
 def test_ingest_refuses_bad_json_and_unknown_streams(linked_edge):
