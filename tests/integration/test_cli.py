@@ -1,4 +1,4 @@
-"""The `spotvlm` command as a user types it: ask (both servers, both protocols) and the demo."""
+"""The `spotvlm` command as a user types it: ask (both servers, both protocols), the demo, and stream --annotate."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import pytest
 from PIL import Image
 
+from client.annotate import FrameAnnotator
 from client.frames import sample_frame
 
 pytestmark = pytest.mark.integration
@@ -85,3 +87,18 @@ def test_demo_prints_the_table_and_stops_both_servers():
     assert "Benchmark questions (test video 1, 8 questions" in out and "| true answer" in out
     assert re.search(r"edge \d/8 right, cloud \d/8 right", out)
     assert out.rstrip().endswith("Both servers stopped.")
+
+
+def test_stream_annotate_writes_a_video_of_every_frame(edge_server, tmp_path):
+    video = tmp_path / "annotated.mp4"
+    result = _run(
+        "stream", "--synthetic", "--frames", "4", "--fps", "5", "--url", edge_server.grpc_url,
+        "--max-tokens", "8", "--annotate", str(video),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"annotated video: {video}" in result.stdout
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    # The synthetic scene's 320 x 240 frames are drawn at 640 x 480, with the legend and answer panel below.
+    assert len(frames) == 4 and frames[0].shape == (480 + FrameAnnotator.panel_height(), 640, 3)
+    assert all(frame[480:].mean() < 60 for frame in frames)  # the dark panel, with light text on it
