@@ -203,22 +203,37 @@ class QwenVLGenerator:
         )
 
     def generate_from_images(self, requests: list[GenerationRequest]) -> list[list[int]]:
+        """Requests that share an image (the same array: several questions about one frame) have it encoded once: the
+        vision tower runs once per distinct image, and its features fill every prompt that shows it."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
         torch = self._torch
         prompts, pixel_values, grids = [], [], []
+        encoded: dict[int, int] = {}  # id(image) -> its index in pixel_values and grids
+        shown: list[int] = []  # for every image of every request in order, the index of its encoding
         for request in requests:
             tokens = []
             for image in request.images:
-                processed = self.image_processor(images=image, return_tensors="np")
-                grid = [int(v) for v in processed["image_grid_thw"][0]]
-                pixel_values.append(processed["pixel_values"])
-                grids.append(grid)
+                index = encoded.get(id(image))
+                if index is None:
+                    processed = self.image_processor(images=image, return_tensors="np")
+                    index = encoded[id(image)] = len(grids)
+                    pixel_values.append(processed["pixel_values"])
+                    grids.append([int(v) for v in processed["image_grid_thw"][0]])
+                grid = grids[index]
+                shown.append(index)
                 tokens.append(grid[0] * grid[1] * grid[2] // self.merge_size**2)
             prompts.append(self.encode_prompt(self.prompt_text(request, tokens)))
         kwargs = {}
         if pixel_values:
-            pixels = torch.from_numpy(np.concatenate(pixel_values, axis=0))
-            kwargs["pixel_values"] = pixels.to(self.device, self.dtype)
-            kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long, device=self.device)
+            pixels = torch.from_numpy(np.concatenate(pixel_values, axis=0)).to(self.device, self.dtype)
+            with torch.inference_mode():
+                features = self.model.get_image_features(
+                    pixels, torch.tensor(grids, dtype=torch.long, device=self.device), return_dict=True
+                ).pooler_output
+            kwargs["image_grid_thw"] = torch.tensor([grids[i] for i in shown], dtype=torch.long, device=self.device)
+            pooled = BaseModelOutputWithPooling(pooler_output=tuple(features[i] for i in shown))
+            kwargs["mm_encoder_outputs"] = {"image": pooled}
         return self.generate_ids(prompts, [r.max_new_tokens for r in requests], **kwargs)
 
     def decode(self, tokens: list[int]) -> str:

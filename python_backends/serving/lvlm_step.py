@@ -1,8 +1,12 @@
-"""The cloud `lvlm` model: the large VLM in torch, answering with text and grounded detections."""
+"""The cloud `lvlm` model: the large VLM in torch, answering with text and grounded detections.
+
+A request's PROMPT may hold several prompts ([1, n]): every one is asked of the request's image, which is encoded once,
+in one batched generation with the rest of the batch; TEXT and DETECTIONS hold one answer per prompt ([1, n]).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -11,14 +15,17 @@ from python_backends.device import place_instance, report
 from python_backends.errors import InputError
 from python_backends.image_processing import decode_image_bytes, validate_image_array
 from python_backends.params import get_param, model_parameters
+from python_backends.prompts import decode_prompt
 from python_backends.serving.request_fields import (
     DEFAULT_MAX_INPUT_PIXELS,
+    MAX_PROMPT_CHARS,
     checkpoint_path,
     read_max_tokens,
-    read_prompt,
 )
 from python_backends.text import clean_text
-from python_backends.triton_io import answer_batch, bytes_tensor, first_item, get_input, response, unbatch
+from python_backends.triton_io import answer_batch, first_item, get_input, output_tensor, response, unbatch
+
+DEFAULT_MAX_PROMPTS = 8
 
 
 def read_image(request, max_pixels: int) -> np.ndarray:
@@ -48,10 +55,37 @@ def rescale_detections(
     return result
 
 
+def read_prompts(request, max_prompts: int) -> list[str]:
+    """PROMPT: one prompt ([1, 1]) or several of the same image ([1, n]), each non-empty."""
+    array = get_input(request, "PROMPT")
+    if array.ndim > 2 or (array.ndim == 2 and array.shape[0] != 1) or array.size == 0:
+        raise InputError(f"PROMPT must be [1, n] prompts of one request, got shape {list(array.shape)}")
+    values = array.reshape(-1)
+    if values.size > max_prompts:
+        raise InputError(f"PROMPT holds {values.size} prompts, over the limit of {max_prompts}")
+    if values.size == 1:
+        return [decode_prompt(values[0], MAX_PROMPT_CHARS)]
+    prompts = []
+    for index, value in enumerate(values):
+        try:
+            prompts.append(decode_prompt(value, MAX_PROMPT_CHARS))
+        except InputError as exc:
+            raise InputError(f"prompt {index} of {values.size}: {exc}") from exc
+    return prompts
+
+
 @dataclass
 class CloudAnswer:
     text: str
     detections: list[Detection]
+
+
+@dataclass
+class ImageQuestions:
+    """One request: its image and the generation request of each of its prompts, all sharing that image."""
+
+    image: np.ndarray
+    questions: list = field(default_factory=list)  # GenerationRequest per prompt, in PROMPT's order
 
 
 class LvlmStep:
@@ -62,6 +96,9 @@ class LvlmStep:
         self.max_pixels = get_param(params, "max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, int)
         self.default_max_tokens = get_param(params, "default_max_tokens", 64, int)
         self.max_tokens_limit = get_param(params, "max_tokens_limit", 512, int)
+        self.max_prompts = get_param(params, "max_prompts", DEFAULT_MAX_PROMPTS, int)
+        if self.max_prompts < 1:
+            raise ValueError(f"model parameter max_prompts must be at least 1, got {self.max_prompts}")
         self.placement = place_instance(args, params.get("dtype", "auto"))
         self.generator = QwenVLGenerator(
             checkpoint_path(params),
@@ -71,32 +108,43 @@ class LvlmStep:
         )
         report(f"{args.get('model_name', 'lvlm')} ready: torch on {self.placement.description}")
 
-    def _parse(self, request):
+    def _parse(self, request) -> ImageQuestions:
         from python_backends.generation import GenerationRequest
 
-        return GenerationRequest(
-            question=read_prompt(request),
-            max_new_tokens=read_max_tokens(request, self.default_max_tokens, self.max_tokens_limit),
-            images=[read_image(request, self.max_pixels)],
-        )
+        prompts = read_prompts(request, self.max_prompts)
+        max_new_tokens = read_max_tokens(request, self.default_max_tokens, self.max_tokens_limit)
+        image = read_image(request, self.max_pixels)
+        # The same array in every question: the generator encodes it once.
+        questions = [GenerationRequest(question=p, max_new_tokens=max_new_tokens, images=[image]) for p in prompts]
+        return ImageQuestions(image, questions)
 
-    def _compute(self, batch) -> list[CloudAnswer]:
-        outputs = self.generator.generate_from_images(batch)
+    def _compute(self, batch: list[ImageQuestions]) -> list[list[CloudAnswer]]:
+        # Every prompt of every request in one generation; the answers go back to their requests in order.
+        outputs = iter(self.generator.generate_from_images([q for item in batch for q in item.questions]))
         answers = []
-        for request, tokens in zip(batch, outputs, strict=True):
-            raw = self.generator.decode(tokens)
-            image = request.images[0]
-            seen = self.generator.model_input_size(image)
-            detections = rescale_detections(parse_detections(raw), seen, image.shape[:2])
-            answers.append(CloudAnswer(text=clean_text(raw), detections=detections))
+        for item in batch:
+            seen = self.generator.model_input_size(item.image)
+            mine = []
+            for _ in item.questions:
+                raw = self.generator.decode(next(outputs))
+                detections = rescale_detections(parse_detections(raw), seen, item.image.shape[:2])
+                mine.append(CloudAnswer(text=clean_text(raw), detections=detections))
+            answers.append(mine)
         return answers
 
     def execute(self, requests: list) -> list:
-        return answer_batch(
-            requests,
-            parse=self._parse,
-            compute=self._compute,
-            respond=lambda a: response(
-                [bytes_tensor("TEXT", a.text), bytes_tensor("DETECTIONS", detections_to_json(a.detections))]
-            ),
-        )
+        return answer_batch(requests, parse=self._parse, compute=self._compute, respond=respond)
+
+
+def _texts_tensor(name: str, texts: list[str]):
+    """A BYTES output of shape [1, n]: one text per prompt of the request."""
+    return output_tensor(name, np.array([[text.encode("utf-8") for text in texts]], dtype=np.object_))
+
+
+def respond(answers: list[CloudAnswer]):
+    return response(
+        [
+            _texts_tensor("TEXT", [a.text for a in answers]),
+            _texts_tensor("DETECTIONS", [detections_to_json(a.detections) for a in answers]),
+        ]
+    )

@@ -3,6 +3,8 @@ asking all of them (spotvlm's dispatch), and the reply filed as one cloud answer
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from python_backends.detections import Detection
 from python_backends.serving.spotvlm_config import SpotVLMConfig
 from tests.unit.test_spotvlm_step import (  # fixtures and helpers of the spotvlm step's own tests
     CAR,
+    FRAME,
     START,
     TREE,
     FakeCloudLink,
@@ -201,3 +204,67 @@ def test_focus_takes_of_one_frames_answers_the_one_to_the_question_asked_now() -
         assert focus_source(filed, CAR_Q) is car_answer
     newer = replace(cloud_result(5, COLOUR_Q), detections=(CAR,))
     assert focus_source([car_answer, newer], CAR_Q) is newer, "a newer frame still comes first"
+
+
+# -- lvlm: n prompts on one frame --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lvlm(tiny_cloud_checkpoint):
+    from python_backends.serving.lvlm_step import LvlmStep
+
+    config = {"checkpoint": tiny_cloud_checkpoint, "default_max_tokens": 6, "max_input_pixels": 10**6, "max_prompts": 3}
+    return LvlmStep(
+        {"model_config": json.dumps({"parameters": {k: {"string_value": str(v)} for k, v in config.items()}})}
+    )
+
+
+def lvlm_request(*prompts: bytes, image: np.ndarray = FRAME) -> fake_pb_utils.FakeRequest:
+    return pb.FakeRequest({"IMAGE": image[None], "PROMPT": np.array([list(prompts)], dtype=object)})
+
+
+def answers(response, name: str = "TEXT") -> list[str]:
+    assert response.error is None, response.error.message()
+    output = response.output(name)
+    assert output.shape[0] == 1
+    return [value.decode() for value in output[0]]
+
+
+def test_lvlm_answers_every_prompt_of_a_request_on_one_image_encoding(lvlm, monkeypatch):
+    prompts = (b"Where is the car?", b"What colour is it?", b"How many trees?")
+    alone = [answers(r) for r in lvlm.execute([lvlm_request(p) for p in prompts])]
+    encodings = []
+    encode = lvlm.generator.model.get_image_features
+    monkeypatch.setattr(
+        lvlm.generator.model, "get_image_features", lambda *a, **k: encodings.append(1) or encode(*a, **k)
+    )
+    (together,) = lvlm.execute([lvlm_request(*prompts)])
+    assert len(encodings) == 1, "the image is encoded once for all its prompts"
+    assert answers(together) == [text for (text,) in alone], "each prompt answered as if asked alone"
+    assert all(isinstance(json.loads(d), list) for d in answers(together, "DETECTIONS"))
+    assert together.output("TEXT").shape == together.output("DETECTIONS").shape == (1, 3)
+
+
+def test_lvlm_batches_requests_of_different_prompt_counts(lvlm):
+    one, three = lvlm.execute([lvlm_request(b"Where is the car?"), lvlm_request(b"a?", b"b?", b"Where is the car?")])
+    assert one.output("TEXT").shape == (1, 1) and three.output("TEXT").shape == (1, 3)
+    assert answers(one)[0] == answers(three)[2]
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        ((b"Where is the car?", b"  "), "prompt 1 of 2: PROMPT is empty"),
+        ((b"a?", b"b?", b"c?", b"d?"), "PROMPT holds 4 prompts, over the limit of 3"),
+    ],
+)
+def test_a_bad_prompt_among_several_fails_its_request_alone(lvlm, prompts, message):
+    bad, good = lvlm.execute([lvlm_request(*prompts), lvlm_request(b"Where is the car?", b"What colour is it?")])
+    assert bad.error.code() == pb.TritonError.INVALID_ARG and message in bad.error.message()
+    assert len(answers(good)) == 2
+
+
+def test_lvlm_refuses_prompts_of_more_than_one_request_row(lvlm):
+    request = pb.FakeRequest({"IMAGE": FRAME[None], "PROMPT": np.array([[b"a?"], [b"b?"]], dtype=object)})
+    (response,) = lvlm.execute([request])
+    assert response.error.code() == pb.TritonError.INVALID_ARG and "PROMPT must be [1, n]" in response.error.message()
