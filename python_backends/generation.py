@@ -5,8 +5,10 @@ Two entry points share one left-padded batching path:
   only the language model runs here (`mm_encoder_outputs`, which gives tokens identical to the torch path).
 - `generate_from_images`: the cloud. The whole model runs in torch, with the checkpoint's own image processor.
 
-Requests in one Triton batch may ask for different `max_tokens`: the batch runs to the largest and each answer is
-cut to its own limit, which is exact under greedy decoding.
+Decoding runs in `python_backends.greedy_decode` (a greedy loop with a preallocated KV cache, token-for-token equal
+to transformers' `generate`, at a fraction of its per-token cost); `decoder="generate"` keeps transformers' own loop,
+for comparison, and checkpoints whose generation settings the loop does not implement use it too. Each row of a
+batch stops at its own end token and its own `max_tokens`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from python_backends.errors import InputError
 from python_backends.prompts import DEFAULT_SYSTEM, Turn, build_chat_prompt
 
 log = logging.getLogger("spotvlm.generation")
+
+DECODERS = ("functional", "modules", "generate")
 
 
 @dataclass
@@ -60,9 +64,11 @@ class QwenVLGenerator:
         system_prompt: str = DEFAULT_SYSTEM,
         device: str = "cpu",
         dtype: str = "float32",
+        decoder: str = "functional",
     ) -> None:
         """`device` ("cpu", "cuda:0") and `dtype` ("float32", "bfloat16", "float16") come from
-        `python_backends.device.place_instance`, which keeps half precision off the CPU."""
+        `python_backends.device.place_instance`, which keeps half precision off the CPU. `decoder` is the token loop:
+        "functional" (fastest), "modules" (transformers' decoder layers in the same loop) or "generate"."""
         import torch
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
@@ -95,6 +101,21 @@ class QwenVLGenerator:
             [config.vision_end_token_id],
         ]
         self._image_processor = None
+        self.decoder = self._choose_decoder(decoder)
+        self._layer_weights = None
+
+    def _choose_decoder(self, decoder: str) -> str:
+        from python_backends.greedy_decode import unsupported_generation_settings, unsupported_model
+
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        if decoder == "generate":
+            return decoder
+        unsupported = unsupported_generation_settings(self.model.generation_config) + unsupported_model(self.model)
+        if unsupported:
+            log.warning("%s: decoding with transformers' generate, for %s", self.checkpoint, ", ".join(unsupported))
+            return "generate"
+        return decoder
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id
@@ -129,11 +150,34 @@ class QwenVLGenerator:
         torch = self._torch
         encoded = self.tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
         input_ids = encoded.input_ids.to(self.device)
+        attention_mask = encoded.attention_mask.to(self.device)
         mm_token_type_ids = (input_ids == self.image_token_id).int()
+        if self.decoder != "generate":
+            from python_backends.greedy_decode import DecodeSettings, greedy_generate, layer_weights
+
+            if self.decoder == "functional" and self._layer_weights is None:
+                self._layer_weights = layer_weights(self.model)
+
+            settings = DecodeSettings(
+                eos_token_ids=frozenset(self.eos_token_ids),
+                bad_token_ids=tuple(ids[0] for ids in self._bad_words),
+                repetition_penalty=float(self.model.generation_config.repetition_penalty or 1.0),
+            )
+            new_tokens = greedy_generate(
+                self.model,
+                input_ids,
+                attention_mask,
+                mm_token_type_ids,
+                max_new_tokens,
+                settings,
+                layers=self._layer_weights if self.decoder == "functional" else None,
+                **vision_kwargs,
+            )
+            return [self._trim(tokens, limit) for tokens, limit in zip(new_tokens, max_new_tokens, strict=True)]
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids,
-                attention_mask=encoded.attention_mask.to(self.device),
+                attention_mask=attention_mask,
                 mm_token_type_ids=mm_token_type_ids,
                 max_new_tokens=max(max_new_tokens),
                 do_sample=False,

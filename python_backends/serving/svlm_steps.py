@@ -101,8 +101,13 @@ class GenerateStep:
             num_threads=get_param(params, "intra_op_threads", 0, int),
             device=self.placement.device.torch_name,
             dtype=self.placement.dtype,
+            # The token loop: "functional" (python_backends.greedy_decode), or "generate" to compare with transformers.
+            decoder=params.get("decoder", "functional"),
         )
-        report(f"{args.get('model_name', 'svlm_generate')} ready: torch on {self.placement.description}")
+        report(
+            f"{args.get('model_name', 'svlm_generate')} ready: torch on {self.placement.description}, "
+            f"{self.generator.decoder} token loop"
+        )
 
     def _parse(self, request):
         from python_backends.generation import GenerationRequest

@@ -7,6 +7,7 @@ import torch
 from python_backends.errors import InputError
 from python_backends.generation import GenerationRequest, QwenVLGenerator, check_max_tokens
 from python_backends.image_processing import ImageProcessorSpec, preprocess
+from python_backends.prompts import Turn
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,9 @@ def _features(generator, image):
     spec = ImageProcessorSpec(image_size=112)
     pixels = torch.from_numpy(preprocess(image, spec))
     with torch.no_grad():
-        return generator.model.model.visual(pixels, grid_thw=torch.tensor([spec.grid_thw])).pooler_output.numpy()
+        return (
+            generator.model.model.visual(pixels, grid_thw=torch.tensor([spec.grid_thw])).pooler_output.float().numpy()
+        )
 
 
 def _reference_tokens(generator, image, question, max_new_tokens):
@@ -105,3 +108,119 @@ def test_cloud_path_generates_from_images(tiny_cloud_checkpoint, frames):
     height, width = cloud.model_input_size(frames[2])
     assert height % 28 == 0 and width % 28 == 0 and height * width <= 224 * 224
     assert abs(width / height - 451 / 300) < 0.1
+
+
+# -- the greedy decode loop against transformers' generate ---------------------------------------------------------
+
+LOOPS = ("functional", "modules")
+
+
+def _mixed_edge_batch(generator, frames):
+    """Prompts of different lengths (left padding), different max_tokens, with and without a focus image and history."""
+    history = [Turn("What is in the frame?", "A person near a car."), Turn("Which color?", "Red.")]
+    shape = [
+        ("What color is the car?", 24, 1, []),
+        ("How many cups are on the long wooden table today, and who put them there?", 5, 2, history),
+        ("Animal?", 17, 2, []),
+        ("Describe it.", 1, 1, history[:1]),
+        ("Is anyone walking toward the camera right now?", 30, 1, []),
+    ]
+    requests = []
+    for index, (question, tokens, images, turns) in enumerate(shape):
+        features = [_features(generator, frames[(index + i) % len(frames)]) for i in range(images)]
+        requests.append(GenerationRequest(question, tokens, image_features=features, history=turns))
+    return [generator.prepare_features(r) for r in requests]
+
+
+def _run(generator, decoder, batch, method="generate_from_features"):
+    """`method(batch)` with the generator's token loop set to `decoder` for the call."""
+    saved = generator.decoder
+    generator.decoder = decoder
+    try:
+        return getattr(generator, method)(batch)
+    finally:
+        generator.decoder = saved
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_loop_equals_generate_on_a_mixed_edge_batch(generator, frames, loop):
+    prepared = _mixed_edge_batch(generator, frames)
+    lengths = {len(p.prompt_ids) for p in prepared}
+    assert len(lengths) == len(prepared)  # every row padded differently
+    expected = _run(generator, "generate", prepared)
+    got = _run(generator, loop, prepared)
+    assert got == expected
+    assert [len(t) <= p.max_new_tokens for t, p in zip(got, prepared)] == [True] * len(prepared)
+    # Each row alone (no padding: the unmasked attention path) gives the same tokens.
+    for one, tokens in zip(prepared, expected):
+        assert _run(generator, loop, [one])[0] == tokens
+        assert _run(generator, "generate", [one])[0] == tokens
+
+
+def test_loop_is_the_default_decoder(generator):
+    assert generator.decoder == "functional"
+
+
+def test_rows_stop_at_their_own_end_token(generator, frames):
+    """A token that comes up mid-answer made an end token: rows stop there, others run on, as with generate."""
+    prepared = _mixed_edge_batch(generator, frames)
+    plain = _run(generator, "generate", prepared)
+    stop = plain[0][3]
+    config = generator.model.generation_config
+    saved_config, saved_ids = config.eos_token_id, set(generator.eos_token_ids)
+    config.eos_token_id = sorted(saved_ids | {stop})
+    generator.eos_token_ids = saved_ids | {stop}
+    try:
+        expected = _run(generator, "generate", prepared)
+        for loop in LOOPS:
+            assert _run(generator, loop, prepared) == expected
+    finally:
+        config.eos_token_id, generator.eos_token_ids = saved_config, saved_ids
+    assert expected[0] == plain[0][:3]
+    assert any(len(tokens) > 3 and stop not in tokens for tokens in expected)
+
+
+def test_loop_applies_the_checkpoints_repetition_penalty(generator, frames):
+    """Real Qwen2.5-VL checkpoints ask for a repetition penalty, which greedy generate applies."""
+    prepared = _mixed_edge_batch(generator, frames)
+    config = generator.model.generation_config
+    config.repetition_penalty = 1.5
+    try:
+        expected = _run(generator, "generate", prepared)
+        assert _run(generator, "functional", prepared) == expected
+    finally:
+        config.repetition_penalty = 1.0
+    assert expected != _run(generator, "generate", prepared)
+
+
+def test_unsupported_generation_settings_fall_back_to_generate(tiny_edge_checkpoint):
+    from transformers import GenerationConfig
+
+    from python_backends.greedy_decode import unsupported_generation_settings
+
+    assert unsupported_generation_settings(GenerationConfig(do_sample=False, repetition_penalty=1.05)) == []
+    assert unsupported_generation_settings(GenerationConfig(no_repeat_ngram_size=3)) == ["no_repeat_ngram_size=3"]
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        QwenVLGenerator(tiny_edge_checkpoint, decoder="fast")
+
+
+def test_loop_equals_generate_in_bfloat16(tiny_edge_checkpoint, frames):
+    half = QwenVLGenerator(tiny_edge_checkpoint, dtype="bfloat16")
+    prepared = _mixed_edge_batch(half, frames)
+    expected = _run(half, "generate", prepared)
+    assert half.generate_from_features(prepared) == expected
+
+
+def test_loop_equals_generate_on_the_cloud_checkpoint(tiny_cloud_checkpoint, frames):
+    cloud = QwenVLGenerator(tiny_cloud_checkpoint)
+    history = [Turn("What is it?", "A cat on a bed.")]
+    requests = [
+        GenerationRequest("Locate the cat.", 6, images=[frames[2]]),
+        GenerationRequest("How many people are in this picture and what are they holding?", 20, images=[frames[0]]),
+        GenerationRequest("Hi", 1, images=[frames[1]], history=history),
+        GenerationRequest("Describe the table.", 13, images=[frames[1], frames[2]]),
+    ]
+    expected = _run(cloud, "generate", requests, "generate_from_images")
+    for loop in LOOPS:
+        assert _run(cloud, loop, requests, "generate_from_images") == expected
+    assert [cloud.generate_from_images([r])[0] for r in requests] == expected
