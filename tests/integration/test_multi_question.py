@@ -1,0 +1,83 @@
+"""The cloud answers what the stream asks, over real servers: a frame sent to the cloud asks every standing question
+of its stream, and `lvlm` answers several prompts about one frame in one request."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from client.frame_sources import SyntheticSource
+from client.streaming import StreamSession
+from python_backends.image_processing import encode_jpeg
+from tests.integration.conftest import ServeProcess, _require_built
+
+FRAME_SIZE = (240, 320)
+CAR_Q, COLOUR_Q = "Where is the car?", "What colour is the car?"
+# Frames keep coming until the cloud has answered a frame that asked both questions; generous for a loaded machine.
+WAIT_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    _require_built()
+    server = ServeProcess("cloud", tmp_path_factory.mktemp("multi_question_cloud_logs")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory, cloud):
+    server = ServeProcess(
+        "edge", tmp_path_factory.mktemp("multi_question_edge_logs"), env={"SPOTVLM_CLOUD_URL": cloud.grpc_url}
+    ).start()
+    yield server
+    server.stop()
+
+
+def test_lvlm_answers_three_prompts_about_one_frame(cloud):
+    import tritonclient.grpc as grpcclient
+
+    frame = np.ascontiguousarray(next(iter(SyntheticSource(seed=3, size=FRAME_SIZE))))
+    prompts = [CAR_Q, COLOUR_Q, "How many cars are there?"]
+    image = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[encode_jpeg(frame)]], dtype=np.object_))
+    prompt = grpcclient.InferInput("PROMPT", [1, 3], "BYTES")
+    prompt.set_data_from_numpy(np.array([[p.encode() for p in prompts]], dtype=np.object_))
+    client = grpcclient.InferenceServerClient(cloud.grpc_url)
+    try:
+        result = client.infer("lvlm", [image, prompt])
+        texts, detections = result.as_numpy("TEXT"), result.as_numpy("DETECTIONS")
+        assert texts.shape == detections.shape == (1, 3)
+        assert all(isinstance(t, bytes) for t in texts[0])
+
+        empty = grpcclient.InferInput("PROMPT", [1, 2], "BYTES")
+        empty.set_data_from_numpy(np.array([[CAR_Q.encode(), b" "]], dtype=np.object_))
+        with pytest.raises(Exception, match="prompt 1 of 2: PROMPT is empty"):
+            client.infer("lvlm", [image, empty])
+    finally:
+        client.close()
+
+
+def test_a_stream_alternating_two_questions_holds_the_clouds_answer_to_both(edge):
+    frames = iter(SyntheticSource(seed=4, size=FRAME_SIZE))
+    session = StreamSession(edge.grpc_url, "grpc", 811, CAR_Q)
+    results = []
+    try:
+        results.append(session.send(next(frames), start=True, end=False))
+        deadline = time.monotonic() + WAIT_S
+        while results[-1].ok and (results[-1].context.cloud_questions or 0) < 2 and time.monotonic() < deadline:
+            session.prompt = COLOUR_Q if session.prompt == CAR_Q else CAR_Q
+            results.append(session.send(next(frames), start=False, end=False))
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        assert results[-1].context.cloud_questions == 2, [r.context for r in results[-5:]]
+        # Each question now finds the cloud's answer to itself (CONTEXT names the frame it came from).
+        for question in (CAR_Q, COLOUR_Q):
+            session.prompt = question
+            answered = session.send(next(frames), start=False, end=False)
+            assert answered.ok, answered.error
+            assert answered.context.context_frame is not None and answered.context.cloud_questions == 2
+    finally:
+        session.send(next(frames), start=False, end=True)
+        session.close()
