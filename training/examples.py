@@ -54,6 +54,9 @@ class MixConfig:
     same_question_fraction: float = 0.75  # history turns that asked the current question
     latencies_s: tuple[float, ...] = BENCHMARK_LATENCIES_S
     coordinate_bin: int = 4
+    # The context as spotvlm serves it with focus_tracking on: the cloud's boxes carried to the current frame, the
+    # history tagged tracked/lost with how much the region changed. Off: the paper's method.
+    tracking: bool = False
 
     def __post_init__(self) -> None:
         for name in ("history_fraction", "focus_fraction", "same_question_fraction"):
@@ -71,7 +74,10 @@ class MixConfig:
 # Every history turn asks the current question: spotvlm's history holds only answers to the question being asked
 # (context_match), so an edge that also learned to ignore histories about other questions would only learn to trust
 # its history less.
-EDGE_MIX = MixConfig(history_fraction=0.4, focus_fraction=0.3, same_question_fraction=1.0, coordinate_bin=2)
+# The edge learns on the context spotvlm serves by default: cloud boxes tracked to its frame (focus_tracking on).
+EDGE_MIX = MixConfig(
+    history_fraction=0.4, focus_fraction=0.3, same_question_fraction=1.0, coordinate_bin=2, tracking=True
+)
 CLOUD_MIX = MixConfig()
 
 
@@ -183,12 +189,13 @@ def build_examples(
     seed: int,
     fixed_age_s: float | None = None,
     truth: TruthIndex | None = None,
-    tracking: bool = False,
+    tracking: bool | None = None,
 ) -> list[ModelExample]:
     """Model examples for `dataset`, deterministic for a seed. `fixed_age_s` gives every example a same-question
     history turn of that age (where the question was answerable then): the evaluation of context's effect.
     `tracking`: the context as spotvlm serves it with `focus_tracking` on (the cloud's boxes carried to the frame);
-    off, as with it off, which is how the default checkpoints were trained."""
+    off, as with it off; None: as `mix` says."""
+    tracking = mix.tracking if tracking is None else tracking
     rng = np.random.default_rng(seed)
     truth = truth or TruthIndex()
     # Questions of one frame are consecutive: keeping only the last frame decoded bounds memory.

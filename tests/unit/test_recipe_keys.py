@@ -17,14 +17,14 @@ from training.fresh_frames import FreshCurriculum
 from training.tower_pretraining import TowerPretrainConfig
 
 GOLDEN_KEYS = {
-    "edge": ("5045f5970c99cecd", lambda: pipeline.recipe("edge", 6)),
-    "cloud": ("b87b4aa6889584ee", lambda: pipeline.recipe("cloud", 24)),
-    "edge in fp32": ("9b1523363990b907", lambda: pipeline.recipe("edge", 6, precision="fp32")),
-    "edge, benchmark vocabulary": ("dde820c90ccbfb17", lambda: pipeline.recipe("edge", 6, vocabulary="benchmark")),
-    "cloud, constant tower rate": ("031f6405c854641d", lambda: pipeline.recipe("cloud", 24, tower_final_lr_fraction=1)),
-    "cloud, plain number loss": ("6271807239c552dc", lambda: pipeline.recipe("cloud", 24, number_distance_weight=0)),
-    "cloud, 5000 steps on cuda": ("c759f73cf6df964b", lambda: pipeline.recipe("cloud", 24, steps=5000, device="cuda")),
-    "cloud, end to end": ("07a9273961d71237", lambda: pipeline.recipe("cloud", 24, tower_steps=0)),
+    "edge": ("05b0807279a77465", lambda: pipeline.recipe("edge", 6)),
+    "cloud": ("909755c1ea9cfdb5", lambda: pipeline.recipe("cloud", 24)),
+    "edge in fp32": ("1fccf5247a761e67", lambda: pipeline.recipe("edge", 6, precision="fp32")),
+    "edge, benchmark vocabulary": ("c36fb14dcf794d59", lambda: pipeline.recipe("edge", 6, vocabulary="benchmark")),
+    "cloud, constant tower rate": ("07530e7aa00c9420", lambda: pipeline.recipe("cloud", 24, tower_final_lr_fraction=1)),
+    "cloud, plain number loss": ("e8285e48dd175f3d", lambda: pipeline.recipe("cloud", 24, number_distance_weight=0)),
+    "cloud, 5000 steps on cuda": ("f8bfd055f3867a5d", lambda: pipeline.recipe("cloud", 24, steps=5000, device="cuda")),
+    "cloud, end to end": ("c602a7eb26e409ce", lambda: pipeline.recipe("cloud", 24, tower_steps=0)),
 }
 
 
