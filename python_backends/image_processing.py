@@ -4,6 +4,12 @@ The edge vision tower is exported to ONNX for one fixed square input size, so ev
 that size. From there the steps are exactly those of transformers' `Qwen2VLImageProcessorPil` (bicubic resize,
 rescale in float64 then float32, normalise, patchify with the temporal axis broadcast), which the unit tests
 check bit-for-bit. Keeping this in numpy avoids importing transformers (and torch) in the preprocess model.
+
+Speed on the frame's path: JPEG/PNG decoding and JPEG encoding use OpenCV (2-3x faster than PIL, the same pixels
+on decode; PIL still reads the header, so the format and pixel checks come before any decoding). The resize stays
+PIL's: OpenCV's bicubic has no antialiasing and differs from the processor's. Rescale and normalise are one lookup
+per channel (a uint8 has 256 values), applied after patchifying the uint8 pixels: the same float32 numbers as the
+arithmetic, for a fraction of its time.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -97,6 +104,18 @@ def validate_image_array(image: np.ndarray, max_pixels: int) -> np.ndarray:
     return image
 
 
+def _opencv_decode(data: bytes, image_format: str, mode: str) -> np.ndarray | None:
+    """OpenCV's decode where it gives PIL's pixels (8-bit RGB or grey JPEG, 8-bit RGB PNG), else None."""
+    if (image_format, mode) not in (("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB")):
+        return None
+    if image_format == "JPEG" and not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+        return None  # no end marker: maybe cut short, which OpenCV fills with grey and PIL reports
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def decode_image_bytes(data: bytes, max_pixels: int) -> np.ndarray:
     """Decodes JPEG/PNG bytes to UINT8 RGB [H, W, 3]; raises InputError on anything undecodable."""
     if not data:
@@ -107,8 +126,10 @@ def decode_image_bytes(data: bytes, max_pixels: int) -> np.ndarray:
             width, height = img.size
             if width * height > max_pixels:
                 raise InputError(f"IMAGE_BYTES decodes to {height}x{width} pixels, over the limit of {max_pixels}")
-            img.load()  # forces a full decode, so truncated files fail here and not later
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            array = _opencv_decode(data, img.format, img.mode)
+            if array is None or array.shape[:2] != (height, width):
+                img.load()  # forces a full decode, so truncated files fail here and not later
+                array = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -122,9 +143,12 @@ def decode_image_bytes(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+    """JPEG bytes of UINT8 RGB [H, W, 3] (4:2:0 chroma, as PIL writes it)."""
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {list(image.shape)} image as JPEG")
+    return encoded.tobytes()
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -134,8 +158,8 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), resample=Image.Resampling.BICUBIC))
 
 
-def patchify(image_chw: np.ndarray, spec: ImageProcessorSpec) -> np.ndarray:
-    """[C, H, W] float32 -> [num_patches, patch_dim] in the Qwen2-VL merge-window order."""
+def patchify(image_chw: np.ndarray, spec: ImageProcessorSpec, dtype=np.float32) -> np.ndarray:
+    """[C, H, W] -> [num_patches, patch_dim] `dtype` in the Qwen2-VL merge-window order."""
     channels, height, width = image_chw.shape
     p, m, t = spec.patch_size, spec.merge_size, spec.temporal_patch_size
     grid_h, grid_w = height // p, width // p
@@ -143,15 +167,28 @@ def patchify(image_chw: np.ndarray, spec: ImageProcessorSpec) -> np.ndarray:
     patches = patches.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh, gw, mh, mw, C, ph, pw)
     # A still image is its own temporal pair: repeat it along the temporal patch axis.
     patches = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], t, p, p))
-    return np.ascontiguousarray(patches.reshape(grid_h * grid_w, channels * t * p * p), dtype=np.float32)
+    return np.ascontiguousarray(patches.reshape(grid_h * grid_w, channels * t * p * p), dtype=dtype)
+
+
+def _normalise_table(spec: ImageProcessorSpec) -> np.ndarray:
+    """[3, 256] float32: every uint8 value of each channel rescaled (float64 then float32) and normalised (float32),
+    the processor's arithmetic done once for all 256 values."""
+    values = (np.arange(256, dtype=np.float64) * spec.rescale_factor).astype(np.float32)
+    mean = np.asarray(spec.image_mean, dtype=np.float32)[:, None]
+    std = np.asarray(spec.image_std, dtype=np.float32)[:, None]
+    return (values[None, :] - mean) / std
+
+
+_TABLES: dict[ImageProcessorSpec, np.ndarray] = {}
 
 
 def preprocess(image: np.ndarray, spec: ImageProcessorSpec) -> np.ndarray:
     """UINT8 RGB [H, W, 3] of any size -> float32 pixel rows [num_patches, patch_dim] for the vision tower."""
+    table = _TABLES.get(spec)
+    if table is None:
+        table = _TABLES[spec] = _normalise_table(spec)
     resized = resize_square(image, spec.image_size)
-    chw = resized.transpose(2, 0, 1)
-    scaled = (chw.astype(np.float64) * spec.rescale_factor).astype(np.float32)
-    mean = np.asarray(spec.image_mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.image_std, dtype=np.float32)[:, None, None]
-    normalized = (scaled - mean) / std
-    return patchify(normalized, spec)
+    # Patchify the uint8 pixels (a quarter of the bytes to move), then look each one up in its channel's table.
+    rows = patchify(resized.transpose(2, 0, 1), spec, dtype=np.uint8)
+    channel_offset = np.repeat(np.arange(3, dtype=np.intp) * 256, rows.shape[1] // 3)
+    return np.take(table.reshape(-1), rows + channel_offset)

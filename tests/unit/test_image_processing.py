@@ -113,3 +113,55 @@ def test_decode_rejects_bad_bytes(data, message):
 def test_decode_checks_pixel_limit_before_decoding():
     with pytest.raises(InputError, match="over the limit"):
         decode_image_bytes(encode_jpeg(_photo("coffee"), 90), max_pixels=1000)
+
+
+def _pil_decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+@pytest.mark.parametrize("quality", [50, 90])
+def test_opencv_decode_gives_pils_pixels(name, quality):
+    image = _photo(name)
+    for data in (encode_jpeg(image, quality), _pil_jpeg(image, quality)):
+        np.testing.assert_array_equal(decode_image_bytes(data, 10**7), _pil_decode(data))
+
+
+def _pil_jpeg(image, quality, **options):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, **options)
+    return buffer.getvalue()
+
+
+def test_decode_grey_jpeg_and_rgba_png_as_pil_does():
+    grey = _pil_jpeg(_photo("camera"), 90)
+    decoded = decode_image_bytes(grey, 10**7)
+    assert decoded.shape == (512, 512, 3)
+    np.testing.assert_array_equal(decoded, _pil_decode(grey))
+    rgba = io.BytesIO()
+    Image.fromarray(np.dstack([_photo("coffee"), np.full((400, 600), 128, np.uint8)])).save(rgba, format="PNG")
+    np.testing.assert_array_equal(decode_image_bytes(rgba.getvalue(), 10**7), _photo("coffee"))
+
+
+def test_decode_ignores_exif_orientation_like_pil():
+    image = _photo("coffee")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90": PIL leaves the pixels as stored, and so must the OpenCV path
+    data = _pil_jpeg(image, 90, exif=exif.tobytes())
+    decoded = decode_image_bytes(data, 10**7)
+    assert decoded.shape == image.shape
+    np.testing.assert_array_equal(decoded, _pil_decode(data))
+
+
+def test_jpeg_with_bytes_after_its_end_marker_still_decodes():
+    data = encode_jpeg(_photo("coffee"), 90)
+    np.testing.assert_array_equal(decode_image_bytes(data + b"trailer", 10**7), _pil_decode(data))
+
+
+def test_encode_jpeg_is_readable_by_pil_at_the_asked_quality():
+    image = _photo("chelsea")
+    small, large = encode_jpeg(image, 30), encode_jpeg(image, 95)
+    assert len(small) < len(large)
+    assert _pil_decode(large).shape == image.shape
+    assert np.abs(_pil_decode(large).astype(int) - image).mean() < np.abs(_pil_decode(small).astype(int) - image).mean()
