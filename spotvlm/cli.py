@@ -150,7 +150,8 @@ def _stream_videos(args: argparse.Namespace):
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from client.streaming import DEFAULT_PROMPT, print_summary, run_streams, summarize
+    from client.stream_report import print_summary, summarize
+    from client.streaming import DEFAULT_PROMPT, run_streams
 
     if args.start and args.url:
         print("spotvlm stream: --start picks its own ports; drop --url", file=sys.stderr)

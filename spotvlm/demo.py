@@ -117,7 +117,8 @@ def stream_demo(edge_grpc_url: str, seconds: float = 6.0, fps: float = 5.0, dela
     import io
 
     from client.frame_sources import SyntheticSource
-    from client.streaming import print_summary, run_streams, summarize
+    from client.stream_report import print_summary, summarize
+    from client.streaming import run_streams
 
     print(
         f"\nContext transfer: 2 streams at {fps:g} fps for {seconds:g} s to `spotvlm`; the cloud's answers arrive"

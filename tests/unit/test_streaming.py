@@ -15,11 +15,10 @@ from PIL import Image
 from spotvlm import cli
 from client.frame_sources import ImageDirSource, SyntheticSource
 from client.launcher import free_ports
+from client.frame_result import FrameResult
+from client.stream_report import ProgressBoard, format_summary, summarize
 from client.streaming import (
-    FrameResult,
-    ProgressBoard,
     StreamSession,
-    format_summary,
     frame_count,
     needs_restart,
     pacing_delay,
@@ -27,7 +26,6 @@ from client.streaming import (
     run_streams,
     scheduled_time,
     stream_offsets,
-    summarize,
 )
 from client.triton_client import ClientError, decode_text, text_tensor
 from python_backends.context.report import ContextReport
