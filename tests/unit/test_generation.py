@@ -224,3 +224,19 @@ def test_loop_equals_generate_on_the_cloud_checkpoint(tiny_cloud_checkpoint, fra
     for loop in LOOPS:
         assert _run(cloud, loop, requests, "generate_from_images") == expected
     assert [cloud.generate_from_images([r])[0] for r in requests] == expected
+
+
+def test_left_padding_matches_the_tokenizers(generator, frames, monkeypatch):
+    prepared = _mixed_edge_batch(generator, frames)
+    prompt_ids = [p.prompt_ids for p in prepared]
+    expected = generator.tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
+    seen = {}
+
+    def capture(model, input_ids, attention_mask, *args, **kwargs):
+        seen["input_ids"], seen["attention_mask"] = input_ids, attention_mask
+        return [[] for _ in prompt_ids]
+
+    monkeypatch.setattr("python_backends.greedy_decode.greedy_generate", capture)
+    generator.generate_ids(prompt_ids, [1] * len(prompt_ids))
+    assert torch.equal(seen["input_ids"], expected.input_ids)
+    assert torch.equal(seen["attention_mask"], expected.attention_mask)
