@@ -32,10 +32,16 @@ import numpy as np
 from evaluation.questions import ANSWER_TYPES, REGIONS, TASKS, QuestionConfig, QuestionSchedule
 from evaluation.scenes import Scene, SceneConfig
 
-SPLITS = ("train", "test")
-# Disjoint seed ranges keep the held-out test videos out of training: test seeds 1..999, train seeds 1000 and up.
+SPLITS = ("train", "validation", "test")
+# Disjoint seed ranges keep the held-out videos apart: test seeds 1..499, validation seeds 500..999 (recipes,
+# thresholds and options are chosen on these; the test split only produces reported figures), train seeds 1000 up.
 TEST_SEED_START = 1
+VALIDATION_SEED_START = 500
 TRAIN_SEED_START = 1000
+SEED_RANGES = {
+    "test": (TEST_SEED_START, VALIDATION_SEED_START),
+    "validation": (VALIDATION_SEED_START, TRAIN_SEED_START),
+}
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 REQUIRED_FIELDS = ("id", "split", "video", "frame_index", "time_s", "question", "answer", "task", "answer_type")
 OPTIONAL_FIELDS = ("meta",)  # free-form JSON object: the generator puts target object ids and the scene seed there
@@ -91,15 +97,18 @@ def default_seeds(split: str, count: int) -> list[int]:
     """The first `count` seeds of a split's range."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    start = TEST_SEED_START if split == "test" else TRAIN_SEED_START
+    start = SEED_RANGES[split][0] if split in SEED_RANGES else TRAIN_SEED_START
+    if split in SEED_RANGES and start + count > SEED_RANGES[split][1]:
+        raise ValueError(f"the {split} split has {SEED_RANGES[split][1] - start} seeds, not {count}")
     return list(range(start, start + count))
 
 
 def check_seeds(split: str, seeds: Sequence[int]) -> None:
-    """Refuse seeds from the other split's range: a test video must never be a training video."""
-    if split == "test":
-        wrong = [s for s in seeds if not TEST_SEED_START <= s < TRAIN_SEED_START]
-        allowed = f"{TEST_SEED_START}..{TRAIN_SEED_START - 1}"
+    """Refuse seeds from another split's range: a test video must never be a validation or training video."""
+    if split in SEED_RANGES:
+        first, end = SEED_RANGES[split]
+        wrong = [s for s in seeds if not first <= s < end]
+        allowed = f"{first}..{end - 1}"
     elif split == "train":
         wrong = [s for s in seeds if s < TRAIN_SEED_START]
         allowed = f">= {TRAIN_SEED_START}"

@@ -1,13 +1,16 @@
-"""The five answering policies of the evaluation, as pure logic.
+"""The seven answering policies of the evaluation, as pure logic.
 
-Four run inside `spotvlm` and differ only in request parameters (`policy_request_parameters`); they form a 2x2 of
-text context (the stream's history, with the LVLM's answers replacing the SVLM's) by visual focus:
+Five run inside `spotvlm` and differ only in request parameters (`policy_request_parameters`); the first four form a
+2x2 of text context (the stream's history, with the LVLM's answers replacing the SVLM's) by visual focus, and the
+fifth is context transfer without tracking (`focus_tracking`; the others take the edge's configured default):
 
     policy              use_context  text_context  focus             what the SVLM sees
     edge_only           false        -             off               the frame alone
     replacement_only    true         true          off               the frame + the replaced text history
     focus_only          true         false         auto              the frame or a crop where the LVLM saw the objects
-    context_transfer    true         true          auto              both
+    context_transfer    true         true          auto              both, the cloud's boxes tracked to the frame
+    context_transfer_no_tracking  (as context_transfer, focus_tracking off: the paper's method, the cloud's boxes
+                                  where it saw them)
 
 `auto` is the edge's configured `focus_mode` (and `focus_questions`): the form of crop must be the one its SVLM
 takes. The trained tiny edge learned a crop alone in place of the frame on recognition questions, and
@@ -27,9 +30,13 @@ and silently runs `focus_only` as `context_transfer`; `policy_violations` catche
 Why no history at all rather than the SVLM's own unreplaced turns: `edge_only` has no history, so `focus_only` then
 differs from `edge_only` by the crop alone, and `context_transfer` from `replacement_only` by the crop alone.
 
-The fifth, `cloud_stale`, is client-side: the newest cloud answer that has arrived by the frame's time, else the edge
-answer. `CloudStaleReplayer` replays it from per-frame cloud answers and a `LatencyModel`. Its edge fallback is
-`edge_only`'s answer to the same frame, so it needs no spotvlm run of its own.
+Two more are client-side, neither a spotvlm run of its own; before any cloud answer both show `edge_only`'s answer:
+
+- `cloud_stale`: for the question asked at a frame, the newest cloud answer to that question that the
+  context_transfer run's cloud link had received by then (CONTEXT's `cloud_answer`): the same frames, arrival times
+  and questions the edge's context came from;
+- `cloud_stale_ideal`: the cloud's zero-delay answer to the question on the newest frame whose answer would have
+  arrived, every frame sent; `CloudStaleReplayer` replays it from per-frame cloud answers and a `LatencyModel`.
 """
 
 from __future__ import annotations
@@ -47,14 +54,31 @@ CLOUD_STALE = "cloud_stale"
 REPLACEMENT_ONLY = "replacement_only"
 FOCUS_ONLY = "focus_only"
 CONTEXT_TRANSFER = "context_transfer"
+CONTEXT_TRANSFER_NO_TRACKING = "context_transfer_no_tracking"
+CLOUD_STALE_IDEAL = "cloud_stale_ideal"
 # Not a policy: the cloud model answering each frame itself with no delay, the top of the "gap closed" ratio.
 CLOUD_REFERENCE = "cloud"
 
-POLICIES: tuple[str, ...] = (EDGE_ONLY, CLOUD_STALE, REPLACEMENT_ONLY, FOCUS_ONLY, CONTEXT_TRANSFER)
-SPOTVLM_POLICIES: tuple[str, ...] = (EDGE_ONLY, REPLACEMENT_ONLY, FOCUS_ONLY, CONTEXT_TRANSFER)
-CLIENT_POLICIES: tuple[str, ...] = (CLOUD_STALE,)
+POLICIES: tuple[str, ...] = (
+    EDGE_ONLY,
+    CLOUD_STALE,
+    CLOUD_STALE_IDEAL,
+    REPLACEMENT_ONLY,
+    FOCUS_ONLY,
+    CONTEXT_TRANSFER_NO_TRACKING,
+    CONTEXT_TRANSFER,
+)
+SPOTVLM_POLICIES: tuple[str, ...] = (
+    EDGE_ONLY,
+    REPLACEMENT_ONLY,
+    FOCUS_ONLY,
+    CONTEXT_TRANSFER_NO_TRACKING,
+    CONTEXT_TRANSFER,
+)
+CLIENT_POLICIES: tuple[str, ...] = (CLOUD_STALE, CLOUD_STALE_IDEAL)
 
 TEXT_CONTEXT = "text_context"  # spotvlm's switch for the text history alone (module docstring)
+FOCUS_TRACKING = "focus_tracking"  # spotvlm's switch for tracking the cloud's boxes to the current frame
 
 # The one place where policies meet spotvlm's request parameters.
 _REQUEST_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -62,25 +86,33 @@ _REQUEST_PARAMETERS: dict[str, dict[str, Any]] = {
     REPLACEMENT_ONLY: {"use_context": True, TEXT_CONTEXT: True, "focus": "off"},
     # "auto": the edge's configured focus_mode, the form of crop its SVLM takes (a trained tiny edge: crop_only).
     FOCUS_ONLY: {"use_context": True, TEXT_CONTEXT: False, "focus": "auto"},
-    CONTEXT_TRANSFER: {"use_context": True, TEXT_CONTEXT: True, "focus": "auto"},
+    CONTEXT_TRANSFER: {"use_context": True, TEXT_CONTEXT: True, "focus": "auto", FOCUS_TRACKING: True},
+    CONTEXT_TRANSFER_NO_TRACKING: {"use_context": True, TEXT_CONTEXT: True, "focus": "auto", FOCUS_TRACKING: False},
 }
 
 POLICY_DESCRIPTIONS: dict[str, str] = {
     EDGE_ONLY: "the edge model on the frame alone",
-    CLOUD_STALE: "the newest cloud answer that has arrived by the frame's time, else the edge answer",
+    CLOUD_STALE: "the newest cloud answer to the question that context_transfer's link had received, else the edge"
+    " answer",
+    CLOUD_STALE_IDEAL: "the cloud's zero-delay answer on the newest frame whose answer would have arrived, else the"
+    " edge answer (idealised)",
     REPLACEMENT_ONLY: "the edge model with the text history, the cloud's answers replacing its own",
     FOCUS_ONLY: "the edge model on the frame plus a crop where the cloud last saw the objects",
-    CONTEXT_TRANSFER: "the edge model with both: replaced text history and the focus crop",
+    CONTEXT_TRANSFER: "the edge model with both: replaced text history and the focus crop, the cloud's boxes tracked"
+    " to the current frame",
+    CONTEXT_TRANSFER_NO_TRACKING: "context_transfer without tracking: the cloud's boxes where it saw them (the paper's"
+    " method)",
     CLOUD_REFERENCE: "the cloud model answering the current frame with no delay (reference)",
 }
 
 
 def policy_request_parameters(policy: str) -> dict[str, Any]:
     """spotvlm's request parameters for `policy` (a fresh dict; add max_tokens / cloud_delay as needed)."""
-    if policy == CLOUD_STALE:
+    if policy in CLIENT_POLICIES:
         raise ValueError(
-            "cloud_stale is client-side: replay it with CloudStaleReplayer from the cloud's answers and "
-            "edge_only's answers; it has no spotvlm request parameters"
+            f"{policy} is client-side, from the cloud answers context_transfer's link received (cloud_stale) or the"
+            " cloud's zero-delay answers (cloud_stale_ideal), and edge_only's answers; it has no spotvlm request"
+            " parameters"
         )
     try:
         return dict(_REQUEST_PARAMETERS[policy])
@@ -107,6 +139,11 @@ def policy_violations(policy: str, context: ContextReport) -> list[str]:
         )
     if not params["use_context"] and context.has_context:
         problems.append(f"{policy}: used cloud context from frame {context.context_frame}, expected none")
+    if params.get(FOCUS_TRACKING) is False and (context.tracked is not None or context.focus_tracked is not None):
+        problems.append(
+            f"{policy}: the cloud's boxes were tracked (tracked {context.tracked}, focus_tracked"
+            f" {context.focus_tracked}), expected focus_tracking off"
+        )
     return problems
 
 

@@ -5,7 +5,9 @@ Per (task, policy, latency) the report gives accuracy with a 95% Wilson interval
 Records with policy `cloud` (policies.CLOUD_REFERENCE) are the cloud model answering each frame itself with no
 delay; they are pooled per task into the reference accuracy acc(cloud at 0 delay), whatever latency they name.
 
-The headline, at each latency L and per task (and over all questions pooled):
+The report leads with the paired differences: acc(context_transfer) − acc(baseline) for cloud_stale, edge_only and
+context transfer without tracking, per latency (all tasks, then per task), with a 95% interval by bootstrap over
+videos (evaluation.paired). Then, at each latency L and per task (and over all questions pooled):
 
     gap closed(L) = (acc(context_transfer, L) - acc(edge_only, L)) / (acc(cloud at 0 delay) - acc(edge_only, L))
 
@@ -22,14 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.latency import LatencySetting
-from evaluation.report_csv import CSV_COLUMNS, GAP_CSV_COLUMNS, write_csv, write_gap_csv
+from evaluation.report_csv import (
+    CSV_COLUMNS,
+    DIFFERENCE_CSV_COLUMNS,
+    GAP_CSV_COLUMNS,
+    write_csv,
+    write_difference_csv,
+    write_gap_csv,
+)
+from evaluation.report_json import write_json
 from evaluation.report_markdown import markdown_report
 from evaluation.report_plots import plot_accuracy, plot_context_age, plot_gap_closed
 from evaluation.summary import (
     AGE_BUCKETS_S,
     ALL_TASKS,
     CONTEXT_GROUPS,
+    DIFFERENCE_PAIRS,
     Cell,
+    Difference,
     EvalRecord,
     GapClosed,
     Summary,
@@ -42,6 +54,9 @@ __all__ = [
     "ALL_TASKS",
     "CONTEXT_GROUPS",
     "CSV_COLUMNS",
+    "DIFFERENCE_CSV_COLUMNS",
+    "DIFFERENCE_PAIRS",
+    "Difference",
     "GAP_CSV_COLUMNS",
     "Cell",
     "EvalRecord",
@@ -67,6 +82,8 @@ class ReportFiles:
     accuracy_png: Path
     gap_png: Path
     context_png: Path | None = None  # only when spotvlm records carry context states
+    difference_csv: Path | None = None
+    json: Path | None = None
 
 
 def write_report(
@@ -76,7 +93,8 @@ def write_report(
     title: str = "SpotVLM evaluation",
     notes: Sequence[str] = (),
 ) -> ReportFiles:
-    """Writes report.md, results.csv, gap_closed.csv, accuracy.png and gap_closed.png into `out_dir`."""
+    """Writes report.md, results.json, differences.csv, results.csv, gap_closed.csv, accuracy.png and gap_closed.png
+    (and context_age.png when the records carry context states) into `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records, settings)
@@ -96,4 +114,6 @@ def write_report(
         accuracy_png,
         gap_png,
         context_png,
+        write_difference_csv(summary, out / "differences.csv"),
+        write_json(summary, out / "results.json", title, notes),
     )

@@ -1,4 +1,5 @@
-"""The evaluation results as CSV: one row per (task, policy, latency), and the gap closed per (task, latency)."""
+"""The evaluation results as CSV: one row per (task, policy, latency), the gap closed per (task, latency), and the
+paired differences per (comparison, task, latency)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ CSV_COLUMNS = (
     "edge_p99_ms",
 )
 GAP_CSV_COLUMNS = ("task", "latency", "gap_closed", "edge_only", "context_transfer", "cloud_0_delay", "reason")
+DIFFERENCE_CSV_COLUMNS = (
+    "policy",
+    "baseline",
+    "task",
+    "latency",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "questions",
+    "videos",
+    "reason",
+)
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -74,6 +87,31 @@ def write_gap_csv(summary: Summary, path: str | Path) -> Path:
                     _number(gap.context_transfer),
                     _number(gap.cloud),
                     gap.reason or "",
+                ]
+            )
+    return path
+
+
+def write_difference_csv(summary: Summary, path: str | Path) -> Path:
+    """One row per paired comparison, task (or `all`) and latency: acc(policy) − acc(baseline) and its interval."""
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(DIFFERENCE_CSV_COLUMNS)
+        for difference in summary.differences:
+            interval = difference.interval
+            writer.writerow(
+                [
+                    difference.policy,
+                    difference.baseline,
+                    difference.task,
+                    difference.latency,
+                    _number(interval.estimate),
+                    _number(interval.low),
+                    _number(interval.high),
+                    interval.questions,
+                    interval.videos,
+                    interval.reason or "",
                 ]
             )
     return path

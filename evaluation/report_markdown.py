@@ -1,4 +1,5 @@
-"""The evaluation report as markdown, leading with the gap closed by context transfer."""
+"""The evaluation report as markdown, leading with context transfer's paired differences against the baselines,
+then the gap closed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 from evaluation.policies import CLOUD_REFERENCE, EDGE_ONLY, POLICY_DESCRIPTIONS
-from evaluation.summary import ALL_TASKS, CONTEXT_GROUPS, Cell, Summary
+from evaluation.questions import ANSWER_TYPES
+from evaluation.summary import ALL_TASKS, CONTEXT_GROUPS, DIFFERENCE_PAIRS, Cell, Difference, Summary
 
 
 def _ms(value: float | None) -> str:
@@ -27,6 +29,55 @@ def _accuracy_text(cell: Cell | None, with_n: bool) -> str:
     return f"{text} (n={cell.n})" if with_n else text
 
 
+def _task_label(task: str) -> str:
+    """A task family's name, the box-answer family said so."""
+    return f"{task} (boxes)" if ANSWER_TYPES.get(task) == "box" else task
+
+
+def _difference_text(difference: Difference | None) -> str:
+    if difference is None or difference.interval.estimate is None:
+        return "–"
+    interval = difference.interval
+    text = f"{interval.estimate * 100:+.1f}"
+    if interval.low is not None and interval.high is not None:
+        text += f" [{interval.low * 100:+.1f}, {interval.high * 100:+.1f}]"
+    return text
+
+
+def _differences_section(summary: Summary) -> list[str]:
+    found = {(d.policy, d.baseline, d.task, d.latency): d for d in summary.differences}
+    pairs = [(p, b) for p, b in DIFFERENCE_PAIRS if any(k[:2] == (p, b) for k in found)]
+    if not pairs:
+        return []
+    lines = ["## Context transfer against the baselines (paired, 95% bootstrap interval over videos)", ""]
+    some = next(iter(summary.differences)).interval
+    lines += [
+        "acc(policy) − acc(baseline) in points, on the same questions (each question answered by both at that"
+        " latency); [interval]: 2.5th and 97.5th percentiles of the difference over resampled videos (questions of"
+        f" one video are not independent). All tasks: {some.questions} question(s) on {some.videos} video(s) at the"
+        " first latency.",
+        "",
+    ]
+    header = ["cloud latency"] + [f"{p} − {b}" for p, b in pairs]
+    rows = [
+        [summary.latency_label(latency)] + [_difference_text(found.get((p, b, ALL_TASKS, latency))) for p, b in pairs]
+        for latency in summary.latencies
+    ]
+    lines += _table(header, rows)
+    for policy, baseline in pairs:
+        lines += ["", f"### {policy} − {baseline}, per task", ""]
+        rows = [
+            [summary.latency_label(latency)]
+            + [_difference_text(found.get((policy, baseline, task, latency))) for task in summary.tasks]
+            for latency in summary.latencies
+        ]
+        lines += _table(["cloud latency"] + [_task_label(t) for t in summary.tasks], rows)
+    reasons = sorted({d.interval.reason for d in summary.differences if d.interval.reason})
+    if reasons:
+        lines += ["", "No interval or no difference where:"] + [f"- {reason}" for reason in reasons]
+    return lines + [""]
+
+
 def markdown_report(
     summary: Summary,
     title: str = "SpotVLM evaluation",
@@ -35,7 +86,7 @@ def markdown_report(
 ) -> str:
     """The report as markdown, leading with the gap closed. `plots` maps a caption to an image path (relative)."""
     tasks_and_all = summary.tasks + [ALL_TASKS]
-    lines = [f"# {title}", "", "## Gap closed by context transfer", ""]
+    lines = [f"# {title}", ""] + _differences_section(summary) + ["## Gap closed by context transfer", ""]
     lines += [
         "gap closed = (acc(context_transfer) − acc(edge_only)) / (acc(cloud at 0 delay) − acc(edge_only)), at each"
         " cloud latency. 1: context transfer is as accurate as the cloud answering the current frame at once;"
@@ -76,7 +127,7 @@ def markdown_report(
         task_cells = [c for (t, _, _), c in summary.cells.items() if t == task]
         counts = {c.n for c in task_cells}
         same_n = len(counts) == 1
-        lines += ["", f"### {task}", ""]
+        lines += ["", f"### {_task_label(task)}", ""]
         if same_n:
             lines += [f"{counts.pop()} questions per cell.", ""]
         rows = [

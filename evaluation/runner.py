@@ -5,8 +5,13 @@ How a video is replayed: the frames that carry questions form one Triton sequenc
 each frame sent at its `time_s` after the stream's start (so a dataset that asks every k-th frame is paced by its
 own times), one request per question (a frame with two questions is sent twice, back to back).
 
-`cloud_stale` shows, for the question asked at frame j, the cloud's answer to that same question on the newest frame
-k whose answer has arrived by j's time (policies.replay_cloud_stale over the video's frames, every frame sent, as
+`cloud_stale` shows, for the question asked at frame j, the newest answer to that question that the context_transfer
+run's cloud link had received when frame j came (its CONTEXT's `cloud_answer`: the same frames, arrival times and
+questions the edge's context came from), its boxes moved from the image the cloud saw to the frame's pixels; before
+any, edge_only's answer to frame j (`received_cloud_stale_answers`).
+
+`cloud_stale_ideal` is the idealised replay: the cloud's answer to that same question on the newest frame k whose
+answer would have arrived by j's time (policies.replay_cloud_stale over the video's frames, every frame sent, as
 the edge does with a high `cloud_max_inflight`), and edge_only's answer before any has. The cloud's answers are its
 zero-delay answers: for k == j the cloud reference's own answer, otherwise one more cloud request (k, question),
 asked once and shared by every latency that needs it.
@@ -30,6 +35,7 @@ from evaluation.latency import LatencySetting, constant_setting, latency_model
 from evaluation.policies import (
     CLOUD_REFERENCE,
     CLOUD_STALE,
+    CLOUD_STALE_IDEAL,
     SPOTVLM_POLICIES,
     ReplayFrame,
     policy_request_parameters,
@@ -203,7 +209,9 @@ def records_for(
         latency_ms = answer.latency_ms if answer is not None and policy != CLOUD_REFERENCE else None
         age = answer.context.context_age_ms if answer is not None else None
         state = states.get(example.id) if states is not None else None
-        records.append(EvalRecord(example.task, policy, latency, correct, latency_ms, age, state))
+        records.append(
+            EvalRecord(example.task, policy, latency, correct, latency_ms, age, state, example.video, example.id)
+        )
     return records
 
 
@@ -321,7 +329,50 @@ def cloud_stale_records(
     edge_answers: Mapping[str, Answer],
 ) -> list[EvalRecord]:
     answers = cloud_stale_answers(picks, cloud_answers, edge_answers)
-    return records_for(CLOUD_STALE, latency, [p.example for p in picks], answers)
+    return records_for(CLOUD_STALE_IDEAL, latency, [p.example for p in picks], answers)
+
+
+def received_cloud_stale_answers(
+    examples: Sequence[Example],
+    transfer_answers: Mapping[str, Answer],
+    edge_answers: Mapping[str, Answer],
+    frame_size: tuple[int, int] | None = None,
+) -> dict[str, Answer]:
+    """cloud_stale's answer per example id, from what context_transfer's link had received (its answers' CONTEXT
+    `cloud_answer`); edge_only's answer where none had arrived, whose latency every answer carries. `frame_size`:
+    the frame's (height, width), which the cloud's boxes are moved to (None: its first box as the cloud gave it).
+    A failed context_transfer request leaves that question unknown: a failed answer."""
+    out = {}
+    for example in examples:
+        edge = edge_answers.get(example.id)
+        latency_ms = edge.latency_ms if edge is not None else None
+        transfer = transfer_answers.get(example.id)
+        if transfer is None or transfer.error is not None:
+            out[example.id] = Answer("", latency_ms, "no context_transfer answer: what its link had is unknown")
+            continue
+        received = transfer.context.cloud_answer
+        if received is None:
+            out[example.id] = edge if edge is not None else Answer("", None, "no edge_only answer")
+            continue
+        box = None
+        if received.boxes:
+            first = tuple(received.boxes[0])
+            if frame_size is not None and received.frame_size is not None:
+                first = scale_box(first, tuple(received.frame_size), frame_size)
+            box = tuple(float(v) for v in first)
+        out[example.id] = Answer(received.text, latency_ms, box=box)  # type: ignore[arg-type]
+    return out
+
+
+def received_cloud_stale_records(
+    video: VideoPlan,
+    latency: str,
+    transfer_answers: Mapping[str, Answer],
+    edge_answers: Mapping[str, Answer],
+    frame_size: tuple[int, int] | None = None,
+) -> list[EvalRecord]:
+    answers = received_cloud_stale_answers(video.examples, transfer_answers, edge_answers, frame_size)
+    return records_for(CLOUD_STALE, latency, video.examples, answers)
 
 
 # -- the cached dataset ------------------------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ The headline, at each latency L and per task (and over all questions pooled):
 alone, below 0 worse; it is not clipped. It is undefined (None, with the reason) when a term has no records, or when
 the denominator is <= 0: a cloud no better than the edge leaves no gap to close, and a ratio over a negative gap
 would read backwards. A small positive denominator gives a noisy ratio: read it with the accuracy intervals.
+
+The comparisons (`differences`): context transfer against cloud_stale, edge_only and itself without tracking, per
+task (and all pooled) and latency, as paired differences in accuracy with a 95% interval by bootstrap over videos
+(evaluation.paired); they need records that name their video and question.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from dataclasses import dataclass, field
 
 from client.stats import percentile
 from evaluation.latency import LatencySetting
-from evaluation.policies import CLOUD_REFERENCE, CONTEXT_TRANSFER, EDGE_ONLY, POLICIES
+from evaluation.paired import Interval, PairedAnswer, bootstrap_mean_difference, paired_differences, pooled
+from evaluation.policies import (
+    CLOUD_REFERENCE,
+    CLOUD_STALE,
+    CONTEXT_TRANSFER,
+    CONTEXT_TRANSFER_NO_TRACKING,
+    EDGE_ONLY,
+    POLICIES,
+)
 from evaluation.scoring import accuracy_with_ci
 from evaluation.staleness import FRESH, NO_CONTEXT, STALE
 
@@ -43,6 +55,12 @@ AGE_BUCKETS_S = (
     (6.0, math.inf, "age ≥ 6 s"),
 )
 CONTEXT_GROUPS = ("no context",) + tuple(label for *_, label in AGE_BUCKETS_S) + ("fresh context", "stale context")
+# (policy, baseline): the paired comparisons the report leads with.
+DIFFERENCE_PAIRS = (
+    (CONTEXT_TRANSFER, CLOUD_STALE),
+    (CONTEXT_TRANSFER, EDGE_ONLY),
+    (CONTEXT_TRANSFER, CONTEXT_TRANSFER_NO_TRACKING),
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,8 @@ class EvalRecord:
     edge_latency_ms: float | None = None  # the edge's answer time for this question; None when not measured
     context_age_ms: float | None = None  # age of the cloud context spotvlm used (None: none used, or not spotvlm)
     context_state: str | None = None  # staleness.CONTEXT_STATES for spotvlm policies, None otherwise
+    video: str | None = None  # the question's video and id: what pairs two policies' answers (None: not paired)
+    example_id: str | None = None
 
 
 def _wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, float]:
@@ -91,6 +111,17 @@ class GapClosed:
     reason: str | None = None  # why value is None
 
 
+@dataclass(frozen=True)
+class Difference:
+    """acc(policy) − acc(baseline) on the questions both answered, at one latency, for a task or ALL_TASKS."""
+
+    task: str
+    latency: str
+    policy: str
+    baseline: str
+    interval: Interval
+
+
 @dataclass
 class Summary:
     tasks: list[str]
@@ -104,6 +135,7 @@ class Summary:
     edge_latency: dict[tuple[str, str], tuple[float | None, float | None]] = field(default_factory=dict)
     # (task or ALL_TASKS, policy, context group) -> accuracy, over every latency: CONTEXT_GROUPS
     context: dict[tuple[str, str, str], Cell] = field(default_factory=dict)
+    differences: list[Difference] = field(default_factory=list)  # DIFFERENCE_PAIRS present, tasks + ALL_TASKS
 
     def cell(self, task: str, policy: str, latency: str) -> Cell | None:
         return self.cells.get((task, policy, latency))
@@ -238,7 +270,27 @@ def summarize(records: Iterable[EvalRecord], settings: Sequence[LatencySetting] 
             context_groups[(record.task, record.policy, group)].append(record)
             context_groups[(ALL_TASKS, record.policy, group)].append(record)
     context = {key: _cell(key[0], key[1], key[2], group) for key, group in context_groups.items()}
-    return Summary(tasks, policies, latencies, fluctuating, nominal, cells, reference, gaps, edge_latency, context)
+    differences = _differences(records, tasks, latencies)
+    return Summary(
+        tasks, policies, latencies, fluctuating, nominal, cells, reference, gaps, edge_latency, context, differences
+    )
+
+
+def _differences(records: Sequence[EvalRecord], tasks: Sequence[str], latencies: Sequence[str]) -> list[Difference]:
+    by_policy: dict[str, list[PairedAnswer]] = defaultdict(list)
+    for r in records:
+        if r.video is not None and r.example_id is not None and r.policy != CLOUD_REFERENCE:
+            by_policy[r.policy].append(PairedAnswer(r.video, r.example_id, r.task, r.latency, r.correct))
+    out = []
+    for policy, baseline in DIFFERENCE_PAIRS:
+        if policy not in by_policy or baseline not in by_policy:
+            continue
+        pairs = paired_differences(by_policy[policy], by_policy[baseline])
+        for latency in latencies:
+            for task in [*tasks, ALL_TASKS]:
+                videos = pooled(pairs, latency) if task == ALL_TASKS else pairs.get((task, latency), {})
+                out.append(Difference(task, latency, policy, baseline, bootstrap_mean_difference(videos)))
+    return out
 
 
 def _context_groups(record: EvalRecord) -> list[str]:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from evaluation.dataset import Example
 from evaluation.latency import LatencySetting
-from evaluation.policies import CLOUD_REFERENCE, EDGE_ONLY
+from evaluation.policies import CLOUD_REFERENCE, CONTEXT_TRANSFER, EDGE_ONLY
 from evaluation.report import EvalRecord
 from evaluation.runner import (
     Answer,
@@ -28,6 +28,7 @@ from evaluation.runner import (
     context_states,
     plan_cloud_stale,
     plan_runs,
+    received_cloud_stale_records,
     records_for,
     scored_answer,
     stale_cloud_requests,
@@ -178,6 +179,8 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     "context_frame": answer.context.context_frame,
                     "context_age_ms": answer.context.context_age_ms,
                     "context_state": (states or {}).get(example.id),
+                    # What the link had received for this question (cloud_stale's source on context_transfer).
+                    "cloud_answer": answer.context.cloud_answer.to_dict() if answer.context.cloud_answer else None,
                 }
             )
 
@@ -219,7 +222,7 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
             keep(CLOUD_REFERENCE, "0s", video.examples, reference)
         service_s = statistics.median(reference_latencies) / 1000 if reference_latencies else 0.0
 
-        # 4. cloud_stale's answers on older frames
+        # 4. cloud_stale_ideal's answers on older frames
         picks = {(s.name, v.video): plan_cloud_stale(v, s, service_s) for s in settings for v in videos}
         extra = {
             v.video: stale_cloud_requests(pick for (_, name), ps in picks.items() if name == v.video for pick in ps)
@@ -231,11 +234,16 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
             for frame_index, question in extra[video.video]:
                 answer = ask_cloud(cloud_client, _frame(first, frame_index), question, args.max_tokens)
                 cloud_answers[video.video][(frame_index, question)] = answer
-                progress.advance(label="cloud_stale's older frames")
+                progress.advance(label="cloud_stale_ideal's older frames")
         notes.append(
-            "cloud_stale replays the cloud's zero-delay answers (the question asked on the newest frame whose answer"
-            f" has arrived), every frame sent, with the cloud's median service time {service_s * 1000:.0f} ms added"
-            " to each latency setting; before any arrival it shows edge_only's answer and latency"
+            "cloud_stale replays the cloud answers context_transfer's link received: for each question, the newest"
+            " answer to it that had arrived when the edge read the frame (CONTEXT's cloud_answer); before any, it"
+            " shows edge_only's answer. Every cloud_stale answer carries edge_only's latency"
+        )
+        notes.append(
+            "cloud_stale_ideal replays the cloud's zero-delay answers (the question asked on the newest frame whose"
+            " answer would have arrived), every frame sent, with the cloud's median service time"
+            f" {service_s * 1000:.0f} ms added to each latency setting; before any arrival it shows edge_only's answer"
         )
 
         # 5. the spotvlm policies: per-request settings on one linked edge, each trace on an edge of its own
@@ -271,12 +279,15 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     keep(run.policy, setting.name, run.video.examples, answers, states)
         progress.close()
 
-    # cloud_stale, from the answers gathered above
+    # cloud_stale and cloud_stale_ideal, from the answers gathered above
+    by_name = {video.video: video for video in videos}
     for (latency, video_name), video_picks in picks.items():
-        stale = cloud_stale_records(
-            video_picks, latency, cloud_answers[video_name], edge_answers.get((latency, video_name, EDGE_ONLY), {})
-        )
-        records.extend(stale)
+        edge_only = edge_answers.get((latency, video_name, EDGE_ONLY), {})
+        if (latency, video_name, CONTEXT_TRANSFER) in edge_answers:
+            size = frames[video_name][0].shape[:2] if video_name in frames else None
+            transfer = edge_answers[(latency, video_name, CONTEXT_TRANSFER)]
+            records.extend(received_cloud_stale_records(by_name[video_name], latency, transfer, edge_only, size))
+        records.extend(cloud_stale_records(video_picks, latency, cloud_answers[video_name], edge_only))
     errors = sum(1 for row in rows if row["error"])
     if errors:
         notes.append(f"{errors} request(s) failed and count as wrong answers (answers.jsonl has each error)")

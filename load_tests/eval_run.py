@@ -52,6 +52,7 @@ FULL_DEFAULTS = {"videos": 3, "seconds": 10.0, "latencies": "0,0.5,1,2,4,9,trace
 QUICK_DEFAULTS = {"videos": 2, "seconds": 5.0, "latencies": "0,2"}
 # Real-time tasks ask a standing question of the stream; the cloud's late answer to it is what context transfer reuses.
 EVAL_HOLD_S = 3.0
+EVAL_SPLITS = ("validation", "test")
 
 
 ANSWER_MAX_TOKENS = 40
@@ -84,8 +85,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--dataset", type=Path, metavar="FILE", help="a JSONL dataset (docs/dataset.md) instead of"
                         " the synthetic test split")  # fmt: skip
-    parser.add_argument("--videos", type=int, help=f"test videos to generate, or to take from --dataset (default:"
-                        f" {f['videos']})")  # fmt: skip
+    parser.add_argument(
+        "--split",
+        choices=EVAL_SPLITS,
+        default="test",
+        help="the synthetic split to replay: validation (seeds 500..999) to choose recipes, thresholds and options,"
+        " test (seeds 1..499, the default) only for the figures reported",
+    )
+    parser.add_argument(
+        "--videos",
+        type=int,
+        help=f"videos to generate, or to take from --dataset (default: {f['videos']}); the intervals resample videos:"
+        " more videos, narrower intervals",
+    )
     parser.add_argument("--seconds", type=float, help=f"seconds per video (default: {f['seconds']:g})")
     parser.add_argument(
         "--data-dir",
@@ -201,7 +213,8 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm eval") -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     answers_path = Path(args.out) / "answers.jsonl"
     answers_path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
-    files = write_report(result.records, args.out, result.settings, notes=notes + result.notes)
+    title = "SpotVLM evaluation" + ("" if args.dataset is not None else f" ({args.split} split)")
+    files = write_report(result.records, args.out, result.settings, title=title, notes=notes + result.notes)
     plots = " ".join(str(path) for path in (files.accuracy_png, files.gap_png, files.context_png) if path)
     print(f"report: {files.markdown}\nresults: {files.csv}\nplots: {plots}")
     print(f"answers: {answers_path}")

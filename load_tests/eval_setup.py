@@ -1,5 +1,5 @@
 """`spotvlm eval`'s preparation: which checkpoints the built repository loads, the edge's input size, and the
-videos to replay (a JSONL dataset, or the synthetic test split generated once and cached)."""
+videos to replay (a JSONL dataset, or the synthetic validation or test split generated once and cached)."""
 
 from __future__ import annotations
 
@@ -66,13 +66,14 @@ def load_examples(args: argparse.Namespace, videos: int, seconds: float) -> tupl
         if args.quick or args.videos is not None or args.seconds is not None:
             plans = limit_videos(plans, videos, seconds)
         return plans, f"dataset {args.dataset}"
-    seeds = default_seeds("test", videos)
+    split = getattr(args, "split", "test")
+    seeds = default_seeds(split, videos)
     scene_config = SceneConfig(fps=args.fps, seconds=seconds)
     question_config = QuestionConfig(hold_s=args.hold_s)
-    folder = dataset_cache_dir(args.data_dir, "test", seeds, scene_config, question_config)
-    path = folder / "test.jsonl"
+    folder = dataset_cache_dir(args.data_dir, split, seeds, scene_config, question_config)
+    path = folder / f"{split}.jsonl"
     if not path.is_file():  # generate_split writes the JSONL last: present means complete
-        say(f"generating the test split ({videos} video(s) of {seconds:g} s, seeds {seeds[0]}..{seeds[-1]}) ...")
-        generate_split("test", seeds, folder, scene_config, question_config)
+        say(f"generating the {split} split ({videos} video(s) of {seconds:g} s, seeds {seeds[0]}..{seeds[-1]}) ...")
+        generate_split(split, seeds, folder, scene_config, question_config)
     held = f", standing questions held {args.hold_s:g} s" if args.hold_s else ""
-    return group_videos(load_dataset(path)), f"synthetic test split, seeds {seeds[0]}..{seeds[-1]}{held} ({path})"
+    return group_videos(load_dataset(path)), f"synthetic {split} split, seeds {seeds[0]}..{seeds[-1]}{held} ({path})"

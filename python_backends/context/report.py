@@ -51,6 +51,41 @@ class LatencyBreakdown:
 
 
 @dataclass
+class CloudAnswerReport:
+    """The newest cloud answer to the frame's own question that the edge's link had received when the frame came:
+    what a client showing the cloud's late answers (the `cloud_stale` baseline) would show for this frame."""
+
+    frame_id: int | None = None  # the stream's frame the cloud answered
+    text: str = ""
+    boxes: list[list[float]] = field(default_factory=list)  # x1 y1 x2 y2 in the pixels of `frame_size`
+    frame_size: list[int] | None = None  # (height, width) of the image the cloud saw
+    age_ms: float | None = None  # this frame's timestamp minus the answered frame's
+    arrived_before_ms: float | None = None  # how long before this frame was read the answer arrived
+
+    def to_dict(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CloudAnswerReport | None:
+        if not isinstance(data, Mapping):
+            return None
+        boxes = data.get("boxes")
+        size = data.get("frame_size")
+        return cls(
+            frame_id=_number(data.get("frame_id")),
+            text=_text(data.get("text")) or "",
+            boxes=[
+                [float(v) for v in box]
+                for box in (boxes if isinstance(boxes, (list, tuple)) else [])
+                if isinstance(box, (list, tuple)) and len(box) == 4 and all(_number(v) is not None for v in box)
+            ],
+            frame_size=list(size) if isinstance(size, (list, tuple)) and len(size) == 2 else None,
+            age_ms=_number(data.get("age_ms")),
+            arrived_before_ms=_number(data.get("arrived_before_ms")),
+        )
+
+
+@dataclass
 class ContextReport:
     """One frame's CONTEXT. Field names are the JSON keys, in the order the server writes them."""
 
@@ -78,6 +113,8 @@ class ContextReport:
     tracked_box: list[int] | None = None
     region_change: float | None = None
     focus_tracked: bool | None = None
+    # The newest cloud answer to this frame's question the link had received (None: none yet, or no link).
+    cloud_answer: CloudAnswerReport | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know (read, never written)
 
     @property
@@ -88,6 +125,7 @@ class ContextReport:
     def to_dict(self) -> dict[str, Any]:
         data = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "extra"}
         data["latency_ms"] = self.latency_ms.to_dict() if self.latency_ms is not None else None
+        data["cloud_answer"] = self.cloud_answer.to_dict() if self.cloud_answer is not None else None
         return {**data, **self.extra}
 
     def to_json(self) -> str:
@@ -121,6 +159,7 @@ class ContextReport:
             tracked_box=list(tracked_box) if isinstance(tracked_box, (list, tuple)) else None,
             region_change=_number(data.get("region_change")),
             focus_tracked=_flag(data.get("focus_tracked")),
+            cloud_answer=CloudAnswerReport.from_dict(data.get("cloud_answer")),
             extra={key: value for key, value in data.items() if key not in known},
         )
 

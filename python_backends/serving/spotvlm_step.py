@@ -31,7 +31,8 @@ from python_backends.cloud.breaker import CircuitBreaker
 from python_backends.cloud.delay import DelayInjector, parse_delay_spec
 from python_backends.cloud.link import CloudJob, CloudLink, CloudReply
 from python_backends.context.focus import FocusMode, FocusPlan, parse_focus_mode
-from python_backends.context.report import ContextReport, LatencyBreakdown
+from python_backends.context.received import ReceivedAnswers
+from python_backends.context.report import CloudAnswerReport, ContextReport, LatencyBreakdown
 from python_backends.context.replacement import ReplacedHistory, WordBudget
 from python_backends.context.served_context import AnswerTracking, build_context_input, track_answers
 from python_backends.context.store import CloudResult, ContextStore, TurnRecord, question_key
@@ -100,6 +101,7 @@ class PreparedFrame:
     cloud_questions: int | None = None  # how many questions the cloud answers in reach answer
     focus_tracked: bool | None = None  # None: tracking off for this frame
     context_tracking: AnswerTracking | None = None  # the history's freshest cloud answer carried to this frame
+    cloud_answer: CloudAnswerReport | None = None  # the newest cloud answer received to this frame's question
 
 
 @dataclass
@@ -136,6 +138,8 @@ class SpotVLMStep:
         self.served = {on: config.served_context(self.svlm_image_size, tracking=on) for on in (True, False)}
         self.budget = _token_budget(config.checkpoint)
         self.store = ContextStore(config.store_limits())
+        # Per question, the newest cloud answer the link received (CONTEXT's cloud_answer: the cloud_stale baseline).
+        self.received = ReceivedAnswers(max_streams=self.store.limits.max_streams)
         self._lock = threading.Lock()  # guards the dicts below; the cloud thread reads them
         self._next_frame: dict[int, int] = {}
         self._epochs: dict[int, int] = {}  # new at every sequence start: late replies of an old run are dropped
@@ -224,6 +228,7 @@ class SpotVLMStep:
         # One answer per standing question, all on this frame. The frame's own question goes last: of one frame's
         # answers, readers that take the later arrival (context replacement by frame) take the one to what it asked.
         self.store.add_cloud_results(job.stream_id, results[::-1])
+        self.received.add(job.stream_id, results)
 
     def _on_cloud_error(self, job: CloudJob, kind: str) -> None:
         with self._lock:
@@ -316,6 +321,7 @@ class SpotVLMStep:
             self._next_frame[stream] = frame_id + 1
         if frame.start:
             self.store.start_stream(stream)
+            self.received.forget(stream)
 
         # Every frame, before anything can fail for it: a later cloud answer about it is tracked from here.
         frames = self.store.add_frame(stream, frame_id, frame.timestamp_ms, frame.image)
@@ -367,6 +373,7 @@ class SpotVLMStep:
             inputs.append(pb.Tensor("HISTORY", np.array([[history_json(history.turns).encode("utf-8")]], np.object_)))
         prepared = PreparedFrame(frame, frame_id, dispatch, history, plan, model, inputs)
         prepared.cloud_questions = cloud_questions
+        prepared.cloud_answer = self.received.report(stream, frame.prompt, frame.timestamp_ms)
         if context is not None and context.focus_result is not None:
             prepared.focus_frame = context.focus_result.frame_id
             prepared.focus_tracked = context.focus_tracked if frame.tracking else None
@@ -428,6 +435,7 @@ class SpotVLMStep:
                 latency_ms=_latency(prepared, outcome),
                 **AnswerTracking.report_fields(prepared.context_tracking),
                 focus_tracked=prepared.focus_tracked,
+                cloud_answer=prepared.cloud_answer,
             )
             if self.metrics is not None:
                 self.metrics.record_frame(history.context_age_ms, prepared.plan.mode.value)
@@ -452,6 +460,7 @@ class SpotVLMStep:
         with self._lock:
             self._next_frame.pop(stream, None)
             self._epochs.pop(stream, None)
+        self.received.forget(stream)
 
     # -- context ingest -----------------------------------------------------------------------------------------
 

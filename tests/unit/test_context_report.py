@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from python_backends.context.report import ContextReport, LatencyBreakdown
+from python_backends.context.report import CloudAnswerReport, ContextReport, LatencyBreakdown
 
 # The keys spotvlm writes, in its order: readers and stored results depend on them. The tracking keys came last,
 # after latency_ms, so every earlier key kept its place.
@@ -32,6 +32,7 @@ CONTEXT_KEYS = [
     "tracked_box",
     "region_change",
     "focus_tracked",
+    "cloud_answer",
 ]
 
 
@@ -58,6 +59,10 @@ def full_report() -> ContextReport:
         tracked_box=[101, 80, 199, 310],
         region_change=0.042,
         focus_tracked=True,
+        cloud_answer=CloudAnswerReport(
+            frame_id=3, text="[1, 2, 3, 4]", boxes=[[1.0, 2.0, 3.0, 4.0]], frame_size=[96, 128], age_ms=300.0,
+            arrived_before_ms=12.5,
+        ),  # fmt: skip
     )
 
 

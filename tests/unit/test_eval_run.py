@@ -18,6 +18,7 @@ from evaluation.latency import constant_setting, trace_setting, write_trace_csv
 from evaluation.policies import (
     CLOUD_REFERENCE,
     CLOUD_STALE,
+    CLOUD_STALE_IDEAL,
     CONTEXT_TRANSFER,
     EDGE_ONLY,
     FOCUS_ONLY,
@@ -97,7 +98,8 @@ def test_plan_runs_covers_every_setting_video_and_policy_once():
     ids = [r.sequence_id for r in runs]
     assert ids == sorted(ids) and len(set(ids)) == len(ids) and ids[0] == 500
     # Settings outermost: all runs of a setting are together (a trace setting needs its own edge).
-    assert [r.setting.name for r in runs] == ["0s"] * 8 + ["2s"] * 8
+    per_setting = len(videos) * len(SPOTVLM_POLICIES)
+    assert [r.setting.name for r in runs] == ["0s"] * per_setting + ["2s"] * per_setting
 
 
 def test_plan_runs_refuses_client_side_policies_and_bad_ids():
@@ -156,14 +158,15 @@ def test_records_score_answers_and_count_failures_as_wrong():
         # examples[3]: no answer at all
     }
     records = records_for(CONTEXT_TRANSFER, "2s", examples, answers)
+    ids = [dict(video="a", example_id=e.id) for e in examples]
     assert records[:3] == [
-        EvalRecord("recognition", CONTEXT_TRANSFER, "2s", True, 40.0),
-        EvalRecord("counting", CONTEXT_TRANSFER, "2s", True, 41.0),
-        EvalRecord("grounding", CONTEXT_TRANSFER, "2s", True, 42.0),
+        EvalRecord("recognition", CONTEXT_TRANSFER, "2s", True, 40.0, **ids[0]),
+        EvalRecord("counting", CONTEXT_TRANSFER, "2s", True, 41.0, **ids[1]),
+        EvalRecord("grounding", CONTEXT_TRANSFER, "2s", True, 42.0, **ids[2]),
     ]
-    assert records[3] == EvalRecord("recognition", CONTEXT_TRANSFER, "2s", False, None)
+    assert records[3] == EvalRecord("recognition", CONTEXT_TRANSFER, "2s", False, None, **ids[3])
     failed = records_for(EDGE_ONLY, "0s", examples[:1], {examples[0].id: Answer("red", 30.0, "timeout")})
-    assert failed == [EvalRecord("recognition", EDGE_ONLY, "0s", False, 30.0)]
+    assert failed == [EvalRecord("recognition", EDGE_ONLY, "0s", False, 30.0, **ids[0])]
 
 
 def test_boxes_are_scored_in_the_frames_pixels():
@@ -194,7 +197,7 @@ def test_edge_input_size_reads_the_rendered_preprocess_config(tmp_path):
 def test_cloud_reference_records_have_no_edge_latency():
     ex = example("a", 0)
     assert records_for(CLOUD_REFERENCE, "0s", [ex], {ex.id: Answer("red", 120.0)}) == [
-        EvalRecord("recognition", CLOUD_REFERENCE, "0s", True, None)
+        EvalRecord("recognition", CLOUD_REFERENCE, "0s", True, None, video="a", example_id=ex.id)
     ]
 
 
@@ -263,7 +266,7 @@ def test_cloud_stale_assembly_with_fake_answers():
     assert answers[e2.id] == Answer("circle", 32.0)
     records = cloud_stale_records(picks, "1s", cloud, edge)
     assert [r.correct for r in records] == [False, True, False]
-    assert {r.policy for r in records} == {CLOUD_STALE} and {r.latency for r in records} == {"1s"}
+    assert {r.policy for r in records} == {CLOUD_STALE_IDEAL} and {r.latency for r in records} == {"1s"}
     assert [r.edge_latency_ms for r in records] == [30.0, 31.0, 32.0]
     missing = cloud_stale_answers([StalePick(e2, 0, 0.2)], {}, edge)
     assert missing[e2.id].error == "no cloud answer for frame 0"

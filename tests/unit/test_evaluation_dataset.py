@@ -321,9 +321,19 @@ def test_round_trip_through_write_dataset(small_split, tmp_path: Path) -> None:
 
 
 def test_splits_have_disjoint_seeds() -> None:
-    assert not set(ds.default_seeds("train", 500)) & set(ds.default_seeds("test", 999))
+    train, test = set(ds.default_seeds("train", 500)), set(ds.default_seeds("test", 499))
+    validation = set(ds.default_seeds("validation", 500))
+    assert not train & test and not train & validation and not validation & test
+    assert min(test) == 1 and max(test) == 499 and min(validation) == 500 and max(validation) == 999
+    with pytest.raises(ValueError, match="test split has 499 seeds"):
+        ds.default_seeds("test", 500)
     with pytest.raises(ValueError, match="test seeds"):
         ds.check_seeds("test", [5, 1000])
+    with pytest.raises(ValueError, match="test seeds must be 1..499"):
+        ds.check_seeds("test", [500])
+    with pytest.raises(ValueError, match="validation seeds must be 500..999"):
+        ds.check_seeds("validation", [499])
+    ds.check_seeds("validation", [500, 999])
     with pytest.raises(ValueError, match="train seeds"):
         ds.check_seeds("train", [3])
     with pytest.raises(ValueError, match="repeat"):
@@ -333,7 +343,7 @@ def test_splits_have_disjoint_seeds() -> None:
 def test_command_line_writes_a_split(tmp_path: Path, capsys) -> None:
     assert ds.main(["--split", "train", "--videos", "1", "--seconds", "0.5", "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert "train.jsonl" in captured.out and "5/5 frames" in captured.err
+    assert "train.jsonl" in captured.out and "5/5" in captured.err
     assert all(e.video.endswith("seed_001000") for e in load_dataset(tmp_path / "train.jsonl"))
 
 

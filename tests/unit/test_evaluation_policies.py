@@ -7,7 +7,9 @@ import pytest
 from python_backends.context.focus import FocusMode, parse_focus_mode
 from evaluation.latency import DelaySpecLatency, TraceConfig, write_trace_csv
 from evaluation.policies import (
+    CLIENT_POLICIES,
     CLOUD_STALE,
+    CLOUD_STALE_IDEAL,
     CONTEXT_TRANSFER,
     EDGE_ONLY,
     FOCUS_ONLY,
@@ -105,7 +107,9 @@ def test_unknown_policy_is_refused_with_the_known_ones():
 
 
 def test_every_policy_is_either_spotvlm_or_client_side():
-    assert set(POLICIES) == set(SPOTVLM_POLICIES) | {CLOUD_STALE}
+    assert set(POLICIES) == set(SPOTVLM_POLICIES) | set(CLIENT_POLICIES)
+    assert not set(SPOTVLM_POLICIES) & set(CLIENT_POLICIES)
+    assert set(CLIENT_POLICIES) == {CLOUD_STALE, CLOUD_STALE_IDEAL}
 
 
 # -- policy_violations -----------------------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def _full_records(settings):
     for t_index, task in enumerate(TASKS):
         for p_index, policy in enumerate(POLICIES):
             for l_index, setting in enumerate(settings):
-                correct = 4 + p_index - l_index // 3 + t_index
+                correct = 2 + p_index - l_index // 3 + t_index  # 0..10 of 10 for the seven policies
                 records += _records(task, policy, setting.name, correct, 10 - correct, edge_ms=range(30, 40))
         # counting's cloud is no better than its edge: its gap is undefined and must say so.
         records += _records(task, CLOUD_REFERENCE, "0s", 9 if task != "counting" else 2, 1 if task != "counting" else 8)
@@ -205,9 +205,9 @@ def test_markdown_leads_with_the_gap_closed_table(written):
     assert len(table) == 2 + len(settings)
     assert all(row.count("|") == 6 for row in table)
     assert table[2].startswith("| 0s |") and table[-1].startswith("| trace (mean ")
-    # counting's edge_only scores 60% at the first three latencies: one line says why the gap is undefined there.
+    # counting's edge_only scores 40% at the first three latencies: one line says why the gap is undefined there.
     assert (
-        "- counting at 0s, 0.5s, 1s: the cloud at 0 delay (20.0%) is not more accurate than edge_only (60.0%)" in text
+        "- counting at 0s, 0.5s, 1s: the cloud at 0 delay (20.0%) is not more accurate than edge_only (40.0%)" in text
     )
     assert "![accuracy against cloud latency](accuracy.png)" in text
     assert "- a note" in text
