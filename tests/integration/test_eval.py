@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.policies import CLOUD_REFERENCE, POLICIES
-from evaluation.report import CSV_COLUMNS, GAP_CSV_COLUMNS
+from evaluation.policies import CLOUD_REFERENCE, CLOUD_STALE, CONTEXT_TRANSFER, EDGE_ONLY, POLICIES, SPOTVLM_POLICIES
+from evaluation.report import CSV_COLUMNS, DIFFERENCE_CSV_COLUMNS, GAP_CSV_COLUMNS
 from client.model_repository import unrendered_templates
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,8 @@ def _server_errors(stderr: str) -> str:
 
 def test_every_file_is_written(eval_run):
     result, out = eval_run
-    files = ("report.md", "results.csv", "gap_closed.csv", "accuracy.png", "gap_closed.png", "context_age.png")
+    files = ("report.md", "results.json", "differences.csv", "results.csv", "gap_closed.csv", "accuracy.png")
+    files += ("gap_closed.png", "context_age.png")
     for name in (*files, "answers.jsonl"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     for name in ("accuracy.png", "gap_closed.png", "context_age.png"):
@@ -91,19 +92,39 @@ def test_gap_csv_and_report(eval_run):
     for gap in gaps:  # a value, or the reason there is none
         assert gap["gap_closed"] or gap["reason"]
     report = (out / "report.md").read_text()
-    assert report.startswith("# SpotVLM evaluation\n\n## Gap closed by context transfer")
-    headings = ("## The cloud and the edge alone", "## Accuracy (95% Wilson interval)", "## Edge latency")
+    assert report.startswith(
+        "# SpotVLM evaluation (test split)\n\n## Context transfer against the baselines (paired, 95% bootstrap"
+    )
+    headings = ("## Gap closed by context transfer", "## The cloud and the edge alone", "## Edge latency")
+    headings += ("## Accuracy (95% Wilson interval)", "### grounding (boxes)")
     for heading in (*headings, "## Edge accuracy against the age of its cloud context"):
         assert heading in report
     assert "](accuracy.png)" in report and "](gap_closed.png)" in report
-    assert "cloud_stale replays" in report  # the notes say how cloud_stale was made
+    assert "cloud_stale replays" in report and "cloud_stale_ideal replays" in report  # how each was made
+
+
+def test_differences_lead_the_json_and_are_in_their_csv(eval_run):
+    _, out = eval_run
+    results = json.loads((out / "results.json").read_text())
+    assert next(iter(results)) == "title" and list(results)[1] == "differences"
+    with (out / "differences.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == DIFFERENCE_CSV_COLUMNS
+        rows = list(reader)
+    assert len(rows) == len(results["differences"])
+    for baseline in (CLOUD_STALE, EDGE_ONLY):
+        pooled = [r for r in rows if (r["policy"], r["baseline"], r["task"]) == (CONTEXT_TRANSFER, baseline, "all")]
+        assert {r["latency"] for r in pooled} == set(LATENCIES)
+        for row in pooled:  # one video: a difference, but no interval over videos
+            assert -1 <= float(row["difference"]) <= 1 and int(row["videos"]) == 1 and int(row["questions"]) > 0
+            assert row["ci_low"] == "" and "one video" in row["reason"]
 
 
 def test_answers_cover_every_question_without_errors(eval_run):
     _, out = eval_run
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     questions = {r["id"] for r in rows}
-    spotvlm_policies = [p for p in POLICIES if p != "cloud_stale"]
+    spotvlm_policies = list(SPOTVLM_POLICIES)
     assert len(rows) == len(questions) * (1 + len(spotvlm_policies) * len(LATENCIES))
     assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]][:3]
     # Without context, the edge never reports cloud context (CONTEXT checked per answer by the run, too).
@@ -111,3 +132,8 @@ def test_answers_cover_every_question_without_errors(eval_run):
     # spotvlm's answers say whether their context was still right (the generated split has ground truth).
     states = {r["context_state"] for r in rows if r["policy"] in spotvlm_policies and r["policy"] != "edge_only"}
     assert states <= {"none", "fresh", "stale"} and states & {"fresh", "stale"}, states
+    # cloud_stale's source: the cloud answers context_transfer's link had received, one per question asked.
+    received = [r["cloud_answer"] for r in rows if r["policy"] == CONTEXT_TRANSFER and r["latency"] == "0s"]
+    assert any(received), "with no delay, the link has received answers within the video"
+    for answer in filter(None, received):
+        assert answer["arrived_before_ms"] >= 0 and answer["frame_id"] >= 0 and len(answer["frame_size"]) == 2
