@@ -21,10 +21,51 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable,
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_model": cpu_model(),
+        "torch_cpu_capability": torch_cpu_capability(),
         "load_average": load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what the platform module says)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def torch_cpu_capability() -> str | None:
+    """The vector instructions torch's CPU kernels use here (e.g. "AVX512", "AVX2", "DEFAULT"); None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def process_tree_rss_bytes(pid: int) -> int:
+    """Resident memory of process `pid` and its live descendants (a tritonserver and its python-backend stubs);
+    0 when it is gone. Shared pages count once per process, so this is an upper bound."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:  # exited meanwhile
+            continue
+    return total
 
 
 def load_average() -> list[float] | None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from client.streaming import run_streams
-from load_tests import bench, bench_output, bench_phases
+from load_tests import bench, bench_output, bench_phases, bench_run
 from python_backends.context.report import ContextReport
 from spotvlm import cli
 from tests.unit.test_bench_phases import MADE_UP_PHASES
@@ -78,8 +78,8 @@ def test_wait_for_cloud_stops_once_the_cloud_has_answered(monkeypatch):
         scrapes.append(url)
         return {"lvlm": {"requests": counts[len(scrapes) - 1]}}
 
-    monkeypatch.setattr(bench, "scrape_metrics", scrape)
-    monkeypatch.setattr(bench.time, "sleep", sleeps.append)
+    monkeypatch.setattr(bench_run, "scrape_metrics", scrape)
+    monkeypatch.setattr(bench_run.time, "sleep", sleeps.append)
     bench.wait_for_cloud("127.0.0.1:1", expected=8, timeout_s=600.0)
     assert len(scrapes) == 3 and len(sleeps) == 2  # it stopped at the scrape that saw 8 answers
 
@@ -93,12 +93,16 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_quick_defaults_and_overrides():
     quick = bench.resolve_config(_args("--quick"))
-    assert (quick.streams, quick.fps, quick.seconds, quick.warmup) == (2, 5.0, 20.0, 3.0)
+    assert (quick.streams, quick.fps, quick.seconds, quick.warmup, quick.rounds) == (2, 5.0, 8.0, 2.0, 3)
+    assert not quick.capacity and quick.latency_limit_ms == 200.0 and quick.capacity_limit == 64
     assert quick.quick and quick.max_tokens == 24 and quick.store_streams == 10_000
     shortened = bench.resolve_config(_args("--quick", "--seconds", "6", "--warmup", "1", "--max-tokens", "8"))
     assert (shortened.seconds, shortened.warmup, shortened.max_tokens, shortened.streams) == (6.0, 1.0, 8, 2)
     full = bench.resolve_config(_args())
-    assert not full.quick and full.seconds == 60.0 and full.seconds > quick.seconds
+    assert not full.quick and full.seconds == 20.0 and full.seconds > quick.seconds and full.rounds == 5
+    capacity = bench.resolve_config(_args("--quick", "--capacity", "--rounds", "2", "--capacity-limit", "8"))
+    assert capacity.capacity and capacity.rounds == 2 and capacity.capacity_limit == 8
+    assert capacity.to_json()["capacity"] is True
     assert quick.linked_inflight == 20 and quick.to_json()["cloud_max_inflight"] == 20
     assert bench.resolve_config(_args("--quick", "--cloud-max-inflight", "1")).linked_inflight == 1
 
@@ -114,6 +118,12 @@ def test_quick_defaults_and_overrides():
         (["--store-streams", "0"], "--store-streams"),
         (["--prompt", "  "], "--prompt"),
         (["--cloud-max-inflight", "0"], "--cloud-max-inflight"),
+        (["--rounds", "0"], "--rounds"),
+        (["--capacity-limit", "0"], "--capacity-limit"),
+        (["--capacity-limit", "1000"], "--capacity-limit"),
+        (["--capacity-seconds", "0"], "--capacity-seconds"),
+        (["--latency-limit-ms", "0"], "--latency-limit-ms"),
+        (["--diy-threads", "0"], "--diy-threads"),
     ],
 )
 def test_bad_options(argv, message):
