@@ -42,6 +42,7 @@ def unsupported_generation_settings(generation_config) -> list[str]:
         "guidance_scale": (None, 1, 1.0),
         "exponential_decay_length_penalty": (None,),
         "renormalize_logits": (None, False),
+        "stop_strings": (None,),
     }
     found = []
     for name, fine in checks.items():
