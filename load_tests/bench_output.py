@@ -61,6 +61,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         f" (goal gap <= {age.get('limit')} ms: {'met' if age.get('met') else 'not met'});"
         f" answers used {_fmt(report.get('context_lag_p50_ms'), '{:.0f}')} ms after arrival (p50)"
     )
+    lines.extend(_ratio_lines(report))
     store = report.get("store")
     if store and "store_bytes_per_stream" in store:
         lines.append(
@@ -71,6 +72,35 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(f"context store: not measured ({store['error']})")
     lines.append(f"{report.get('frames')} frames, {report.get('errors')} errors, {report.get('wall_s')} s")
     return "\n".join(lines)
+
+
+def _ratio_lines(report: Mapping[str, Any]) -> list[str]:
+    """Every ratio's median and range over rounds, then the capacity, the edge's memory and the machine."""
+    lines = []
+    for name, values in (report.get("ratios") or {}).items():
+        rounds = len([v for v in values.get("rounds", ()) if v is not None])
+        lines.append(
+            f"  {name:<30} median {_fmt(values.get('median'), '{:.3f}')}  range"
+            f" [{_fmt(values.get('min'), '{:.3f}')}, {_fmt(values.get('max'), '{:.3f}')}] over {rounds} round(s)"
+        )
+    capacity = report.get("capacity")
+    if capacity:
+        tried = ", ".join(f"{t['streams']} {'pass' if t['passed'] else 'fail'}" for t in capacity.get("trials", ()))
+        limit = " (the search limit)" if capacity.get("at_limit") else ""
+        lines.append(
+            f"capacity_streams    {capacity.get('capacity_streams')}{limit}  (p99 <= {capacity.get('latency_limit_ms')}"
+            f" ms, none late, at {capacity.get('fps')} fps; tried {tried})"
+        )
+    rss = report.get("edge_rss_bytes")
+    if rss:
+        lines.append("edge RSS: " + ", ".join(f"{k.replace('_', ' ')} {v / 2**20:.0f} MiB" for k, v in rss.items()))
+    machine = report.get("machine")
+    if machine and "cpu_model" in machine:
+        lines.append(
+            f"machine: {machine.get('cpu_model')}, {machine.get('usable_cpus')} usable CPUs, torch CPU capability"
+            f" {machine.get('torch_cpu_capability')}, load average {machine.get('load_average')}"
+        )
+    return lines
 
 
 def write_plot(

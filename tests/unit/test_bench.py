@@ -192,3 +192,20 @@ def test_no_plot_without_latencies(tmp_path):
 def test_full_rate_inflight_sends_every_frame_at_the_longest_round_trip():
     assert bench.full_rate_inflight(5.0) == 20 and bench.full_rate_inflight(5.0, longest_rtt_s=0.1) == 1
     assert bench.full_rate_inflight(7.5, longest_rtt_s=4.0) == 30
+
+
+def test_table_shows_each_ratio_range_the_capacity_and_memory():
+    report = _report()
+    report["ratios"] = {"overhead_ratio_p50": {"median": 1.02, "min": 0.98, "max": 1.3, "rounds": [0.98, 1.02, 1.3]}}
+    report["capacity"] = {
+        "capacity_streams": 6,
+        "at_limit": False,
+        "latency_limit_ms": 200.0,
+        "fps": 5.0,
+        "trials": [{"streams": 4, "passed": True}, {"streams": 8, "passed": False}],
+    }
+    report["edge_rss_bytes"] = {"idle": 300 * 2**20, "16_streams": 320 * 2**20}
+    table = bench_output.format_table(report)
+    assert "overhead_ratio_p50             median 1.020  range [0.980, 1.300] over 3 round(s)" in table
+    assert "capacity_streams    6  (p99 <= 200.0 ms, none late, at 5.0 fps; tried 4 pass, 8 fail)" in table
+    assert "edge RSS: idle 300 MiB, 16 streams 320 MiB" in table
