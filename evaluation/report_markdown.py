@@ -50,7 +50,7 @@ def _differences_section(summary: Summary) -> list[str]:
     if not pairs:
         return []
     lines = ["## Context transfer against the baselines (paired, 95% bootstrap interval over videos)", ""]
-    some = next(iter(summary.differences)).interval
+    some = next(d.interval for d in summary.differences if d.task == ALL_TASKS)
     lines += [
         "acc(policy) − acc(baseline) in points, on the same questions (each question answered by both at that"
         " latency); [interval]: 2.5th and 97.5th percentiles of the difference over resampled videos (questions of"

@@ -1,22 +1,26 @@
-"""`spotvlm eval`: replay the benchmark's test split through the real servers and write the report.
+"""`spotvlm eval`: replay a split of the benchmark through the real servers and write the report.
 
-    spotvlm eval [--quick] [--out DIR] [--dataset FILE.jsonl] [--latencies 0,0.5,1,2,4,9,trace] ...
+    spotvlm eval [--quick] [--split validation|test] [--videos N] [--out DIR] [--dataset FILE.jsonl]
+                 [--latencies 0,0.5,1,2,4,9,trace] ...
     python -m load_tests.eval_run ...                                  (the same options)
 
 Steps (the pure parts are evaluation/runner.py; the preparation is load_tests/eval_setup.py, the run
 load_tests/eval_replay.py):
-1. the dataset: `--dataset FILE.jsonl` (docs/dataset.md), else the synthetic test split, generated once and cached
+1. the dataset: `--dataset FILE.jsonl` (docs/dataset.md), else the synthetic --split (test, the default, for the
+   figures reported; validation to choose recipes, thresholds and options), generated once and cached
    under --data-dir (build/eval/data)/<split>-<hash of seeds and settings>, next to the seed-0 latency trace;
 2. the servers: the cloud and an edge linked to it on free loopback ports, the edge sending every frame to the cloud
    (SPOTVLM_CLOUD_MAX_INFLIGHT), unless --edge-url and --cloud-url name running servers. A trace setting needs an
    edge with SPOTVLM_CLOUD_DELAY=trace:FILE (spotvlm takes a trace only from its config): it gets its own edge,
    started when that setting's turn comes; with --edge-url it is skipped, with a note in the report;
 3. the cloud reference (policy `cloud`): the cloud `lvlm` asked each question on its own frame, with no delay;
-4. cloud_stale's extra cloud answers (runner.plan_cloud_stale: the question on an older frame), asked once each;
+4. cloud_stale_ideal's extra cloud answers (runner.plan_cloud_stale: the question on an older frame), asked once each;
 5. the spotvlm policies: per latency setting, video and policy one Triton sequence, one at a time, each question's
    frame sent at its time in the video (paced), the latency as the request parameter `cloud_delay`;
-6. scoring (scoring.score) and the report (report.write_report): report.md, results.csv, gap_closed.csv,
-   accuracy.png, gap_closed.png, plus answers.jsonl (every answer with its score) in --out.
+6. cloud_stale from the cloud answers context_transfer's link received (CONTEXT's cloud_answer), scoring
+   (scoring.score) and the report (report.write_report): report.md (leading with the paired differences and their
+   bootstrap intervals over videos), results.json, differences.csv, results.csv, gap_closed.csv, the plots, plus
+   answers.jsonl (every answer with its score) in --out.
 A progress bar covers steps 3 to 5 (requests done / total, ETA).
 
 Checkpoints: the servers load what ./build_engines.sh rendered into model_repository. --edge-checkpoint and
