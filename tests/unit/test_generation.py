@@ -32,15 +32,19 @@ def _features(generator, image):
 
 
 def _reference_tokens(generator, image, question, max_new_tokens):
-    """The model's own path: pixels through the torch tower inside generate()."""
+    """The model's own path: pixels through the torch tower inside transformers' generate()."""
     spec = ImageProcessorSpec(image_size=112)
     prompt = generator.prompt_text(GenerationRequest(question, max_new_tokens), [spec.num_image_tokens])
-    return generator.generate_ids(
-        [generator.encode_prompt(prompt)],
-        [max_new_tokens],
-        pixel_values=torch.from_numpy(preprocess(image, spec)),
-        image_grid_thw=torch.tensor([spec.grid_thw]),
-    )[0]
+    saved, generator.decoder = generator.decoder, "generate"
+    try:
+        return generator.generate_ids(
+            [generator.encode_prompt(prompt)],
+            [max_new_tokens],
+            pixel_values=torch.from_numpy(preprocess(image, spec)),
+            image_grid_thw=torch.tensor([spec.grid_thw]),
+        )[0]
+    finally:
+        generator.decoder = saved
 
 
 def test_features_path_equals_pixel_path_and_batch_equals_single(generator, frames):

@@ -80,12 +80,17 @@ def test_pipeline_matches_the_models_own_generate(steps):
     generator = steps["generate"].generator
     spec = ImageProcessorSpec(image_size=112)
     prompt = generator.prompt_text(GenerationRequest("What is this?", 8), [spec.num_image_tokens])
-    reference = generator.generate_ids(
-        [generator.encode_prompt(prompt)],
-        [8],
-        pixel_values=torch.from_numpy(preprocess(frame, spec)),
-        image_grid_thw=torch.tensor([spec.grid_thw]),
-    )[0]
+    assert generator.decoder == "functional"
+    generator.decoder = "generate"  # the reference is transformers' own generate, pixels through the torch tower
+    try:
+        reference = generator.generate_ids(
+            [generator.encode_prompt(prompt)],
+            [8],
+            pixel_values=torch.from_numpy(preprocess(frame, spec)),
+            image_grid_thw=torch.tensor([spec.grid_thw]),
+        )[0]
+    finally:
+        generator.decoder = "functional"
     assert tokens == reference
     assert post[0].output("TEXT")[0, 0].decode() == clean_text(generator.decode(reference))
 
@@ -113,6 +118,38 @@ def test_bad_requests_fail_alone_with_named_problems(steps):
     ]
     assert all(g.error is None or g.error.code() == pb.TritonError.INVALID_ARG for g in generated)
     assert len(post) == 2 and all(p.error is None for p in post)
+
+
+def test_generate_step_batch_equals_transformers_generate(steps, tiny_edge_checkpoint):
+    """A mixed batch (prompt lengths, max_tokens, a focus image, history) gives the tokens of transformers' generate."""
+    from skimage import data
+
+    reference_step = GenerateStep(
+        _args({"checkpoint": tiny_edge_checkpoint, "image_size": 112, "default_max_tokens": 8, "decoder": "generate"})
+    )
+    assert reference_step.generator.decoder == "generate" and steps["generate"].generator.decoder == "functional"
+    frames = [data.astronaut(), data.coffee(), data.chelsea()]
+    pre = steps["pre"].execute([_request(f) for f in frames])
+    vision = steps["vision"].execute([pb.FakeRequest({"PIXEL_VALUES": r.output("PIXEL_VALUES")}) for r in pre])
+    features = [v.output("IMAGE_FEATURES") for v in vision]
+    history = np.array([[json.dumps([{"question": "What is it?", "answer": "A red car."}]).encode()]], dtype=object)
+    rows = [
+        ({"IMAGE_FEATURES": features[0]}, "What is this?", 24),
+        ({"IMAGE_FEATURES": features[1], "FOCUS_FEATURES": features[2]}, "How many cups are on the table?", 5),
+        ({"IMAGE_FEATURES": features[2], "HISTORY": history}, "And now, which way is it facing?", 17),
+        ({"IMAGE_FEATURES": features[0], "FOCUS_FEATURES": features[1], "HISTORY": history}, "Color?", 1),
+    ]
+
+    def requests():
+        return [
+            pb.FakeRequest({**inputs, "PROMPT": np.array([[prompt.encode()]], dtype=object)}, {"max_tokens": tokens})
+            for inputs, prompt, tokens in rows
+        ]
+
+    got = [r.output("TOKEN_IDS")[0].tolist() for r in steps["generate"].execute(requests())]
+    expected = [r.output("TOKEN_IDS")[0].tolist() for r in reference_step.execute(requests())]
+    assert got == expected
+    assert [len(t) <= n for t, (_, _, n) in zip(got, rows)] == [True] * len(rows)
 
 
 def test_vision_checks_pixel_shape(steps):
