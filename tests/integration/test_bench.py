@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from load_tests.bench import PHASE_NAMES
+from load_tests.bench_phases import PHASE_NAMES
 from client.model_repository import unrendered_templates
 
 pytestmark = pytest.mark.integration
