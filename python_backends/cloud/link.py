@@ -1,4 +1,4 @@
-"""The edge's asynchronous client for the cloud `lvlm` model, over a pool of cloud replicas.
+"""The edge's asynchronous client for the cloud `lvlm` model over a pool of replicas (over 500 lines, why below).
 
 `CloudLink` owns a thread running its own asyncio loop (the vllm_backend pattern), with the `tritonclient.grpc.aio`
 clients (one per endpoint) created inside that loop. The `spotvlm` model's `execute()` calls `submit()` once per
@@ -15,6 +15,10 @@ timeout / unavailable / server / bad_reply (and client, for failures on the edge
 to its endpoint's breaker, and everything is counted per endpoint for Prometheus.
 
 With one endpoint this is the single-cloud link: the whole deadline for one attempt, one breaker.
+
+The module is over 500 lines because one object owns the loop thread, its clients, the attempts and failover and
+the counters, which share its lock and loop; the parts that need neither already live apart (pool.py, request.py,
+dispatch.py, breaker.py, delay.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The public edge model `spotvlm`: the SVLM's answer to every frame, improved by the cloud LVLM's late answers.
+"""The edge model `spotvlm` (over 500 lines, why at the end): the SVLM's answers, improved by the LVLM's late ones.
 
 Per request (a frame of a stream; the stream is the Triton sequence):
 1. dispatch the frame to the cloud when the link allows it (never waiting for the cloud);
@@ -10,6 +10,10 @@ Per request (a frame of a stream; the stream is the Triton sequence):
 
 `context_ingest` requests arrive here too (input INGEST): Triton routes them by correlation id to the instance that
 owns the stream.
+
+The module is over 500 lines because `SpotVLMStep` is one model instance's state (its store, cloud link, counters
+and per-stream bookkeeping) that every step above reads and writes; the parts that need none of it already live
+apart (spotvlm_config.py, request_fields.py, ingest.py, metrics.py, python_backends/context).
 """
 
 from __future__ import annotations
