@@ -1,5 +1,5 @@
 """The pure parts of `spotvlm eval` (load_tests/eval_run.py does the I/O): which streams to run, how the answers
-become `report.EvalRecord`s, how `cloud_stale` is assembled, the cached dataset's folder and the progress line.
+become `report.EvalRecord`s, how `cloud_stale` is assembled and the cached dataset's folder.
 
 How a video is replayed: the frames that carry questions form one Triton sequence per (video, policy, latency),
 each frame sent at its `time_s` after the stream's start (so a dataset that asks every k-th frame is paced by its
@@ -397,26 +397,3 @@ def dataset_cache_dir(
         default=list,
     )
     return Path(root) / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-# -- progress ----------------------------------------------------------------------------------------------------------
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    minutes, seconds = divmod(seconds, 60)
-    return f"{minutes}:{seconds:02d}"
-
-
-def format_progress(done: int, total: int, elapsed_s: float, label: str = "", width: int = 30) -> str:
-    """`eval [#####.....] 120/480 requests (25%)  0:40 elapsed, ETA 2:00  <label>`; the ETA assumes the rate so far
-    and is left out until something is done."""
-    total = max(total, 1)
-    done = min(done, total)
-    filled = width * done // total
-    eta = f", ETA {format_duration(elapsed_s * (total - done) / done)}" if done else ""
-    text = (
-        f"eval [{'#' * filled}{'.' * (width - filled)}] {done}/{total} requests ({100 * done // total}%)"
-        f"  {format_duration(elapsed_s)} elapsed{eta}"
-    )
-    return f"{text}  {label}" if label else text

@@ -33,8 +33,6 @@ from evaluation.runner import (
     cloud_stale_answers,
     cloud_stale_records,
     dataset_cache_dir,
-    format_duration,
-    format_progress,
     group_videos,
     limit_videos,
     parse_latencies,
@@ -302,14 +300,6 @@ def test_dataset_cache_dir_depends_on_everything_that_changes_the_data(tmp_path)
         dataset_cache_dir(tmp_path, "test", [1, 2], SceneConfig(seconds=5), QuestionConfig(every_k_frames=2)),
     }
     assert base not in others and len(others) == 3
-
-
-def test_format_progress_and_eta():
-    assert format_duration(75.4) == "1:15"
-    line = format_progress(25, 100, 30.0, "0s edge_only", width=10)
-    assert line == "eval [##........] 25/100 requests (25%)  0:30 elapsed, ETA 1:30  0s edge_only"
-    assert "ETA" not in format_progress(0, 100, 3.0)
-    assert format_progress(100, 100, 60.0).endswith("ETA 0:00")
 
 
 def test_progress_bar_counts_requests_and_can_grow_or_shrink():
