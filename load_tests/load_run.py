@@ -1,12 +1,14 @@
 """Headless locust load test of the edge model `spotvlm`: starts both servers, runs locust, checks the reports.
 
     python -m load_tests.load_run [--users 16] [--spawn-rate N] [--duration 60] [--fps 5] [--protocol grpc|http]
-                                  [--out DIR] [--url HOST:PORT] [--prompt TEXT] [--max-tokens N] [--cloud-delay SPEC]
+                                  [--out DIR] [--url HOST:PORT[,...] | --edges N] [--prompt TEXT] [--max-tokens N]
+                                  [--cloud-delay SPEC]
     spotvlm load ...                      (the same options)
 
 Without --url it starts a cloud tritonserver (model_repository/cloud) and an edge tritonserver (model_repository/edge)
-on free loopback ports, the edge's cloud link pointed at that cloud, and stops both at the end. With --url it uses an
-edge that is already running (HOST:PORT of the chosen protocol).
+on free loopback ports, the edge's cloud link pointed at that cloud, and stops both at the end; `--edges N` starts N
+edges on that cloud, and each user's stream goes to the edge its id hashes to (client.sharding). With --url it uses
+edges that are already running (HOST:PORT of the chosen protocol, several comma-separated).
 
 locust runs as a subprocess, headless, with `load_tests/locustfile.py`: every locust user is one video stream (one
 Triton sequence) at --fps. It writes, under --out (default build/load):
@@ -85,7 +87,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help=f"reports folder (default: {DEFAULT_OUT})"
     )
     parser.add_argument(
-        "--url", metavar="HOST:PORT", help="a running edge (the chosen protocol's port); default: start both servers"
+        "--url",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="running edges (the chosen protocol's port); several: each stream goes to the edge its id hashes to;"
+        " default: start the servers",
+    )
+    parser.add_argument(
+        "--edges",
+        type=positive_int,
+        default=1,
+        help="without --url: how many edges to start, all linked to one cloud and sharded by stream (default: 1)",
     )
     parser.add_argument("--prompt", help="the question asked of every frame")
     parser.add_argument("--max-tokens", type=positive_int, help="answer length in tokens (default: the server's)")
@@ -174,8 +185,9 @@ def _check_edge(url: str, protocol: str) -> str | None:
     return None
 
 
-def _start_servers(stack: contextlib.ExitStack, out: Path, protocol: str) -> str:
-    """Starts cloud then edge (linked to that cloud) on free loopback ports; returns the edge URL for `protocol`."""
+def _start_servers(stack: contextlib.ExitStack, out: Path, protocol: str, edges: int = 1) -> str:
+    """Starts the cloud, then `edges` edges linked to it, on free loopback ports; returns the edges' URLs for
+    `protocol`, comma-separated (locust's --host: each user's stream goes to the edge its id hashes to)."""
     from client.linked_servers import LinkedServers
     from client.model_repository import check_built
 
@@ -195,7 +207,11 @@ def _start_servers(stack: contextlib.ExitStack, out: Path, protocol: str) -> str
             on_ready=say_ready,
         )
     )
-    return servers.edge.http_url if protocol == "http" else servers.edge.grpc_url
+    started = [servers.edge]
+    for index in range(1, edges):
+        name = f"edge{index + 1}"
+        started.append(servers.start_edge(name=name, log_path=out / f"{name}_server.log"))
+    return ",".join(edge.http_url if protocol == "http" else edge.grpc_url for edge in started)
 
 
 def _locust_env() -> dict[str, str]:
@@ -264,18 +280,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         with contextlib.ExitStack() as stack:
             if args.url:
-                host = edge_url(args.url, args.protocol)
-                problem = _check_edge(host, args.protocol)
-                if problem is not None:
-                    print(
-                        f"load: the edge at {host} ({args.protocol}) is {problem}. Start it with `spotvlm serve edge`"
-                        " (and `spotvlm serve cloud`), or leave out --url to have this command start both.",
-                        file=sys.stderr,
-                    )
-                    return 2
+                hosts = [edge_url(url.strip(), args.protocol) for url in args.url.split(",")]
+                for one in hosts:
+                    problem = _check_edge(one, args.protocol)
+                    if problem is not None:
+                        print(
+                            f"load: the edge at {one} ({args.protocol}) is {problem}. Start it with"
+                            " `spotvlm serve edge` (and `spotvlm serve cloud`), or leave out --url to have this"
+                            " command start the servers.",
+                            file=sys.stderr,
+                        )
+                        return 2
+                host = ",".join(hosts)
             else:
                 try:
-                    host = _start_servers(stack, reports.out, args.protocol)
+                    host = _start_servers(stack, reports.out, args.protocol, args.edges)
                 except ServerStartError as exc:
                     print(f"load: a server did not start: {exc}", file=sys.stderr)
                     return 1

@@ -63,10 +63,10 @@ def frames_in_csv(reports: Reports) -> dict[str, int]:
         return {f"{row['Type']} {row['Name']}": int(row["Request Count"]) for row in csv.DictReader(file)}
 
 
-def test_ci_load_run_starts_both_servers_and_passes(tmp_path: Path):
+def test_ci_load_run_starts_a_cloud_and_two_sharded_edges_and_passes(tmp_path: Path):
     out = tmp_path / "load"
     command = [sys.executable, "-m", "load_tests.load_run", "--users", str(USERS), "--duration", str(DURATION_S)]
-    command += ["--fps", str(FPS), "--protocol", "grpc", "--out", str(out)]
+    command += ["--fps", str(FPS), "--protocol", "grpc", "--edges", "2", "--out", str(out)]
     returncode, output = run_logged(command, out, timeout_s=DURATION_S + 480)
     failure = explain(out, output)
     assert returncode == 0, failure
@@ -93,10 +93,11 @@ def test_ci_load_run_starts_both_servers_and_passes(tmp_path: Path):
     assert "ok" in context["cloud_states"]
     assert context["run"]["protocol"] == "grpc" and context["run"]["users"] == USERS
 
-    # Locust's summary and the run's verdict were shown, and both servers it started are gone.
+    # Locust's summary and the run's verdict were shown, and the three servers it started are gone.
     assert "Aggregated" in output and "load: OK" in output
+    assert (out / "edge_server.log").is_file() and (out / "edge2_server.log").is_file()
     pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
-    assert len(pids) == 2, output
+    assert len(pids) == 3, output
     assert not [pid for pid in pids if alive(pid)]
 
 
