@@ -46,11 +46,6 @@ PHASES = (
 PHASE_NAMES = tuple(p.name for p in PHASES)
 
 
-def phase_stream_ids(phase_index: int, streams: int) -> list[int]:
-    """Sequence ids of one phase: distinct per phase, so a late cloud answer of one phase never meets the next."""
-    return [100_000 * phase_index + k for k in range(1, streams + 1)]
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 

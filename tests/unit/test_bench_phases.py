@@ -200,13 +200,6 @@ def test_goal_cases(keys, fps, goal, met):
     assert bench_phases.evaluate_goals(keys, fps)[goal]["met"] is met
 
 
-def test_phase_stream_ids_differ_between_phases():
-    ids = [bench_phases.phase_stream_ids(i, 4) for i in range(len(bench_phases.PHASES))]
-    assert ids[0] == [1, 2, 3, 4]
-    assert len({sid for phase in ids for sid in phase}) == 4 * len(bench_phases.PHASES)
-    assert all(sid > 0 for phase in ids for sid in phase)
-
-
 def test_phases_share_prompt_and_delays():
     assert bench_phases.PHASE_NAMES == (
         "svlm",
