@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import numpy as np
 from tqdm import tqdm
 
 from client.frame_result import FrameResult
@@ -142,7 +141,7 @@ def _summary_row(name: str, results: Sequence[FrameResult]) -> dict[str, Any]:
         "p99_ms": percentile(latencies, 99),
         # Of the answered frames: an error reply has no context to count.
         "context_share": sum(r.has_context for r in answered) / len(answered) if answered else None,
-        "context_age_p50_ms": float(np.median(ages)) if ages else None,
+        "context_age_p50_ms": percentile(ages, 50),
     }
 
 
