@@ -350,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="replay the benchmark's test split through both servers under each cloud latency and policy; report",
         description="Starts the cloud and a linked edge (or uses --edge-url/--cloud-url), asks every question of the"
-        " test split (or --dataset) under each cloud latency and policy (edge_only, cloud_stale, replacement_only,"
-        " focus_only, context_transfer) plus the cloud at 0 delay, and writes report.md, results.csv and PNG plots"
-        " to --out. Accuracy is reported, not asserted.",
+        " test split (or --split validation, or --dataset) under each cloud latency and policy (edge_only,"
+        " cloud_stale, cloud_stale_ideal, replacement_only, focus_only, context_transfer_no_tracking,"
+        " context_transfer) plus the cloud at 0 delay, and writes report.md (led by the paired differences),"
+        " results.json, differences.csv, results.csv and PNG plots to --out. Accuracy is reported, not asserted.",
     )
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval)
