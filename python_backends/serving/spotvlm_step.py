@@ -135,8 +135,6 @@ class SpotVLMStep:
         self.max_prompt_tokens = config.max_prompt_tokens
         self.max_context_age_ms = config.max_context_age_ms
         self.default_focus = config.focus_mode
-        self.focus_config = config.focus()
-        self.replacement = config.replacement()
         # History boxes are written in the pixels of the SVLM's square input, as it answers.
         self.svlm_image_size = config.svlm_side()
         self.served = {on: config.served_context(self.svlm_image_size, tracking=on) for on in (True, False)}
