@@ -52,14 +52,8 @@ from typing import Any
 from client.streaming import DEFAULT_PROMPT
 from load_tests.bench_output import format_table, write_plot
 from load_tests.bench_phases import PHASES
-from load_tests.bench_run import REPOSITORY_ROOT, ServerFailed, SvlmSession, run_bench, wait_for_cloud  # noqa: F401
-from load_tests.bench_config import (  # noqa: F401
-    CAPACITY_DEFAULTS,
-    DEFAULT_MAX_TOKENS,
-    LONGEST_RTT_S,
-    BenchConfig,
-    full_rate_inflight,
-)
+from load_tests.bench_run import REPOSITORY_ROOT, ServerFailed, run_bench
+from load_tests.bench_config import CAPACITY_DEFAULTS, DEFAULT_MAX_TOKENS, LONGEST_RTT_S, BenchConfig
 from load_tests.bench_store import STORE_STREAMS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

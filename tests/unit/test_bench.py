@@ -1,6 +1,6 @@
-"""The pure parts of `spotvlm bench` (load_tests/bench.py and bench_output.py): the svlm session, the options, the
-cloud settle wait, the table and the plot. No server. The phases' statistics and the store measurement have their
-own test files."""
+"""The pure parts of `spotvlm bench` (load_tests/bench.py, bench_run.py, bench_config.py and bench_output.py): the
+svlm session, the options, the cloud settle wait, the table and the plot. No server. The phases' statistics and the
+store measurement have their own test files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from client.streaming import run_streams
-from load_tests import bench, bench_output, bench_phases, bench_run
+from load_tests import bench, bench_config, bench_output, bench_phases, bench_run
 from python_backends.context.report import ContextReport
 from spotvlm import cli
 from tests.unit.test_bench_phases import MADE_UP_PHASES
@@ -36,7 +36,7 @@ class FakeClient:
 
 def test_svlm_session_sends_image_prompt_and_max_tokens_without_a_sequence():
     client = FakeClient()
-    session = bench.SvlmSession("unused:1", 7, "Where is the car?", 24, client=client)
+    session = bench_run.SvlmSession("unused:1", 7, "Where is the car?", 24, client=client)
     frame = np.zeros((24, 32, 3), dtype=np.uint8)
     result = session.send(frame, start=True, end=False)
     assert result.ok and result.text == "a red car" and result.context == ContextReport() and result.latency_ms > 0
@@ -50,7 +50,7 @@ def test_svlm_session_sends_image_prompt_and_max_tokens_without_a_sequence():
 
 
 def test_svlm_session_records_errors():
-    session = bench.SvlmSession("unused:1", 1, "q", 8, client=FakeClient(fail=RuntimeError("server gone")))
+    session = bench_run.SvlmSession("unused:1", 1, "q", 8, client=FakeClient(fail=RuntimeError("server gone")))
     result = session.send(np.zeros((8, 8, 3), dtype=np.uint8), start=True, end=True)
     assert not result.ok and "server gone" in result.error
 
@@ -58,9 +58,9 @@ def test_svlm_session_records_errors():
 def test_svlm_sessions_run_paced_like_spotvlm_streams():
     clients: dict[int, FakeClient] = {}
 
-    def factory(stream_id: int) -> bench.SvlmSession:
+    def factory(stream_id: int) -> bench_run.SvlmSession:
         clients[stream_id] = FakeClient()
-        return bench.SvlmSession("unused:1", stream_id, "q", 16, client=clients[stream_id])
+        return bench_run.SvlmSession("unused:1", stream_id, "q", 16, client=clients[stream_id])
 
     frames = [[np.full((8, 8, 3), k, dtype=np.uint8)] * 3 for k in range(2)]
     results = run_streams(
@@ -80,7 +80,7 @@ def test_wait_for_cloud_stops_once_the_cloud_has_answered(monkeypatch):
 
     monkeypatch.setattr(bench_run, "scrape_metrics", scrape)
     monkeypatch.setattr(bench_run.time, "sleep", sleeps.append)
-    bench.wait_for_cloud("127.0.0.1:1", expected=8, timeout_s=600.0)
+    bench_run.wait_for_cloud("127.0.0.1:1", expected=8, timeout_s=600.0)
     assert len(scrapes) == 3 and len(sleeps) == 2  # it stopped at the scrape that saw 8 answers
 
 
@@ -190,8 +190,8 @@ def test_no_plot_without_latencies(tmp_path):
 
 
 def test_full_rate_inflight_sends_every_frame_at_the_longest_round_trip():
-    assert bench.full_rate_inflight(5.0) == 20 and bench.full_rate_inflight(5.0, longest_rtt_s=0.1) == 1
-    assert bench.full_rate_inflight(7.5, longest_rtt_s=4.0) == 30
+    assert bench_config.full_rate_inflight(5.0) == 20 and bench_config.full_rate_inflight(5.0, longest_rtt_s=0.1) == 1
+    assert bench_config.full_rate_inflight(7.5, longest_rtt_s=4.0) == 30
 
 
 def test_table_shows_each_ratio_range_the_capacity_and_memory():
