@@ -39,14 +39,12 @@ from python_backends.cloud.dispatch import SENT, SKIPPED_DOWN, DispatchPolicy
 from python_backends.cloud.pool import Endpoint, EndpointPool, dns_target, parse_endpoints, resolve_addresses
 from python_backends.cloud.request import (  # re-exported: the link's callers import these from here
     ERROR_KINDS,
-    RECONNECT_BACKOFF_MS,
     CloudCallError,
     CloudJob,
     CloudReply,
     _build_request,
     _default_client_factory,
     classify_error,
-    cloud_channel_args,
     encode_frame,
     image_bytes_size,
     parse_answers,
@@ -54,13 +52,11 @@ from python_backends.cloud.request import (  # re-exported: the link's callers i
 
 __all__ = [
     "ERROR_KINDS",
-    "RECONNECT_BACKOFF_MS",
     "CloudCallError",
     "CloudJob",
     "CloudLink",
     "CloudReply",
     "classify_error",
-    "cloud_channel_args",
     "encode_frame",
     "image_bytes_size",
 ]

@@ -22,14 +22,8 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 
 from python_backends.cloud.breaker import CircuitBreaker, CloudState
 from python_backends.cloud.delay import ConstantDelay, NoDelay
-from python_backends.cloud.link import (
-    RECONNECT_BACKOFF_MS,
-    CloudJob,
-    CloudLink,
-    CloudReply,
-    _default_client_factory,
-    classify_error,
-)
+from python_backends.cloud.link import CloudJob, CloudLink, CloudReply, _default_client_factory, classify_error
+from python_backends.cloud.request import RECONNECT_BACKOFF_MS
 from python_backends.detections import Detection
 
 WAIT_S = 10.0
