@@ -1,9 +1,13 @@
-"""How `spotvlm bench` runs (load_tests/bench.py holds its options and command line): the servers, the timed runs
-in rounds, the DIY baseline, the capacity search, the edge's memory, and the report.
+"""How `spotvlm bench` runs (over 500 lines, why at the end; bench.py holds its options and command line): the
+servers, the timed runs in rounds, the DIY baseline, the capacity search, the edge's memory, and the report.
 
 Every timed run is alone on the machine's CPU apart from its server: the store measurement and the DIY baseline's
 model load finish before the first one, the DIY process is idle while served runs go, and a linked run waits for the
 cloud to finish the work of the runs before it.
+
+The module is over 500 lines because its runs share the servers and the one order that keeps each timed run alone
+on the CPU; the parts that need neither live apart (bench_phases.py, bench_rounds.py, bench_store.py, bench_diy.py,
+bench_output.py).
 """
 
 from __future__ import annotations
