@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Train a default tiny checkpoint on the benchmark's train split and report test accuracy.",
     )
     parser.add_argument("--model", choices=("edge", "cloud"), required=True)
-    parser.add_argument("--minutes", type=float, required=True, help="wall-time training budget")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        required=True,
+        help="training budget: without --steps, the steps these minutes gave on the reference machine; a run is"
+        " stopped at three times them",
+    )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="cache folder (data and checkpoints)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -1,4 +1,4 @@
-"""Training a tiny Qwen2.5-VL checkpoint on CPU within a wall-time budget.
+"""Training a tiny Qwen2.5-VL checkpoint within a step or wall-time budget.
 
 The learning rate follows a short linear warm-up, then a cosine from the peak to 10 % of it over a step budget
 (`TrainConfig.steps`), so a run is the same on any machine, CPU or GPU (`device`); its minutes are then what it is
