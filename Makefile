@@ -25,11 +25,14 @@ engines: install
 demo: engines
 	$(VENV)/bin/spotvlm demo
 
+# Unit tests in two workers (a file's tests stay on one worker, so module fixtures are built once); the integration
+# tests one after another: each file starts its own tritonservers, and two files at once crowd 2 cores.
 test: engines
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadfile tests/unit
+	$(VENV)/bin/pytest tests/integration
 
 test-unit: engines
-	$(VENV)/bin/pytest tests/unit
+	$(VENV)/bin/pytest -n 2 --dist loadfile tests/unit
 
 test-integration: engines
 	$(VENV)/bin/pytest tests/integration
