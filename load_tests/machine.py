@@ -31,15 +31,14 @@ def machine_info() -> dict[str, Any]:
 
 
 def cpu_model() -> str | None:
-    """The CPU's model name (/proc/cpuinfo on Linux, else what the platform module says)."""
+    """The CPU's model name (py-cpuinfo, else what the platform module says)."""
+    import cpuinfo
+
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+        brand = cpuinfo.get_cpu_info().get("brand_raw")
+    except Exception:  # an unknown platform: the model name is an aid, not a requirement
+        brand = None
+    return brand or platform.processor() or None
 
 
 def torch_cpu_capability() -> str | None:

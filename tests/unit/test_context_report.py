@@ -60,7 +60,11 @@ def full_report() -> ContextReport:
         region_change=0.042,
         focus_tracked=True,
         cloud_answer=CloudAnswerReport(
-            frame_id=3, text="[1, 2, 3, 4]", boxes=[[1.0, 2.0, 3.0, 4.0]], frame_size=[96, 128], age_ms=300.0,
+            frame_id=3,
+            text="[1, 2, 3, 4]",
+            boxes=[[1.0, 2.0, 3.0, 4.0]],
+            frame_size=[96, 128],
+            age_ms=300.0,
             arrived_before_ms=12.5,
         ),  # fmt: skip
     )
