@@ -25,17 +25,17 @@ engines: install
 demo: engines
 	$(VENV)/bin/spotvlm demo
 
-# Unit tests in two workers (a file's tests stay on one worker, so module fixtures are built once); the integration
-# tests one after another: each file starts its own tritonservers, and two files at once crowd 2 cores.
+# Two pytest-xdist workers, a file's tests on one worker (its module fixtures and servers are built once). The
+# integration tests mostly wait for servers to start and frames to pace, so two files at once share 2 cores well.
 test: engines
 	$(VENV)/bin/pytest -n 2 --dist loadfile tests/unit
-	$(VENV)/bin/pytest tests/integration
+	$(VENV)/bin/pytest -n 2 --dist loadfile tests/integration
 
 test-unit: engines
 	$(VENV)/bin/pytest -n 2 --dist loadfile tests/unit
 
 test-integration: engines
-	$(VENV)/bin/pytest tests/integration
+	$(VENV)/bin/pytest -n 2 --dist loadfile tests/integration
 
 lint: install
 	$(VENV)/bin/ruff check python_backends client engines evaluation training load_tests spotvlm tests model_repository

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SPOTVLM = str(Path(sys.executable).with_name("spotvlm"))
-SECONDS, WARMUP, ROUNDS = 5, 1, 2
+SECONDS, WARMUP, ROUNDS = 3, 1, 2
 
 
 @pytest.fixture(scope="module")
