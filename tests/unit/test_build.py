@@ -12,7 +12,7 @@ import pytest
 from spotvlm import build
 from spotvlm.tensorrt_plan import PlanError, launcher_tensorrt_note, read_trtexec_output
 from engines.tiny_checkpoint import EDGE_SPEC, build_tiny_checkpoint, is_built
-from tests.build_helpers import copy_repository_templates
+from tests.build_helpers import copy_repository_templates, tiny_vision_onnx
 
 # Stands in for trtexec's command line: a build writes a "plan" naming its ONNX graph; a run with --loadEngine
 # computes the graph in ONNX Runtime (plus FAKE_TRT_OFFSET, to play a plan that drifted) and writes the outputs as
@@ -112,29 +112,12 @@ def test_the_device_switch_renders_cpu_auto_and_gpu_with_a_checked_plan(
     assert _rendered(repo) == cpu and not (repo / "edge" / "svlm_vision" / "1" / "model.plan").exists()
 
 
-def _tiny_onnx(path: Path) -> Path:
-    """IMAGE_FEATURES = 2 * PIXEL_VALUES, with a dynamic image count: enough graph for the plan check."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["PIXEL_VALUES", "PIXEL_VALUES"], ["IMAGE_FEATURES"])],
-        "tiny",
-        [helper.make_tensor_value_info("PIXEL_VALUES", TensorProto.FLOAT, ["N", 4, 6])],
-        [helper.make_tensor_value_info("IMAGE_FEATURES", TensorProto.FLOAT, ["N", 4, 6])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, path)
-    return path
-
-
 @pytest.mark.parametrize("offset, passes", [(0.0, True), (1e-4, True), (0.05, False)])
 def test_a_plan_that_drifts_from_onnx_runtime_fails_the_build_and_is_removed(
     fake_trtexec, tmp_path, monkeypatch, offset, passes
 ):
     monkeypatch.setenv("FAKE_TRT_OFFSET", str(offset))
-    onnx_path, plan = _tiny_onnx(tmp_path / "model.onnx"), tmp_path / "model.plan"
+    onnx_path, plan = tiny_vision_onnx(tmp_path / "model.onnx"), tmp_path / "model.plan"
     build.build_tensorrt_plan(onnx_path, plan, (4, 6), max_batch=4, how="trtexec")
     if passes:
         diff = build.check_tensorrt_plan(onnx_path, plan, (4, 6), "trtexec", tmp_path)

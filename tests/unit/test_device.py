@@ -19,6 +19,7 @@ from python_backends.device import (
     place_instance,
     report,
 )
+from tests.build_helpers import tiny_vision_onnx
 from python_backends.vision_runtime import OnnxVisionEncoder, choose_providers, provider_options
 
 GPU0, GPU1 = InstanceDevice("cuda", 0), InstanceDevice("cuda", 1)
@@ -173,21 +174,9 @@ def test_gpu_providers_get_the_instances_gpu_and_tensorrt_an_image_count_profile
 
 @pytest.fixture
 def tiny_onnx(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["PIXEL_VALUES", "PIXEL_VALUES"], ["IMAGE_FEATURES"])],
-        "tiny",
-        [helper.make_tensor_value_info("PIXEL_VALUES", TensorProto.FLOAT, ["N", 4, 6])],
-        [helper.make_tensor_value_info("IMAGE_FEATURES", TensorProto.FLOAT, ["N", 4, 6])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
     path = tmp_path / "1" / "model.onnx"
     path.parent.mkdir()
-    onnx.save(model, path)
-    return path
+    return tiny_vision_onnx(path)
 
 
 def test_the_encoder_reports_the_provider_it_really_runs_on(tiny_onnx, monkeypatch):

@@ -10,18 +10,7 @@ import pytest
 from client.model_repository import instance_count, read_model_config
 from load_tests import isolation, isolation_report
 from load_tests import stream_isolation as si
-
-SPOTVLM_CONFIG = """# The public edge model. An instance runs one batch at a time:
-# instance_group [ { count: 99, kind: KIND_CPU } ] in a comment must not be touched.
-backend: "python"
-max_batch_size: 8
-sequence_batching {
-  oldest { max_candidate_sequences: 16, max_queue_delay_microseconds: 0 }
-}
-instance_group [ { count: 4, kind: KIND_CPU } ]
-parameters { key: "default_max_tokens", value: { string_value: "24" } }
-parameters { key: "note", value: { string_value: "a # inside a string" } }
-"""
+from tests.unit.test_model_config import SPOTVLM_CONFIG
 
 
 # -- repository copies -------------------------------------------------------------------------------------------------
