@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from python_backends.context.tracking import FrameHistory, StoredFrame
+from python_backends.context.tracking import FrameHistory, StoredFrame, small_frame
 from python_backends.detections import Detection
 from python_backends.errors import InputError
 
@@ -264,6 +264,10 @@ class ContextStore:
         leaves nothing behind) and returns the stream's frame history; None when the stream is unknown or no frames
         are kept. The history is the store's own: only the thread that adds frames may read it outside the store."""
         stream_id = _check_stream_id(stream_id)
+        if not self.limits.max_frames:
+            return None
+        # Shrunk outside the lock, which every stream of the instance shares: on a large frame this is the costly part.
+        stored = small_frame(frame_id, timestamp_ms, image, self.limits.frame_side)
         now = self._clock()
         with self._lock:
             now = self._now_locked(now)
@@ -272,7 +276,7 @@ class ContextStore:
             if stream is None or stream.frames is None:
                 return None
             # Under the lock: memory_bytes walks the same buffer from another thread.
-            stream.frames.add(frame_id, timestamp_ms, image)
+            stream.frames.append(stored)
             return stream.frames
 
     def add_cloud_result(self, stream_id: int, result: CloudResult) -> bool:

@@ -65,19 +65,10 @@ class FrameHistory:
 
     def add(self, frame_id: int, timestamp_ms: int, rgb: np.ndarray) -> StoredFrame:
         """Keeps a small grey copy of an RGB (or grey) uint8 frame; the oldest one goes when the buffer is full."""
-        if rgb.ndim == 3:
-            grey = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
-        elif rgb.ndim == 2:
-            grey = rgb
-        else:
-            raise ValueError(f"a frame must be [height, width(, channels)], got shape {list(rgb.shape)}")
-        height, width = grey.shape
-        scale = min(1.0, self.max_side / max(height, width))
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-        stored = StoredFrame(int(frame_id), int(timestamp_ms), np.ascontiguousarray(grey, dtype=np.uint8), scale,
-                             (height, width))  # fmt: skip
+        return self.append(small_frame(frame_id, timestamp_ms, rgb, self.max_side))
+
+    def append(self, stored: StoredFrame) -> StoredFrame:
+        """Keeps a frame already made small (`small_frame`), so a caller can shrink it outside its own lock."""
         self._frames.append(stored)
         return stored
 
@@ -101,6 +92,23 @@ class FrameHistory:
     @property
     def nbytes(self) -> int:
         return sum(f.grey.nbytes for f in self._frames)
+
+
+def small_frame(frame_id: int, timestamp_ms: int, rgb: np.ndarray, max_side: int) -> StoredFrame:
+    """A small grey copy of an RGB (or grey) uint8 frame, its longer side at most `max_side` pixels."""
+    if rgb.ndim == 3:
+        grey = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
+    elif rgb.ndim == 2:
+        grey = rgb
+    else:
+        raise ValueError(f"a frame must be [height, width(, channels)], got shape {list(rgb.shape)}")
+    height, width = grey.shape
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    return StoredFrame(int(frame_id), int(timestamp_ms), np.ascontiguousarray(grey, dtype=np.uint8), scale,
+                       (height, width))  # fmt: skip
 
 
 def _to_small(box: Box, frame: StoredFrame) -> np.ndarray:
