@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import sys
 
 from training.precision import PRECISIONS
@@ -117,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="the tower's learning rate falls along a cosine to this share of its peak (default: the recipe's)",
     )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop the language model's steps after this many minutes of wall time, whatever is left of a step "
+        "budget (default: three times --minutes); not part of the recipe's key",
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test questions only")
     args = parser.parse_args(argv)
     if args.minutes <= 0:
@@ -125,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tower-steps must be >= 0")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        parser.error("--max-minutes must be > 0")
     try:
         chosen = recipe(
             args.model,
@@ -152,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
+    if args.max_minutes is not None:
+        chosen = replace(chosen, train=replace(chosen.train, max_minutes=args.max_minutes))
     run(
         chosen,
         args.out,

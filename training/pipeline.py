@@ -39,7 +39,7 @@ PIPELINE_VERSION = 2
 # the keys before it are given up: a cached checkpoint under an old key is trained again).
 KEY_VERSION = 2
 # (section, field) of the recipe that cannot change the trained weights nor the reported numbers.
-KEY_IGNORES = (("train", "log_every_s"),)
+KEY_IGNORES = (("train", "log_every_s"), ("train", "max_minutes"))
 DEFAULT_OUT = Path("build/training")
 CONTEXT_AGES_S = (0.5, 2.0, 9.0)
 CONTEXT_EVAL_QUESTIONS = 400

@@ -57,6 +57,9 @@ class TrainConfig:
     # instead of by wall time, so a run is the same on any machine; `minutes` then only estimate the run, and
     # STEP_BUDGET_GUARD times them cap it.
     steps: int | None = None
+    # The wall time, in minutes, that stops the language model's steps: None is STEP_BUDGET_GUARD times its minutes
+    # with a step budget, its minutes without. A run limit, not a recipe: it is left out of the recipe's key.
+    max_minutes: float | None = None
     # Where the model trains: "cpu", or a torch device such as "cuda" (the checkpoint is saved from the CPU).
     device: str = "cpu"
     # "bf16" / "bf16-fp32-scores": forward and loss under bfloat16 autocast (precision.py), about 1.5 times as fast
@@ -118,7 +121,10 @@ def planned(config: TrainConfig, model: str, tower_steps: int = 0) -> tuple[Trai
 
 
 def time_limit_s(config: TrainConfig) -> float:
-    """When a run is stopped: its minutes, or STEP_BUDGET_GUARD times them with a step budget."""
+    """When a run is stopped: `max_minutes` when given, else its minutes, or STEP_BUDGET_GUARD times them with a
+    step budget."""
+    if config.max_minutes is not None:
+        return config.max_minutes * 60
     return config.minutes * 60 * (STEP_BUDGET_GUARD if config.steps is not None else 1.0)
 
 

@@ -279,6 +279,12 @@ def test_the_minutes_estimate_a_step_budget_and_guard_it() -> None:
     assert expectation(TrainConfig(minutes=1), 0.5)[1].startswith("expects about 120 steps in its 1.0 min")
 
 
+def test_max_minutes_replace_the_guard() -> None:
+    assert time_limit_s(TrainConfig(minutes=2, steps=600, max_minutes=30)) == 30 * 60
+    slow_s, slow = expectation(TrainConfig(minutes=2, steps=600, max_minutes=30), 2.0)
+    assert slow_s == pytest.approx(1200) and "guard" not in slow  # 20 min expected, under the 30-minute cap
+
+
 def test_a_run_reports_what_it_expects_after_its_first_steps() -> None:
     model, tokenizer = build_model(TINY_SPEC, MAX_NUMBER)
     stream = FreshQuestionStream(tokenizer, TINY_VIEW, MixConfig(), 2, FreshCurriculum(seed=3))

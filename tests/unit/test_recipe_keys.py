@@ -111,8 +111,10 @@ def test_every_option_that_changes_training_changes_the_key(model: str) -> None:
 
 def test_only_the_ignored_fields_are_left_out() -> None:
     base = pipeline.recipe("edge", 6)
-    assert pipeline.KEY_IGNORES == (("train", "log_every_s"),)  # logging only: how often progress is printed
+    # How often progress is printed, and the wall time that stops a run: neither changes what a step does.
+    assert pipeline.KEY_IGNORES == (("train", "log_every_s"), ("train", "max_minutes"))
     assert with_leaf(base, ("train", "log_every_s"), 1.0).key() == base.key()
+    assert with_leaf(base, ("train", "max_minutes"), 40.0).key() == base.key()
 
 
 @pytest.mark.parametrize("version", ["KEY_VERSION", "PIPELINE_VERSION", "GENERATOR_VERSION"])
