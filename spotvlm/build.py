@@ -34,6 +34,9 @@ from spotvlm.tensorrt_plan import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Trained tiny checkpoints committed with the repository, one folder per recipe (MODEL-KEY), each with the
+# training.json that says how to reproduce it; --trained uses them instead of training when the key matches.
+SHIPPED_CHECKPOINTS = PROJECT_ROOT / "checkpoints"
 ONNX_TOLERANCE = 1e-3
 DEVICES = ("auto", "cpu", "gpu")
 STEPS = 5
@@ -121,18 +124,38 @@ def parse_train_minutes(text: str) -> tuple[float, float]:
     return values
 
 
-def train_checkpoints(minutes: tuple[float, float], out_root: Path) -> tuple[str, str]:
-    """Trains (or finds cached) the edge and cloud checkpoints; the training prints its own progress."""
+def train_checkpoints(
+    minutes: tuple[float, float], out_root: Path, shipped_root: Path = SHIPPED_CHECKPOINTS
+) -> tuple[str, str]:
+    """Trains (or finds cached, or finds shipped with the repository) the edge and cloud checkpoints; the training
+    prints its own progress."""
     from training.pipeline import checkpoint_folder, recipe, run
 
     folders = []
     for role, budget in zip(("edge", "cloud"), minutes, strict=True):
         chosen = recipe(role, budget)
         folder = checkpoint_folder(chosen, out_root)
-        print(f"[train] {role} training: {budget:g} min budget, cache {folder}")
+        if seed_from_shipped(folder, shipped_root):
+            print(f"[train] {role}: the shipped checkpoint {shipped_root / folder.name} has this recipe's key; copied")
+        else:
+            print(f"[train] {role} training: {budget:g} min budget, cache {folder}")
         run(chosen, out_root)
         folders.append(str(folder))
     return folders[0], folders[1]
+
+
+def seed_from_shipped(folder: Path, shipped_root: Path) -> bool:
+    """Copies the shipped checkpoint named like `folder` (MODEL-KEY, so the same recipe) into the training cache
+    when the cache has none. True when it did: training then finds it up to date."""
+    shipped = shipped_root / folder.name
+    if (folder / "training.json").is_file() or not (shipped / "training.json").is_file():
+        return False
+    staging = folder.with_name(folder.name + ".copying")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(shipped, staging)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return True
 
 
 def tiny_image_size(checkpoint: Path) -> int | None:

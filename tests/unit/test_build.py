@@ -218,6 +218,28 @@ def test_trained_trains_each_side_with_its_budget_and_serves_the_cached_folders(
     assert Path(edge).parent == tmp_path and Path(edge).name.startswith("edge-") and edge != cloud
 
 
+def test_trained_copies_a_shipped_checkpoint_of_the_same_recipe_instead_of_training(monkeypatch, tmp_path):
+    from training import pipeline
+
+    shipped_root, cache = tmp_path / "shipped", tmp_path / "cache"
+    edge_name = pipeline.checkpoint_folder(pipeline.recipe("edge", 3.0), cache).name
+    (shipped_root / edge_name).mkdir(parents=True)
+    (shipped_root / edge_name / "training.json").write_text('{"steps": 1}')
+    (shipped_root / edge_name / "model.safetensors").write_bytes(b"weights")
+    (shipped_root / "cloud-0000000000000000").mkdir()  # another recipe's: not used
+    (shipped_root / "cloud-0000000000000000" / "training.json").write_text("{}")
+    seen = []
+    monkeypatch.setattr(pipeline, "run", lambda recipe, out_root: seen.append(recipe.model))
+    edge, cloud = build.train_checkpoints((3.0, 7.0), cache, shipped_root)
+    assert (Path(edge) / "model.safetensors").read_bytes() == b"weights"
+    assert not Path(cloud).exists()  # no shipped cloud of this recipe: it trains (here: the stubbed run)
+    assert seen == ["edge", "cloud"]  # run() finds the copied edge up to date
+    # A cached checkpoint is never overwritten by the shipped one.
+    (Path(edge) / "model.safetensors").write_bytes(b"retrained")
+    assert not build.seed_from_shipped(Path(edge), shipped_root)
+    assert (Path(edge) / "model.safetensors").read_bytes() == b"retrained"
+
+
 def test_trained_refuses_explicit_checkpoints(capsys):
     with pytest.raises(SystemExit):
         build.main(["--trained", "--cloud-checkpoint", "/models/x"])
