@@ -1,7 +1,10 @@
 # The README's two commands: `make demo` (set up, build the default models, run the demo) and `make test`.
 VENV   ?= .venv
-# Extra build_engines.sh options, e.g. `make demo ENGINES=--trained` serves the trained tiny checkpoints.
+# Extra build_engines.sh options, e.g. `make test ENGINES=--device=cpu`.
 ENGINES ?=
+# The demo serves the trained tiny checkpoints shipped in checkpoints/ (--trained copies them rather than training
+# when their recipe matches); the tests build random-weight ones of the same size, which need no training.
+DEMO_ENGINES ?= --trained
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
@@ -22,7 +25,8 @@ install: $(STAMP)
 engines: install
 	PYTHON=$(PY) ./build_engines.sh $(ENGINES)
 
-demo: engines
+demo: install
+	PYTHON=$(PY) ./build_engines.sh $(DEMO_ENGINES) $(ENGINES)
 	$(VENV)/bin/spotvlm demo
 
 # Two pytest-xdist workers, a file's tests on one worker (its module fixtures and servers are built once). The

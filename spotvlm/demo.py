@@ -30,11 +30,24 @@ def print_table(rows: list[list[str]], widths: list[int], header: list[str]) -> 
         print(line)
 
 
+def serves_trained_checkpoints(repository_root: Path) -> bool:
+    """Whether the built edge loads a checkpoint trained on the benchmark (its folder has the training report)."""
+    from load_tests.eval_setup import rendered_checkpoint
+
+    checkpoint = rendered_checkpoint("edge", repository_root)
+    return checkpoint is not None and (checkpoint / "training.json").is_file()
+
+
 def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "model_repository") -> int:
+    from load_tests.eval_replay import CLOUD_MAX_INFLIGHT
+
     check_built(repository_root)
+    trained = serves_trained_checkpoints(repository_root)
     print("Starting the cloud and edge Triton servers on free loopback ports ...", flush=True)
     servers = LinkedServers(
         repository_root,
+        # Trained models: every frame goes to the cloud, as in `spotvlm eval`, so context is as fresh as the delay.
+        edge_env={"SPOTVLM_CLOUD_MAX_INFLIGHT": str(CLOUD_MAX_INFLIGHT)} if trained else None,
         on_ready=lambda name, server: print(
             f"  {name:<5} ready: http {server.http_url}  grpc {server.grpc_url}", flush=True
         ),
@@ -42,6 +55,12 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
     try:
         servers.start()
         cloud, edge = servers.cloud, servers.edge
+        if trained:
+            with VLMClient(edge.grpc_url, "grpc") as edge_client, VLMClient(cloud.grpc_url, "grpc") as cloud_client:
+                edge_client.ask_svlm(sample_frame("rocket"), "warm-up")
+                benchmark_demo(edge_client, cloud_client, repository_root.parent / "build" / "demo")
+            context_transfer_demo(edge.grpc_url, repository_root.parent / "build" / "demo", repository_root)
+            return 0
         pick = (lambda s: s.http_url) if protocol == "http" else (lambda s: s.grpc_url)
         rows = []
         with VLMClient(pick(edge), protocol) as edge_client, VLMClient(pick(cloud), protocol) as cloud_client:
@@ -68,16 +87,16 @@ def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "mod
         print()
         print_table(rows, widths, ["frame", "question", "edge svlm (latency)", "cloud lvlm (latency)", "detections"])
         print(
-            "\nWith the default tiny random-weight checkpoints the answers show the full path works, not what the"
-            " models know: ./build_engines.sh --trained (or `make demo ENGINES=--trained`) serves checkpoints trained"
-            " on the benchmark, --edge-checkpoint/--cloud-checkpoint real ones."
+            "\nWith tiny random-weight checkpoints the answers show the full path works, not what the models know:"
+            " `make demo` serves the checkpoints trained on the benchmark (./build_engines.sh --trained),"
+            " --edge-checkpoint/--cloud-checkpoint real ones."
         )
         with VLMClient(edge.grpc_url, "grpc") as edge_client, VLMClient(cloud.grpc_url, "grpc") as cloud_client:
             benchmark_demo(edge_client, cloud_client, repository_root.parent / "build" / "demo")
         stream_demo(edge.grpc_url)
     finally:
         servers.stop()
-    print("Both servers stopped.")
+        print("Both servers stopped.")
     return 0
 
 
@@ -110,6 +129,67 @@ def benchmark_demo(edge_client: VLMClient, cloud_client: VLMClient, data_dir: Pa
     print(f"\nBenchmark questions (test video 1, {len(picked)} questions; ✓ scored right):")
     print_table(rows, [5, 34, 20, 30, 30], ["frame", "question", "true answer", "edge svlm", "cloud lvlm"])
     print(f"edge {right['edge']}/{len(picked)} right, cloud {right['cloud']}/{len(picked)} right")
+
+
+def context_transfer_demo(
+    edge_grpc_url: str, data_dir: Path, repository_root: Path, delay_s: float = 2.0, rows_shown: int = 12
+) -> None:
+    """One benchmark test video replayed through `spotvlm` twice, at its frame times: the edge alone, then with
+    context transfer while the cloud's answers arrive `delay_s` late. Each question with its true answer and both
+    edge answers, scored; then both accuracies over the whole video."""
+    from evaluation.dataset import generate_split, load_dataset, load_frame
+    from evaluation.latency import constant_setting
+    from evaluation.policies import CONTEXT_TRANSFER, EDGE_ONLY
+    from evaluation.questions import QuestionConfig
+    from evaluation.runner import StreamRun, group_videos, scored_answer
+    from evaluation.scenes import SceneConfig
+    from evaluation.scoring import score
+    from load_tests.eval_replay import ProgressBar, run_stream
+    from load_tests.eval_run import EVAL_HOLD_S
+    from load_tests.eval_setup import edge_input_size
+
+    folder = data_dir / "stream"
+    if not (folder / "test.jsonl").is_file():
+        generate_split("test", [1], folder, SceneConfig(seconds=6.0), QuestionConfig(hold_s=EVAL_HOLD_S))
+    video = group_videos(load_dataset(folder / "test.jsonl"))[0]
+    frames = [load_frame(e) for e in video.examples]
+    print(
+        f"\nContext transfer on benchmark test video 1 ({len(frames)} questions in {video.duration_s:.0f} s, standing"
+        f" questions held {EVAL_HOLD_S:g} s): the edge alone, then with the cloud's answers arriving {delay_s:g} s late"
+        " ...",
+        flush=True,
+    )
+    progress = ProgressBar(2 * len(frames))
+    answers = {}
+    for sequence_id, policy in enumerate((EDGE_ONLY, CONTEXT_TRANSFER), start=1):
+        run = StreamRun(video, policy, constant_setting(delay_s), sequence_id)
+        answers[policy] = run_stream(run, edge_grpc_url, frames, None, progress, edge_input_size(repository_root))
+    progress.close()
+    right = {EDGE_ONLY: 0, CONTEXT_TRANSFER: 0}
+    rows = []
+    step = max(1, len(video.examples) // rows_shown)
+    for index, example in enumerate(video.examples):
+        cells = []
+        for policy in (EDGE_ONLY, CONTEXT_TRANSFER):
+            answer = answers[policy][example.id]
+            correct = answer.error is None and score(example, scored_answer(example, answer)).correct
+            right[policy] += correct
+            cells.append(f"{'✓' if correct else '✗'} {answer.error or answer.text!r}")
+        if index % step == 0:
+            context = answers[CONTEXT_TRANSFER][example.id].context
+            age = "-" if context.context_age_ms is None else f"{context.context_age_ms / 1000:.1f} s"
+            tracked = {True: ", tracked", False: ", lost", None: ""}[context.tracked]
+            rows.append([f"{example.time_s:.1f}", example.question, str(example.answer), *cells, f"{age}{tracked}"])
+    print_table(
+        rows,
+        [5, 30, 20, 26, 26, 14],
+        ["t s", "question", "true answer", "edge alone", "context transfer", "cloud context"],
+    )
+    total = len(video.examples)
+    print(
+        f"edge alone {right[EDGE_ONLY]}/{total} right, with context transfer {right[CONTEXT_TRANSFER]}/{total}"
+        f" (the cloud {delay_s:g} s late; `spotvlm eval` measures this over many videos and latencies)"
+    )
 
 
 def stream_demo(edge_grpc_url: str, seconds: float = 6.0, fps: float = 5.0, delay_ms: int = 1500) -> None:
