@@ -150,7 +150,7 @@ class CloudLink:
 
         # Guards the counters and the lifecycle flags only; nothing is called while holding it.
         self._lock = threading.Lock()
-        self._counts = {"sent": 0, "replies": 0, "skipped_busy": 0, "skipped_down": 0, "retries": 0}
+        self._counts = {"sent": 0, "replies": 0, "skipped_busy": 0, "skipped_down": 0, "retries": 0, "cancelled": 0}
         self._errors = dict.fromkeys(ERROR_KINDS, 0)
         self._drained = {**self._counts, **{f"error:{k}": 0 for k in ERROR_KINDS}}
         self._rtts: deque[float] = deque(maxlen=MAX_RTTS_KEPT)
@@ -165,6 +165,7 @@ class CloudLink:
         # Loop-thread-only state (no lock needed): the clients, the running tasks, the unavailable streaks.
         self._clients: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._stream_tasks: dict[int, set[asyncio.Task]] = {}
         self._unavailable_streak: dict[str, int] = {}
 
     @property
@@ -303,7 +304,7 @@ class CloudLink:
         self._count("sent")
         self._count_endpoint(endpoint.url, "sent")
         try:
-            loop.call_soon_threadsafe(self._spawn_task, self._run_job(job, sent_s, endpoint))
+            loop.call_soon_threadsafe(self._spawn_task, self._run_job(job, sent_s, endpoint), job.stream_id)
         except RuntimeError:  # closed between the check and here
             self.policy.release(job.stream_id)
             self.pool.release(endpoint)
@@ -316,6 +317,28 @@ class CloudLink:
             return SKIPPED_DOWN
         return SENT
 
+    def cancel_stream(self, stream_id: int) -> None:
+        """Cancels the stream's calls still waiting out their injected delay or in flight: its sequence ended or
+        restarted, so their answers could only be dropped, and the cloud's time is better spent on live streams.
+        Calls submitted after this one are not touched (the loop runs both in order). Never blocks."""
+        with self._lock:
+            usable = self._started and not self._closed
+            loop = self._loop
+        if not usable or loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._cancel_stream_tasks, stream_id)
+        except RuntimeError:
+            pass  # the loop closed in between: close() cancels everything anyway
+
+    def _cancel_stream_tasks(self, stream_id: int) -> None:
+        tasks = self._stream_tasks.pop(stream_id, set())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            with self._lock:
+                self._counts["cancelled"] += len(tasks)
+
     def _count(self, key: str) -> None:
         with self._lock:
             self._counts[key] += 1
@@ -326,11 +349,21 @@ class CloudLink:
 
     # ----- the loop thread -----
 
-    def _spawn_task(self, coroutine: Any) -> None:
+    def _spawn_task(self, coroutine: Any, stream_id: int | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
-        # Loop-thread-only set and no lock held: add_done_callback may run the callback inline.
+        # Loop-thread-only sets and no lock held: add_done_callback may run the callback inline.
         task.add_done_callback(self._tasks.discard)
+        if stream_id is not None:
+            self._stream_tasks.setdefault(stream_id, set()).add(task)
+            task.add_done_callback(lambda done: self._forget_stream_task(stream_id, done))
+
+    def _forget_stream_task(self, stream_id: int, task: asyncio.Task) -> None:
+        tasks = self._stream_tasks.get(stream_id)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._stream_tasks[stream_id]
 
     async def _run_job(self, job: CloudJob, sent_s: float, endpoint: Endpoint) -> None:
         deadline = sent_s + self.deadline_s
@@ -511,7 +544,7 @@ class CloudLink:
         return self.pool.state
 
     def stats(self) -> dict:
-        """Totals since start: sent, replies, skipped_busy, skipped_down, retries, inflight, errors_by_kind,
+        """Totals since start: sent, replies, skipped_busy, skipped_down, retries, cancelled, inflight, errors_by_kind,
         last_rtt_ms, state, and per endpoint: sent, replies, retries, errors_by_kind, last_rtt_ms, inflight, state."""
         with self._lock:
             result: dict = dict(self._counts)

@@ -324,6 +324,7 @@ class SpotVLMStep:
         if frame.start:
             self.store.start_stream(stream)
             self.received.forget(stream)
+            self._cancel_cloud_calls(stream)  # the restarted run's own call, dispatched below, is not touched
 
         # Every frame, before anything can fail for it: a later cloud answer about it is tracked from here.
         frames = self.store.add_frame(stream, frame_id, frame.timestamp_ms, frame.image)
@@ -457,6 +458,12 @@ class SpotVLMStep:
     def _end_stream(self, stream: int) -> None:
         self._forget_counters(stream)
         self.store.end_stream(stream)
+        self._cancel_cloud_calls(stream)
+
+    def _cancel_cloud_calls(self, stream: int) -> None:
+        """An ended (or restarted) stream's cloud calls could only be dropped: they free the cloud for live ones."""
+        if self.link is not None:
+            self.link.cancel_stream(stream)
 
     def _forget_counters(self, stream: int) -> None:
         with self._lock:
@@ -498,6 +505,7 @@ class SpotVLMStep:
     def _housekeeping(self) -> None:
         for stream in self.store.purge_expired():
             self._forget_counters(stream)
+            self._cancel_cloud_calls(stream)
         if self.metrics is not None and self.link is not None:
             try:
                 self.metrics.record_cloud(self.link.drain_stats())

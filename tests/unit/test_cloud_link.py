@@ -363,6 +363,23 @@ def test_injected_delay_longer_than_deadline_is_a_timeout(make_link):
     assert factory.calls == []  # it never reached the cloud
 
 
+def test_cancel_stream_cancels_only_that_streams_calls_and_frees_its_slot(make_link):
+    link, factory, recorder = make_link(delay=ConstantDelay(30_000.0), max_inflight=2)
+    assert [link.submit(job(stream=1, frame=i)) for i in range(2)] == ["sent", "sent"]
+    assert link.submit(job(stream=2, frame=0, delay=ConstantDelay(200.0))) == "sent"
+    link.cancel_stream(1)
+    link.cancel_stream(99)  # a stream with nothing in flight: nothing happens
+    recorder.wait(replies=1)  # stream 2's call goes through
+    assert [r.job.stream_id for r in recorder.replies] == [2] and recorder.errors == []
+    deadline = time.monotonic() + WAIT_S
+    while link.stats()["inflight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert link.stats()["inflight"] == 0 and link.stats()["cancelled"] == 2
+    assert len(factory.calls) == 1  # the cancelled ones never reached the cloud
+    assert link.submit(job(stream=1, frame=2, delay=NoDelay())) == "sent"  # the stream's slots are free again
+    recorder.wait(replies=2)
+
+
 def test_per_job_delay_overrides_the_links(make_link):
     link, _, recorder = make_link(delay=ConstantDelay(30_000.0))
     link.submit(job(delay=NoDelay()))

@@ -107,6 +107,7 @@ class FakeCloudLink:
     def __init__(self, url: str, **kwargs) -> None:
         self.url, self.kwargs = url, kwargs
         self.jobs: list = []
+        self.cancelled: list[int] = []
         self.outcome = "sent"
         self.state = CloudState.OK
         self.inflight = 0
@@ -122,6 +123,9 @@ class FakeCloudLink:
     def submit(self, job) -> str:
         self.jobs.append(job)
         return self.outcome
+
+    def cancel_stream(self, stream_id: int) -> None:
+        self.cancelled.append(stream_id)
 
     def stats(self) -> dict:
         return {"inflight": self.inflight, "state": self.state.value}
@@ -533,6 +537,15 @@ def test_a_reply_from_an_ended_run_does_not_reach_the_next_run(cloud_step, calls
     (response,) = run(cloud_step, [frame(1, timestamp=2_200)])
     assert context(response)["context_frame"] is None
     assert cloud_step.store.snapshot(1).cloud_results == ()
+
+
+def test_end_and_restart_cancel_the_streams_cloud_calls_before_the_new_runs_call(cloud_step, calls):
+    run(cloud_step, [frame(1, flags=START), frame(2, flags=START)])
+    assert cloud_step.link.cancelled == [1, 2]  # a start cancels whatever an earlier run left
+    run(cloud_step, [frame(1, flags=START)])  # a restart: cancelled before its own frame is dispatched
+    assert cloud_step.link.cancelled == [1, 2, 1] and len(cloud_step.link.jobs) == 3
+    run(cloud_step, [frame(2, flags=END)])
+    assert cloud_step.link.cancelled == [1, 2, 1, 2]
 
 
 def test_a_reply_after_end_does_not_revive_the_stream(cloud_step, calls):
