@@ -104,7 +104,9 @@ class ContextReport:
     focus_labels: list[str] = field(default_factory=list)
     replaced_turns: int = 0  # SVLM turns whose answer an LVLM answer replaced
     history_turns: int = 0  # turns in the history sent to the SVLM
-    svlm_model: str | None = None  # svlm or svlm_focus
+    svlm_model: str | None = None  # svlm or svlm_focus (None: the SVLM was not asked)
+    # svlm, or tracked_cloud: the answer is the cloud's own answer to the question, its boxes tracked to this frame
+    answer_source: str | None = None
     latency_ms: LatencyBreakdown | None = None
     # Tracking (focus_tracking): was the context answer's box found again in this frame (None: tracking off, or
     # no box to track), where (this frame's pixels, x1 y1 x2 y2), how much its region (the whole frame for an answer
@@ -154,6 +156,7 @@ class ContextReport:
             replaced_turns=_number(data.get("replaced_turns")) or 0,
             history_turns=_number(data.get("history_turns")) or 0,
             svlm_model=_text(data.get("svlm_model")),
+            answer_source=_text(data.get("answer_source")),
             latency_ms=LatencyBreakdown.from_dict(data.get("latency_ms")),
             tracked=_flag(data.get("tracked")),
             tracked_box=list(tracked_box) if isinstance(tracked_box, (list, tuple)) else None,

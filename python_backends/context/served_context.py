@@ -31,7 +31,7 @@ from python_backends.context.replacement import (
     TokenBudget,
     build_history,
 )
-from python_backends.context.store import CloudResult, TurnRecord
+from python_backends.context.store import CloudResult, TurnRecord, question_key
 from python_backends.context.tracking import Box, FrameHistory, region_change, track_box
 from python_backends.detections import Detection, scale_box
 
@@ -101,6 +101,9 @@ class ContextInput:
     focus_tracked: bool = False  # the crop centred on tracked boxes
     context_tracking: AnswerTracking | None = None  # the tracking of the history's freshest cloud answer
     tracking: Mapping[int, AnswerTracking] = field(default_factory=dict)
+    # The cloud's answer to this very question carried to this frame, in the SVLM's answer format, when it is boxes
+    # and every box was found again (tracked_answer); None otherwise.
+    tracked_answer: str | None = None
 
 
 def _newest_per_frame(results: Sequence[CloudResult]) -> dict[int, CloudResult]:
@@ -195,6 +198,24 @@ def answer_override(
     return AnswerOverride(text=grounding_text(boxes), note=tracking.note())
 
 
+def tracked_answer(
+    result: CloudResult | None,
+    tracking: AnswerTracking | None,
+    override: AnswerOverride | None,
+    question: str,
+) -> str | None:
+    """The cloud's answer carried to the current frame, to answer with in place of the SVLM: only when `result`
+    answered `question` itself (case and spacing aside) with boxes, and every one of its boxes was tracked here.
+    Then it is the boxes where the objects are now, in the SVLM's pixels and answer format (the history's text)."""
+    if result is None or tracking is None or override is None or not result.detections:
+        return None
+    if result.question is None or question_key(result.question) != question_key(question):
+        return None
+    if not tracking.tracked or len(tracking.boxes) != len(result.detections):
+        return None
+    return override.text
+
+
 def build_context_input(
     image: np.ndarray,
     question: str,
@@ -220,6 +241,10 @@ def build_context_input(
         turns, cloud_results, now_ms, config.replacement, budget, question=question, overrides=overrides
     )
     context_tracking = tracking.get(history.context_frame) if history.context_frame is not None else None
+    carried = None
+    if history.context_frame is not None:
+        override = overrides.get(history.context_frame)
+        carried = tracked_answer(history.context_result, context_tracking, override, question)
     if not text_context:
         # Focus alone: the history's freshest answer is still named (CONTEXT), but no turn goes to the SVLM.
         history = replace(history, turns=[], replaced_turns=0)
@@ -227,7 +252,7 @@ def build_context_input(
     source = focus_source(cloud_results, question)
     plain = FocusPlan(mode=FocusMode.OFF, box=None, labels=[], images=[image])
     if source is None or focus_mode is FocusMode.OFF:
-        return ContextInput(history, plain, None, False, context_tracking, tracking)
+        return ContextInput(history, plain, None, False, context_tracking, tracking, carried)
     # Centre on the tracked boxes only when every box the question is about was found again.
     track = tracking.get(source.frame_id)
     relevant = relevant_detections(source.detections, question)
@@ -239,4 +264,5 @@ def build_context_input(
         image, source.detections, source.frame_size, question, age_ms, focus_mode, config.focus, tracked=tracked
     )
     used = source if plan.mode is not FocusMode.OFF else None
-    return ContextInput(history, plan, used, used is not None and tracked is not None, context_tracking, tracking)
+    focus_tracked = used is not None and tracked is not None
+    return ContextInput(history, plan, used, focus_tracked, context_tracking, tracking, carried)

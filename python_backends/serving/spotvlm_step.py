@@ -85,6 +85,7 @@ class FrameRequest:
     use_context: bool
     text_context: bool  # false: no HISTORY for the SVLM, while the cloud's answers still plan the focus
     tracking: bool  # carry the cloud's boxes to this frame (focus_tracking)
+    track_answers: bool  # answer with the cloud's own answer carried to this frame, where it can be (track_answers)
     cloud_delay: DelayInjector | None
     received: float  # perf_counter when parsing began
 
@@ -105,6 +106,7 @@ class PreparedFrame:
     cloud_questions: int | None = None  # how many questions the cloud answers in reach answer
     focus_tracked: bool | None = None  # None: tracking off for this frame
     context_tracking: AnswerTracking | None = None  # the history's freshest cloud answer carried to this frame
+    tracked_answer: str | None = None  # answer with this, not the SVLM (ContextInput.tracked_answer)
     cloud_answer: CloudAnswerReport | None = None  # the newest cloud answer received to this frame's question
 
 
@@ -298,6 +300,7 @@ class SpotVLMStep:
             use_context=bool_parameter(params, "use_context", True),
             text_context=bool_parameter(params, "text_context", True),
             tracking=bool_parameter(params, "focus_tracking", self.config.focus_tracking),
+            track_answers=bool_parameter(params, "track_answers", self.config.track_answers),
             cloud_delay=delay,
             received=received,
         )
@@ -382,11 +385,19 @@ class SpotVLMStep:
             prepared.focus_tracked = context.focus_tracked if frame.tracking else None
         if context is not None and frame.tracking:
             prepared.context_tracking = context.context_tracking
+            if frame.track_answers and frame.text_context:
+                prepared.tracked_answer = context.tracked_answer
         latest = history.context_result  # kept when text_context is off: CONTEXT still names it
         if latest is not None:
             prepared.context_rtt_ms = round(latest.rtt_ms, 1)
             prepared.context_detections = len(latest.detections)
         return prepared
+
+    async def _answer(self, prepared: PreparedFrame) -> SvlmReply:
+        """The cloud's answer carried to this frame where there is one (the SVLM is not asked), else the SVLM's."""
+        if prepared.tracked_answer is not None:
+            return SvlmReply(text=prepared.tracked_answer, generate_ms=0.0, svlm_ms=0.0)
+        return await self._ask_svlm(prepared)
 
     async def _ask_svlm(self, prepared: PreparedFrame) -> SvlmReply:
         pb = self._pb_utils
@@ -434,7 +445,8 @@ class SpotVLMStep:
                 focus_labels=prepared.plan.labels,
                 replaced_turns=history.replaced_turns,
                 history_turns=len(history.turns),
-                svlm_model=prepared.model,
+                svlm_model=prepared.model if prepared.tracked_answer is None else None,
+                answer_source="svlm" if prepared.tracked_answer is None else "tracked_cloud",
                 latency_ms=_latency(prepared, outcome),
                 **AnswerTracking.report_fields(prepared.context_tracking),
                 focus_tracked=prepared.focus_tracked,
@@ -533,7 +545,7 @@ class SpotVLMStep:
                 responses[index] = error_response(f"internal error: {exc}", invalid_arg=False)
                 self._end_if_last(request)
         if prepared:
-            outcomes = await asyncio.gather(*(self._ask_svlm(p) for _, p in prepared), return_exceptions=True)
+            outcomes = await asyncio.gather(*(self._answer(p) for _, p in prepared), return_exceptions=True)
             for (index, item), outcome in zip(prepared, outcomes, strict=True):
                 responses[index] = self._finish(item, outcome)
         assert all(r is not None for r in responses), "every request must get exactly one response"

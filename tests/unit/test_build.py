@@ -244,3 +244,18 @@ def test_trained_refuses_explicit_checkpoints(capsys):
     with pytest.raises(SystemExit):
         build.main(["--trained", "--cloud-checkpoint", "/models/x"])
     assert "cannot be combined" in capsys.readouterr().err
+
+
+def test_the_shipped_checkpoints_are_the_default_trained_recipes():
+    """`make demo` serves them: a recipe change that moves the default key must ship checkpoints trained on it."""
+    from training.pipeline import checkpoint_folder, recipe
+
+    total = 0
+    minutes = build.parse_train_minutes(build.DEFAULT_TRAIN_MINUTES)
+    for role, budget in zip(("edge", "cloud"), minutes, strict=True):
+        folder = build.SHIPPED_CHECKPOINTS / checkpoint_folder(recipe(role, budget)).name
+        info = json.loads((folder / "training.json").read_text())
+        assert info["recipe"]["model"] == role and not info["stopped_by_guard"]
+        assert build.ModelFacts.read(folder).text_hidden > 0
+        total += sum(path.stat().st_size for path in folder.iterdir())
+    assert total <= 60 * 2**20

@@ -27,6 +27,7 @@ CONTEXT_KEYS = [
     "replaced_turns",
     "history_turns",
     "svlm_model",
+    "answer_source",
     "latency_ms",
     "tracked",
     "tracked_box",

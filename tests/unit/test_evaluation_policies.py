@@ -11,6 +11,7 @@ from evaluation.policies import (
     CLOUD_STALE,
     CLOUD_STALE_IDEAL,
     CONTEXT_TRANSFER,
+    CONTEXT_TRANSFER_NO_TRACKING,
     EDGE_ONLY,
     FOCUS_ONLY,
     POLICIES,
@@ -123,6 +124,10 @@ def test_every_policy_is_either_spotvlm_or_client_side():
         (FOCUS_ONLY, {"focus_mode": "crop_and_frame", "history_turns": 0, "context_frame": 2}),
         (CONTEXT_TRANSFER, {"focus_mode": "crop_and_frame", "history_turns": 4, "context_frame": 2}),
         (CONTEXT_TRANSFER, {"focus_mode": "off", "history_turns": 0, "context_frame": None}),  # no cloud yet
+        (
+            CONTEXT_TRANSFER,
+            {"focus_mode": "off", "history_turns": 1, "context_frame": 2, "answer_source": "tracked_cloud"},
+        ),
     ],
 )
 def test_contexts_that_honour_the_policy(policy, context):
@@ -140,6 +145,11 @@ def test_focus_only_with_history_names_the_missing_parameter():
         (EDGE_ONLY, {"focus_mode": "off", "history_turns": 0, "context_frame": 5}),
         (EDGE_ONLY, {"focus_mode": "off", "history_turns": 2, "context_frame": None}),
         (REPLACEMENT_ONLY, {"focus_mode": "crop_and_frame", "history_turns": 2, "context_frame": 1}),
+        (
+            FOCUS_ONLY,
+            {"focus_mode": "crop_only", "history_turns": 0, "context_frame": 1, "answer_source": "tracked_cloud"},
+        ),
+        (CONTEXT_TRANSFER_NO_TRACKING, {"focus_mode": "off", "context_frame": 1, "answer_source": "tracked_cloud"}),
     ],
 )
 def test_contexts_that_break_the_policy(policy, context):

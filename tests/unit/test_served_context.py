@@ -63,6 +63,8 @@ def make_step(monkeypatch):
 
 
 def _send(step, image, timestamp_ms, prompt=QUESTION, flags=0, stream=1, **params):
+    # What the SVLM is sent is under test: it answers every frame, tracked box answers or not.
+    params.setdefault("track_answers", False)
     request = pb.FakeRequest(
         {
             "IMAGE": image[None],
@@ -120,6 +122,50 @@ def test_a_tracked_box_replaces_the_clouds_in_the_history_in_svlm_pixels(make_st
     # The crop centres on where the box is now.
     x1, y1, x2, y2 = ctx["focus_box"]
     assert iou((x1, y1, x2, y2), clip.boxes[20]) >= 0.5 and call.model_name == "svlm"
+
+
+def _answer_clip(step, clip, upto, prompt=QUESTION, params=None):
+    """Frames 0..upto of `clip` (the last asked `prompt`), the cloud's box answer about frame 0 ingested after it.
+    Returns the last frame's TEXT and CONTEXT."""
+    for index in range(upto + 1):
+        request = pb.FakeRequest(
+            {
+                "IMAGE": clip.frames[index][None],
+                "PROMPT": np.array([[(QUESTION if index < upto else prompt).encode()]], dtype=object),
+                "TIMESTAMP_MS": np.array([[clip.timestamps_ms[index]]], dtype=np.int64),
+            },
+            params or {},
+            correlation=1,
+            sequence_flags=START if index == 0 else 0,
+        )
+        (response,) = asyncio.run(step.execute([request]))
+        assert response.error is None, response.error.message()
+        if index == 0:
+            _ingest(step, 0, [{"bbox_2d": list(clip.boxes[0]), "label": "box"}], clip.frames[0].shape[:2])
+    return response.output("TEXT")[0, 0].decode(), json.loads(response.output("CONTEXT")[0, 0])
+
+
+def test_a_tracked_box_answer_to_the_question_itself_answers_it_without_the_svlm(make_step):
+    calls = pb.set_bls_handler(_echo)
+    clip = synthetic_clip(21, shape="square", seed=3)
+    text, ctx = _answer_clip(make_step(context_turns=0), clip, 20)
+    assert ctx["answer_source"] == "tracked_cloud" and ctx["svlm_model"] is None and ctx["tracked"] is True
+    assert len(calls) == 1  # the SVLM answered frame 0 only, before the cloud's answer came
+    (answered,) = parse_detections(text)  # the SVLM's answer format, in its pixels: where the box is now
+    now_in_svlm = scale_box(clip.boxes[20], (240, 320), (SVLM_SIDE, SVLM_SIDE))
+    assert iou(answered.bbox, now_in_svlm) >= 0.5 and answered.label == "box"
+
+
+@pytest.mark.parametrize("case", ["another question", "lost", "switched off"])
+def test_the_svlm_answers_when_the_cloud_answered_another_question_or_the_box_was_lost(make_step, case):
+    calls = pb.set_bls_handler(_echo)
+    clip = synthetic_clip(21, shape="square", seed=3) if case != "lost" else synthetic_clip(21, seed=4, vanish_at=15)
+    prompt = "What colour is the box?" if case == "another question" else QUESTION
+    params = {"track_answers": False} if case == "switched off" else None
+    text, ctx = _answer_clip(make_step(context_turns=0), clip, 20, prompt=prompt, params=params)
+    assert ctx["answer_source"] == "svlm" and ctx["svlm_model"] in ("svlm", "svlm_focus") and text == "edge"
+    if case == "switched off":
+        assert len(calls) == 21  # every frame asked the SVLM
 
 
 def test_a_lost_track_is_said_and_focus_falls_back_to_the_age_margin(make_step):
