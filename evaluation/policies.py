@@ -79,22 +79,22 @@ CLIENT_POLICIES: tuple[str, ...] = (CLOUD_STALE, CLOUD_STALE_IDEAL)
 
 TEXT_CONTEXT = "text_context"  # spotvlm's switch for the text history alone (module docstring)
 FOCUS_TRACKING = "focus_tracking"  # spotvlm's switch for tracking the cloud's boxes to the current frame
-TRACK_ANSWERS = "track_answers"  # spotvlm's switch for answering with the cloud's answer carried to the frame
+CARRY_ANSWERS = "carry_answers"  # spotvlm's switch for answering with the cloud's answer carried to the frame
 
 # The one place where policies meet spotvlm's request parameters.
 _REQUEST_PARAMETERS: dict[str, dict[str, Any]] = {
     EDGE_ONLY: {"use_context": False, "focus": "off"},
     # Replacement carries the cloud's answers to the frame as spotvlm serves them by default: tracked boxes in the
-    # history, and a box answer to the very question, tracked, given in place of the SVLM's.
-    REPLACEMENT_ONLY: {"use_context": True, TEXT_CONTEXT: True, "focus": "off", TRACK_ANSWERS: True},
+    # history, and the cloud's answer to the very question (boxes tracked) given in place of the SVLM's.
+    REPLACEMENT_ONLY: {"use_context": True, TEXT_CONTEXT: True, "focus": "off", CARRY_ANSWERS: True},
     # "auto": the edge's configured focus_mode, the form of crop its SVLM takes (a trained tiny edge: crop_only).
-    FOCUS_ONLY: {"use_context": True, TEXT_CONTEXT: False, "focus": "auto", TRACK_ANSWERS: False},
+    FOCUS_ONLY: {"use_context": True, TEXT_CONTEXT: False, "focus": "auto", CARRY_ANSWERS: False},
     CONTEXT_TRANSFER: {
         "use_context": True,
         TEXT_CONTEXT: True,
         "focus": "auto",
         FOCUS_TRACKING: True,
-        TRACK_ANSWERS: True,
+        CARRY_ANSWERS: True,
     },
     CONTEXT_TRANSFER_NO_TRACKING: {"use_context": True, TEXT_CONTEXT: True, "focus": "auto", FOCUS_TRACKING: False},
 }
@@ -108,7 +108,7 @@ POLICY_DESCRIPTIONS: dict[str, str] = {
     REPLACEMENT_ONLY: "the edge model with the text history, the cloud's answers replacing its own",
     FOCUS_ONLY: "the edge model on the frame plus a crop where the cloud last saw the objects",
     CONTEXT_TRANSFER: "the edge model with both: replaced text history and the focus crop, the cloud's boxes tracked"
-    " to the current frame (a tracked box answer to the question itself answers it)",
+    " to the current frame; the cloud's answer to the question itself, carried to the frame, answers it",
     CONTEXT_TRANSFER_NO_TRACKING: "context_transfer without tracking: the cloud's boxes where it saw them (the paper's"
     " method)",
     CLOUD_REFERENCE: "the cloud model answering the current frame with no delay (reference)",
@@ -153,8 +153,10 @@ def policy_violations(policy: str, context: ContextReport) -> list[str]:
             f"{policy}: the cloud's boxes were tracked (tracked {context.tracked}, focus_tracked"
             f" {context.focus_tracked}), expected focus_tracking off"
         )
-    if not params.get(TRACK_ANSWERS, False) and context.answer_source == "tracked_cloud":
-        problems.append(f"{policy}: answered with the cloud's tracked answer, expected the SVLM's")
+    if not params.get(CARRY_ANSWERS, False) and context.answer_source not in (None, "svlm"):
+        problems.append(
+            f"{policy}: answered with the cloud's carried answer ({context.answer_source}), expected the SVLM's"
+        )
     return problems
 
 

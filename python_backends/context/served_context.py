@@ -2,7 +2,7 @@
 
 `spotvlm` calls `build_context_input` for every frame; training/examples.py builds its examples with it too, so what
 the edge learned from is what it is served. With tracking on (`focus_tracking`), the cloud's answers are carried
-forward from the frame the cloud saw to the frame being answered (`track_answers`, template matching on the
+forward from the frame the cloud saw to the frame being answered (`carry_answers`, template matching on the
 stream's small grey frames, tracking.py):
 - in the history, a box answer is written where the object is now, in the SVLM input's pixels and on its coordinate
   bin grid, as the SVLM itself answers (`[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]`); after the age tag a note
@@ -93,6 +93,18 @@ class AnswerTracking:
         return f"[{state}{change}]"
 
 
+# Where an answer came from (CONTEXT's answer_source): the SVLM, or the cloud's own answer carried to the frame.
+SVLM = "svlm"
+CLOUD_TEXT = "cloud"
+CLOUD_TRACKED = "cloud_tracked"
+
+
+@dataclass(frozen=True)
+class CarriedAnswer:
+    text: str  # in the SVLM's answer format (boxes in its input's pixels)
+    source: str  # CLOUD_TEXT or CLOUD_TRACKED
+
+
 @dataclass(frozen=True)
 class ContextInput:
     history: ReplacedHistory
@@ -101,9 +113,8 @@ class ContextInput:
     focus_tracked: bool = False  # the crop centred on tracked boxes
     context_tracking: AnswerTracking | None = None  # the tracking of the history's freshest cloud answer
     tracking: Mapping[int, AnswerTracking] = field(default_factory=dict)
-    # The cloud's answer to this very question carried to this frame, in the SVLM's answer format, when it is boxes
-    # and every box was found again (tracked_answer); None otherwise.
-    tracked_answer: str | None = None
+    # The cloud's answer to this very question carried to this frame, in the SVLM's answer format (carried_answer).
+    carried_answer: CarriedAnswer | None = None
 
 
 def _newest_per_frame(results: Sequence[CloudResult]) -> dict[int, CloudResult]:
@@ -198,22 +209,25 @@ def answer_override(
     return AnswerOverride(text=grounding_text(boxes), note=tracking.note())
 
 
-def tracked_answer(
+def carried_answer(
     result: CloudResult | None,
     tracking: AnswerTracking | None,
     override: AnswerOverride | None,
     question: str,
-) -> str | None:
-    """The cloud's answer carried to the current frame, to answer with in place of the SVLM: only when `result`
-    answered `question` itself (case and spacing aside) with boxes, and every one of its boxes was tracked here.
-    Then it is the boxes where the objects are now, in the SVLM's pixels and answer format (the history's text)."""
-    if result is None or tracking is None or override is None or not result.detections:
+) -> CarriedAnswer | None:
+    """The cloud's answer carried to the current frame, to answer with in place of the SVLM, when `result` answered
+    `question` itself (case and spacing aside): a text answer as the cloud gave it; a box answer only when every one
+    of its boxes was tracked here, then written where the objects are now, in the SVLM's pixels and answer format
+    (the history's text). None otherwise, and for an answer that was not tracked at all (tracking off)."""
+    if result is None or tracking is None or override is None:
         return None
     if result.question is None or question_key(result.question) != question_key(question):
         return None
+    if not result.detections:
+        return CarriedAnswer(result.text, CLOUD_TEXT)
     if not tracking.tracked or len(tracking.boxes) != len(result.detections):
         return None
-    return override.text
+    return CarriedAnswer(override.text, CLOUD_TRACKED)
 
 
 def build_context_input(
@@ -244,7 +258,7 @@ def build_context_input(
     carried = None
     if history.context_frame is not None:
         override = overrides.get(history.context_frame)
-        carried = tracked_answer(history.context_result, context_tracking, override, question)
+        carried = carried_answer(history.context_result, context_tracking, override, question)
     if not text_context:
         # Focus alone: the history's freshest answer is still named (CONTEXT), but no turn goes to the SVLM.
         history = replace(history, turns=[], replaced_turns=0)

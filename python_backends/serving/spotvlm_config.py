@@ -76,11 +76,11 @@ class SpotVLMConfig:
         "carry the cloud's boxes to the current frame (history boxes where the object is now, crop centred on it); "
         "`false`: the paper's method; the default of the `focus_tracking` request parameter",
     )
-    track_answers: bool = _param(
+    carry_answers: bool = _param(
         True,
-        "answer a question with the cloud's own answer to it, carried to this frame, when that answer is boxes and "
-        "every box was tracked here (the SVLM is not asked); needs `focus_tracking` and the text context; the "
-        "default of the `track_answers` request parameter",
+        "answer with the cloud's own answer to the question asked, carried to this frame (text as it came; boxes only "
+        "when every one was tracked here), without asking the SVLM; needs `focus_tracking` and the text context; the "
+        "default of the `carry_answers` request parameter",
     )
     tracking_frames: int = _param(100, "frames per stream kept as small grey copies to track from (0: none)")
     tracking_side: int = _param(160, "the longer side of those copies, in pixels")
@@ -218,7 +218,7 @@ REQUEST_PARAMETERS = (
         "focus_tracking", "bool", "`focus_tracking`", "false: the cloud's answers as they came, not tracked to now"
     ),
     RequestParameter(
-        "track_answers", "bool", "`track_answers`", "false: the SVLM answers every frame, tracked boxes or not"
+        "carry_answers", "bool", "`carry_answers`", "false: the SVLM answers every frame, carried answers or not"
     ),
     RequestParameter(
         "cloud_delay", "str", "the config's", "extra cloud delay for this frame, as `cloud_delay` but no `trace:`"

@@ -38,7 +38,8 @@ from python_backends.context.focus import FocusMode, FocusPlan, parse_focus_mode
 from python_backends.context.received import ReceivedAnswers
 from python_backends.context.report import CloudAnswerReport, ContextReport, LatencyBreakdown
 from python_backends.context.replacement import ReplacedHistory, WordBudget
-from python_backends.context.served_context import AnswerTracking, build_context_input, track_answers
+from python_backends.context.served_context import SVLM, AnswerTracking, CarriedAnswer, build_context_input
+from python_backends.context.served_context import track_answers
 from python_backends.context.store import CloudResult, ContextStore, TurnRecord, question_key
 from python_backends.context.token_budget import TokenizerBudget
 from python_backends.errors import InputError
@@ -85,7 +86,7 @@ class FrameRequest:
     use_context: bool
     text_context: bool  # false: no HISTORY for the SVLM, while the cloud's answers still plan the focus
     tracking: bool  # carry the cloud's boxes to this frame (focus_tracking)
-    track_answers: bool  # answer with the cloud's own answer carried to this frame, where it can be (track_answers)
+    carry_answers: bool  # answer with the cloud's own answer carried to this frame, where it can be (carry_answers)
     cloud_delay: DelayInjector | None
     received: float  # perf_counter when parsing began
 
@@ -106,7 +107,7 @@ class PreparedFrame:
     cloud_questions: int | None = None  # how many questions the cloud answers in reach answer
     focus_tracked: bool | None = None  # None: tracking off for this frame
     context_tracking: AnswerTracking | None = None  # the history's freshest cloud answer carried to this frame
-    tracked_answer: str | None = None  # answer with this, not the SVLM (ContextInput.tracked_answer)
+    carried_answer: CarriedAnswer | None = None  # answer with this, not the SVLM (ContextInput.carried_answer)
     cloud_answer: CloudAnswerReport | None = None  # the newest cloud answer received to this frame's question
 
 
@@ -300,7 +301,7 @@ class SpotVLMStep:
             use_context=bool_parameter(params, "use_context", True),
             text_context=bool_parameter(params, "text_context", True),
             tracking=bool_parameter(params, "focus_tracking", self.config.focus_tracking),
-            track_answers=bool_parameter(params, "track_answers", self.config.track_answers),
+            carry_answers=bool_parameter(params, "carry_answers", self.config.carry_answers),
             cloud_delay=delay,
             received=received,
         )
@@ -385,8 +386,8 @@ class SpotVLMStep:
             prepared.focus_tracked = context.focus_tracked if frame.tracking else None
         if context is not None and frame.tracking:
             prepared.context_tracking = context.context_tracking
-            if frame.track_answers and frame.text_context:
-                prepared.tracked_answer = context.tracked_answer
+            if frame.carry_answers and frame.text_context:
+                prepared.carried_answer = context.carried_answer
         latest = history.context_result  # kept when text_context is off: CONTEXT still names it
         if latest is not None:
             prepared.context_rtt_ms = round(latest.rtt_ms, 1)
@@ -395,8 +396,8 @@ class SpotVLMStep:
 
     async def _answer(self, prepared: PreparedFrame) -> SvlmReply:
         """The cloud's answer carried to this frame where there is one (the SVLM is not asked), else the SVLM's."""
-        if prepared.tracked_answer is not None:
-            return SvlmReply(text=prepared.tracked_answer, generate_ms=0.0, svlm_ms=0.0)
+        if prepared.carried_answer is not None:
+            return SvlmReply(text=prepared.carried_answer.text, generate_ms=0.0, svlm_ms=0.0)
         return await self._ask_svlm(prepared)
 
     async def _ask_svlm(self, prepared: PreparedFrame) -> SvlmReply:
@@ -445,8 +446,8 @@ class SpotVLMStep:
                 focus_labels=prepared.plan.labels,
                 replaced_turns=history.replaced_turns,
                 history_turns=len(history.turns),
-                svlm_model=prepared.model if prepared.tracked_answer is None else None,
-                answer_source="svlm" if prepared.tracked_answer is None else "tracked_cloud",
+                svlm_model=prepared.model if prepared.carried_answer is None else None,
+                answer_source=SVLM if prepared.carried_answer is None else prepared.carried_answer.source,
                 latency_ms=_latency(prepared, outcome),
                 **AnswerTracking.report_fields(prepared.context_tracking),
                 focus_tracked=prepared.focus_tracked,

@@ -117,7 +117,7 @@ def test_request_parameters_carry_policy_latency_and_tokens(tmp_path):
         "use_context": True,
         "text_context": False,
         "focus": "auto",
-        "track_answers": False,
+        "carry_answers": False,
         "cloud_delay": "500",
         "max_tokens": 16,
     }

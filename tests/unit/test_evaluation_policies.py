@@ -126,7 +126,7 @@ def test_every_policy_is_either_spotvlm_or_client_side():
         (CONTEXT_TRANSFER, {"focus_mode": "off", "history_turns": 0, "context_frame": None}),  # no cloud yet
         (
             CONTEXT_TRANSFER,
-            {"focus_mode": "off", "history_turns": 1, "context_frame": 2, "answer_source": "tracked_cloud"},
+            {"focus_mode": "off", "history_turns": 1, "context_frame": 2, "answer_source": "cloud_tracked"},
         ),
     ],
 )
@@ -147,9 +147,9 @@ def test_focus_only_with_history_names_the_missing_parameter():
         (REPLACEMENT_ONLY, {"focus_mode": "crop_and_frame", "history_turns": 2, "context_frame": 1}),
         (
             FOCUS_ONLY,
-            {"focus_mode": "crop_only", "history_turns": 0, "context_frame": 1, "answer_source": "tracked_cloud"},
+            {"focus_mode": "crop_only", "history_turns": 0, "context_frame": 1, "answer_source": "cloud_tracked"},
         ),
-        (CONTEXT_TRANSFER_NO_TRACKING, {"focus_mode": "off", "context_frame": 1, "answer_source": "tracked_cloud"}),
+        (CONTEXT_TRANSFER_NO_TRACKING, {"focus_mode": "off", "context_frame": 1, "answer_source": "cloud_tracked"}),
     ],
 )
 def test_contexts_that_break_the_policy(policy, context):

@@ -64,7 +64,7 @@ def make_step(monkeypatch):
 
 def _send(step, image, timestamp_ms, prompt=QUESTION, flags=0, stream=1, **params):
     # What the SVLM is sent is under test: it answers every frame, tracked box answers or not.
-    params.setdefault("track_answers", False)
+    params.setdefault("carry_answers", False)
     request = pb.FakeRequest(
         {
             "IMAGE": image[None],
@@ -124,9 +124,9 @@ def test_a_tracked_box_replaces_the_clouds_in_the_history_in_svlm_pixels(make_st
     assert iou((x1, y1, x2, y2), clip.boxes[20]) >= 0.5 and call.model_name == "svlm"
 
 
-def _answer_clip(step, clip, upto, prompt=QUESTION, params=None):
-    """Frames 0..upto of `clip` (the last asked `prompt`), the cloud's box answer about frame 0 ingested after it.
-    Returns the last frame's TEXT and CONTEXT."""
+def _answer_clip(step, clip, upto, prompt=QUESTION, params=None, cloud_text="", boxes=True):
+    """Frames 0..upto of `clip` (the last asked `prompt`), the cloud's answer about frame 0 (`cloud_text`, and its
+    box unless `boxes` is false) ingested after it. Returns the last frame's TEXT and CONTEXT."""
     for index in range(upto + 1):
         request = pb.FakeRequest(
             {
@@ -141,7 +141,8 @@ def _answer_clip(step, clip, upto, prompt=QUESTION, params=None):
         (response,) = asyncio.run(step.execute([request]))
         assert response.error is None, response.error.message()
         if index == 0:
-            _ingest(step, 0, [{"bbox_2d": list(clip.boxes[0]), "label": "box"}], clip.frames[0].shape[:2])
+            detections = [{"bbox_2d": list(clip.boxes[0]), "label": "box"}] if boxes else []
+            _ingest(step, 0, detections, clip.frames[0].shape[:2], text=cloud_text)
     return response.output("TEXT")[0, 0].decode(), json.loads(response.output("CONTEXT")[0, 0])
 
 
@@ -149,11 +150,19 @@ def test_a_tracked_box_answer_to_the_question_itself_answers_it_without_the_svlm
     calls = pb.set_bls_handler(_echo)
     clip = synthetic_clip(21, shape="square", seed=3)
     text, ctx = _answer_clip(make_step(context_turns=0), clip, 20)
-    assert ctx["answer_source"] == "tracked_cloud" and ctx["svlm_model"] is None and ctx["tracked"] is True
+    assert ctx["answer_source"] == "cloud_tracked" and ctx["svlm_model"] is None and ctx["tracked"] is True
     assert len(calls) == 1  # the SVLM answered frame 0 only, before the cloud's answer came
     (answered,) = parse_detections(text)  # the SVLM's answer format, in its pixels: where the box is now
     now_in_svlm = scale_box(clip.boxes[20], (240, 320), (SVLM_SIDE, SVLM_SIDE))
     assert iou(answered.bbox, now_in_svlm) >= 0.5 and answered.label == "box"
+
+
+def test_a_text_answer_to_the_question_itself_is_carried_as_the_cloud_gave_it(make_step):
+    calls = pb.set_bls_handler(_echo)
+    clip = synthetic_clip(11, shape="square", seed=3)
+    text, ctx = _answer_clip(make_step(context_turns=0), clip, 10, cloud_text="bottom left", boxes=False)
+    assert (text, ctx["answer_source"], ctx["svlm_model"]) == ("bottom left", "cloud", None)
+    assert len(calls) == 1 and ctx["context_frame"] == 0
 
 
 @pytest.mark.parametrize("case", ["another question", "lost", "switched off"])
@@ -161,7 +170,7 @@ def test_the_svlm_answers_when_the_cloud_answered_another_question_or_the_box_wa
     calls = pb.set_bls_handler(_echo)
     clip = synthetic_clip(21, shape="square", seed=3) if case != "lost" else synthetic_clip(21, seed=4, vanish_at=15)
     prompt = "What colour is the box?" if case == "another question" else QUESTION
-    params = {"track_answers": False} if case == "switched off" else None
+    params = {"carry_answers": False} if case == "switched off" else None
     text, ctx = _answer_clip(make_step(context_turns=0), clip, 20, prompt=prompt, params=params)
     assert ctx["answer_source"] == "svlm" and ctx["svlm_model"] in ("svlm", "svlm_focus") and text == "edge"
     if case == "switched off":

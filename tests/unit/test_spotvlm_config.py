@@ -32,6 +32,7 @@ def test_every_field_has_a_one_line_doc_and_every_request_parameter_one() -> Non
         "use_context",
         "text_context",
         "focus_tracking",
+        "carry_answers",
         "cloud_delay",
     }
 

@@ -696,7 +696,7 @@ def _prepared(prepare_ms: float) -> PreparedFrame:
         use_context=True,
         text_context=True,
         tracking=False,
-        track_answers=False,
+        carry_answers=False,
         cloud_delay=None,
         received=time.perf_counter(),
     )
