@@ -179,11 +179,14 @@ def context_transfer_demo(
             context = answers[CONTEXT_TRANSFER][example.id].context
             age = "-" if context.context_age_ms is None else f"{context.context_age_ms / 1000:.1f} s"
             tracked = {True: ", tracked", False: ", lost", None: ""}[context.tracked]
-            rows.append([f"{example.time_s:.1f}", example.question, str(example.answer), *cells, f"{age}{tracked}"])
+            source = {"cloud": "cloud's", "cloud_tracked": "cloud's, tracked"}.get(context.answer_source or "", "svlm")
+            rows.append(
+                [f"{example.time_s:.1f}", example.question, str(example.answer), *cells, f"{age}{tracked}", source]
+            )
     print_table(
         rows,
-        [5, 30, 20, 26, 26, 14],
-        ["t s", "question", "true answer", "edge alone", "context transfer", "cloud context"],
+        [5, 30, 20, 26, 26, 14, 16],
+        ["t s", "question", "true answer", "edge alone", "context transfer", "cloud context", "answer given"],
     )
     total = len(video.examples)
     print(
