@@ -55,6 +55,7 @@ REPLACEMENT_ONLY = "replacement_only"
 FOCUS_ONLY = "focus_only"
 CONTEXT_TRANSFER = "context_transfer"
 CONTEXT_TRANSFER_NO_TRACKING = "context_transfer_no_tracking"
+CONTEXT_TRANSFER_NO_CARRY = "context_transfer_no_carry"
 CLOUD_STALE_IDEAL = "cloud_stale_ideal"
 # Not a policy: the cloud model answering each frame itself with no delay, the top of the "gap closed" ratio.
 CLOUD_REFERENCE = "cloud"
@@ -66,6 +67,7 @@ POLICIES: tuple[str, ...] = (
     REPLACEMENT_ONLY,
     FOCUS_ONLY,
     CONTEXT_TRANSFER_NO_TRACKING,
+    CONTEXT_TRANSFER_NO_CARRY,
     CONTEXT_TRANSFER,
 )
 SPOTVLM_POLICIES: tuple[str, ...] = (
@@ -73,6 +75,7 @@ SPOTVLM_POLICIES: tuple[str, ...] = (
     REPLACEMENT_ONLY,
     FOCUS_ONLY,
     CONTEXT_TRANSFER_NO_TRACKING,
+    CONTEXT_TRANSFER_NO_CARRY,
     CONTEXT_TRANSFER,
 )
 CLIENT_POLICIES: tuple[str, ...] = (CLOUD_STALE, CLOUD_STALE_IDEAL)
@@ -97,6 +100,14 @@ _REQUEST_PARAMETERS: dict[str, dict[str, Any]] = {
         CARRY_ANSWERS: True,
     },
     CONTEXT_TRANSFER_NO_TRACKING: {"use_context": True, TEXT_CONTEXT: True, "focus": "auto", FOCUS_TRACKING: False},
+    # The SVLM answers every frame from the tracked context: what the edge model itself makes of it.
+    CONTEXT_TRANSFER_NO_CARRY: {
+        "use_context": True,
+        TEXT_CONTEXT: True,
+        "focus": "auto",
+        FOCUS_TRACKING: True,
+        CARRY_ANSWERS: False,
+    },
 }
 
 POLICY_DESCRIPTIONS: dict[str, str] = {
@@ -109,6 +120,8 @@ POLICY_DESCRIPTIONS: dict[str, str] = {
     FOCUS_ONLY: "the edge model on the frame plus a crop where the cloud last saw the objects",
     CONTEXT_TRANSFER: "the edge model with both: replaced text history and the focus crop, the cloud's boxes tracked"
     " to the current frame; the cloud's answer to the question itself, carried to the frame, answers it",
+    CONTEXT_TRANSFER_NO_CARRY: "context_transfer without carried answers: the edge model answers every frame from"
+    " the tracked context",
     CONTEXT_TRANSFER_NO_TRACKING: "context_transfer without tracking: the cloud's boxes where it saw them (the paper's"
     " method)",
     CLOUD_REFERENCE: "the cloud model answering the current frame with no delay (reference)",
