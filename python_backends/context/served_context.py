@@ -117,12 +117,22 @@ class ContextInput:
     carried_answer: CarriedAnswer | None = None
 
 
-def _newest_per_frame(results: Sequence[CloudResult]) -> dict[int, CloudResult]:
-    """One answer per frame, the later arrival winning (as context replacement chooses)."""
+def _newest_per_frame(results: Sequence[CloudResult], question: str | None = None) -> dict[int, CloudResult]:
+    """One answer per frame: the answer to `question` where the cloud answered it on that frame (a frame sent with
+    the stream's standing questions has one answer to each), else the later arrival (as context replacement
+    chooses)."""
+    asked = question_key(question) if question is not None else None
     by_frame: dict[int, CloudResult] = {}
     for result in results:
+        kept = by_frame.get(result.frame_id)
+        if kept is not None and asked is not None and _answers(kept, asked) and not _answers(result, asked):
+            continue
         by_frame[result.frame_id] = result
     return by_frame
+
+
+def _answers(result: CloudResult, asked: str) -> bool:
+    return result.question is not None and question_key(result.question) == asked
 
 
 def _union(boxes: Sequence[Sequence[float]]) -> Box:
@@ -141,7 +151,7 @@ def track_answers(
     answer whose frame is no longer buffered is lost, and its change counts as full."""
     if frames is None:
         return {}
-    by_frame = _newest_per_frame(results)
+    by_frame = _newest_per_frame(results, question)
     source = focus_source(list(by_frame.values()), question)
     order = sorted(by_frame.values(), key=lambda r: r.frame_id, reverse=True)
     if source is not None:
@@ -248,7 +258,7 @@ def build_context_input(
     frame_size = image.shape[:2]
     overrides = {
         frame_id: answer_override(result, tracking[frame_id], frame_size, config)
-        for frame_id, result in _newest_per_frame(cloud_results).items()
+        for frame_id, result in _newest_per_frame(cloud_results, question).items()
         if frame_id in tracking
     }
     history = build_history(

@@ -165,6 +165,39 @@ def test_a_text_answer_to_the_question_itself_is_carried_as_the_cloud_gave_it(ma
     assert len(calls) == 1 and ctx["context_frame"] == 0
 
 
+def test_of_one_frames_answers_to_standing_questions_the_one_to_the_question_asked_is_carried(make_step):
+    """A frame sent with the stream's standing questions comes back with one answer to each: the box answer to the
+    question asked is tracked and carried, though a text answer to another question arrived with it."""
+    pb.set_bls_handler(_echo)
+    clip = synthetic_clip(11, shape="square", seed=3)
+    step = make_step(context_turns=0)
+    other = "How many boxes are there?"
+    for index in range(11):
+        ctx = _send(
+            step, clip.frames[index], clip.timestamps_ms[index], flags=START if index == 0 else 0, carry_answers=True
+        )
+        if index == 0:
+            box = {"bbox_2d": list(clip.boxes[0]), "label": "box"}
+            for question, detections, text in ((QUESTION, [box], ""), (other, [], "1")):  # the other arrives later
+                step.store.add_cloud_results(
+                    1,
+                    [
+                        CloudResult(
+                            0,
+                            clip.timestamps_ms[0],
+                            0.0,
+                            0.0,
+                            text,
+                            tuple(Detection(d["label"], tuple(float(v) for v in d["bbox_2d"])) for d in detections),
+                            clip.frames[0].shape[:2],
+                            question,
+                        )
+                    ],
+                )
+    assert ctx["answer_source"] == "cloud_tracked" and ctx["tracked"] is True
+    assert iou(ctx["tracked_box"], clip.boxes[10]) >= 0.5
+
+
 @pytest.mark.parametrize("case", ["another question", "lost", "switched off"])
 def test_the_svlm_answers_when_the_cloud_answered_another_question_or_the_box_was_lost(make_step, case):
     calls = pb.set_bls_handler(_echo)
