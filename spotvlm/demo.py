@@ -132,7 +132,7 @@ def benchmark_demo(edge_client: VLMClient, cloud_client: VLMClient, data_dir: Pa
 
 
 def context_transfer_demo(
-    edge_grpc_url: str, data_dir: Path, repository_root: Path, delay_s: float = 2.0, rows_shown: int = 12
+    edge_grpc_url: str, data_dir: Path, repository_root: Path, delay_s: float = 0.5, rows_shown: int = 16
 ) -> None:
     """One benchmark test video replayed through `spotvlm` twice, at its frame times: the edge alone, then with
     context transfer while the cloud's answers arrive `delay_s` late. Each question with its true answer and both
@@ -148,9 +148,10 @@ def context_transfer_demo(
     from load_tests.eval_run import EVAL_HOLD_S
     from load_tests.eval_setup import edge_input_size
 
-    folder = data_dir / "stream"
+    seconds = 8.0
+    folder = data_dir / f"stream-{seconds:g}s"
     if not (folder / "test.jsonl").is_file():
-        generate_split("test", [1], folder, SceneConfig(seconds=6.0), QuestionConfig(hold_s=EVAL_HOLD_S))
+        generate_split("test", [1], folder, SceneConfig(seconds=seconds), QuestionConfig(hold_s=EVAL_HOLD_S))
     video = group_videos(load_dataset(folder / "test.jsonl"))[0]
     frames = [load_frame(e) for e in video.examples]
     print(
