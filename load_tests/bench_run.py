@@ -146,6 +146,8 @@ def phase_load(phase: Phase, config: BenchConfig) -> Load:
         params["cloud_delay"] = phase.cloud_delay
     if not phase.use_context:
         params["use_context"] = False
+    if phase.model == "spotvlm":
+        params["carry_answers"] = False  # timed is the SVLM path; a carried cloud answer would skip it
     return Load(phase.name, phase.title, phase.model, config.streams, params)
 
 

@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     repositories = PROJECT_ROOT / "model_repository"
-    params = {"max_tokens": args.max_tokens, "cloud_delay": args.delay}
+    # Timed is the SVLM path with and without a cloud; a carried cloud answer would skip the SVLM.
+    params = {"max_tokens": args.max_tokens, "cloud_delay": args.delay, "carry_answers": False}
     report: dict[str, Any] = {
         "benchmark": "cloud_delay_latency",
         "streams": args.streams,
