@@ -333,8 +333,12 @@ class CloudLink:
 
     def _cancel_stream_tasks(self, stream_id: int) -> None:
         tasks = self._stream_tasks.pop(stream_id, set())
+        loop = asyncio.get_running_loop()
         for task in tasks:
-            task.cancel()
+            # Cancelled on the next turn of the loop: a task cancelled before its first step would never enter
+            # _run_job, whose `finally` gives back the stream's slot and the endpoint's in-flight count. Its first
+            # step is queued already (since it was made), so it runs before this.
+            loop.call_soon(task.cancel)
         if tasks:
             with self._lock:
                 self._counts["cancelled"] += len(tasks)

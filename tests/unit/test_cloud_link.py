@@ -380,6 +380,17 @@ def test_cancel_stream_cancels_only_that_streams_calls_and_frees_its_slot(make_l
     recorder.wait(replies=2)
 
 
+def test_a_call_cancelled_before_it_ever_ran_still_frees_its_slot(make_link):
+    link, _, _ = make_link(delay=ConstantDelay(30_000.0), max_inflight=1)
+    for frame in range(20):  # cancel queued right behind the call's start, again and again
+        assert link.submit(job(stream=1, frame=frame)) == "sent"
+        link.cancel_stream(1)
+        deadline = time.monotonic() + WAIT_S
+        while link.stats()["inflight"] and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert link.stats()["inflight"] == 0, f"frame {frame}: the cancelled call kept its slot"
+
+
 def test_per_job_delay_overrides_the_links(make_link):
     link, _, recorder = make_link(delay=ConstantDelay(30_000.0))
     link.submit(job(delay=NoDelay()))
