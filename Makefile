@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` (set up, build the default models, run the demo) and `make test`.
+# The README's two commands: `make demo` (set up, build the shipped trained models, run the demo) and `make test`.
 VENV   ?= .venv
 # Extra build_engines.sh options, e.g. `make test ENGINES=--device=cpu`.
 ENGINES ?=

@@ -1,8 +1,8 @@
-"""The seven answering policies of the evaluation, as pure logic.
+"""The eight answering policies of the evaluation, as pure logic.
 
-Five run inside `spotvlm` and differ only in request parameters (`policy_request_parameters`); the first four form a
-2x2 of text context (the stream's history, with the LVLM's answers replacing the SVLM's) by visual focus, and the
-fifth is context transfer without tracking (`focus_tracking`; the others take the edge's configured default):
+Six run inside `spotvlm` and differ only in request parameters (`policy_request_parameters`); the first four form a
+2x2 of text context (the stream's history, with the LVLM's answers replacing the SVLM's) by visual focus, and two
+ablate context transfer (`focus_tracking`, `carry_answers`; a policy that does not set one takes the edge's default):
 
     policy              use_context  text_context  focus             what the SVLM sees
     edge_only           false        -             off               the frame alone
@@ -11,6 +11,10 @@ fifth is context transfer without tracking (`focus_tracking`; the others take th
     context_transfer    true         true          auto              both, the cloud's boxes tracked to the frame
     context_transfer_no_tracking  (as context_transfer, focus_tracking off: the paper's method, the cloud's boxes
                                   where it saw them)
+    context_transfer_no_carry     (as context_transfer, carry_answers off: the SVLM answers every frame)
+
+replacement_only and context_transfer carry answers: the cloud's own answer to the question asked, carried to the
+frame (boxes only when tracked), answers it in place of the SVLM.
 
 `auto` is the edge's configured `focus_mode` (and `focus_questions`): the form of crop must be the one its SVLM
 takes. The trained tiny edge learned a crop alone in place of the frame on recognition questions, and
@@ -116,7 +120,8 @@ POLICY_DESCRIPTIONS: dict[str, str] = {
     " answer",
     CLOUD_STALE_IDEAL: "the cloud's zero-delay answer on the newest frame whose answer would have arrived, else the"
     " edge answer (idealised)",
-    REPLACEMENT_ONLY: "the edge model with the text history, the cloud's answers replacing its own",
+    REPLACEMENT_ONLY: "the edge model with the text history, the cloud's answers replacing its own (and carried to"
+    " the frame as the answer where they answer the question asked)",
     FOCUS_ONLY: "the edge model on the frame plus a crop where the cloud last saw the objects",
     CONTEXT_TRANSFER: "the edge model with both: replaced text history and the focus crop, the cloud's boxes tracked"
     " to the current frame; the cloud's answer to the question itself, carried to the frame, answers it",

@@ -260,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-tokens", type=int)
     ask.set_defaults(func=cmd_ask)
 
-    demo = sub.add_parser("demo", help="start both servers and show answers on sample photos")
+    demo = sub.add_parser(
+        "demo", help="start both servers and show answers (the benchmark on trained models, else sample photos)"
+    )
     demo.add_argument("--protocol", choices=["http", "grpc"], default="http")
     demo.set_defaults(func=cmd_demo)
 
@@ -352,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Starts the cloud and a linked edge (or uses --edge-url/--cloud-url), asks every question of the"
         " test split (or --split validation, or --dataset) under each cloud latency and policy (edge_only,"
         " cloud_stale, cloud_stale_ideal, replacement_only, focus_only, context_transfer_no_tracking,"
-        " context_transfer) plus the cloud at 0 delay, and writes report.md (led by the paired differences),"
-        " results.json, differences.csv, results.csv and PNG plots to --out. Accuracy is reported, not asserted.",
+        " context_transfer_no_carry, context_transfer) plus the cloud at 0 delay, and writes report.md (led by the"
+        " paired differences), results.json, differences.csv, results.csv and PNG plots to --out. Accuracy is"
+        " reported, not asserted.",
     )
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval)

@@ -332,16 +332,17 @@ class CloudLink:
             pass  # the loop closed in between: close() cancels everything anyway
 
     def _cancel_stream_tasks(self, stream_id: int) -> None:
-        tasks = self._stream_tasks.pop(stream_id, set())
         loop = asyncio.get_running_loop()
-        for task in tasks:
+        for task in self._stream_tasks.pop(stream_id, set()):
             # Cancelled on the next turn of the loop: a task cancelled before its first step would never enter
             # _run_job, whose `finally` gives back the stream's slot and the endpoint's in-flight count. Its first
             # step is queued already (since it was made), so it runs before this.
-            loop.call_soon(task.cancel)
-        if tasks:
+            loop.call_soon(self._cancel_task, task)
+
+    def _cancel_task(self, task: asyncio.Task) -> None:
+        if task.cancel():  # False: it had finished in between
             with self._lock:
-                self._counts["cancelled"] += len(tasks)
+                self._counts["cancelled"] += 1
 
     def _count(self, key: str) -> None:
         with self._lock:

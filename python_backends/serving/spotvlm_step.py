@@ -474,9 +474,14 @@ class SpotVLMStep:
         self._cancel_cloud_calls(stream)
 
     def _cancel_cloud_calls(self, stream: int) -> None:
-        """An ended (or restarted) stream's cloud calls could only be dropped: they free the cloud for live ones."""
-        if self.link is not None:
-            self.link.cancel_stream(stream)
+        """An ended (or restarted) stream's cloud calls could only be dropped: they free the cloud for live ones. A
+        cancelled call reports neither reply nor error, so its job (and the frame it holds) is forgotten here."""
+        if self.link is None:
+            return
+        with self._lock:
+            for job in [job for job in self._dispatched if job.stream_id == stream]:
+                del self._dispatched[job]
+        self.link.cancel_stream(stream)
 
     def _forget_counters(self, stream: int) -> None:
         with self._lock:

@@ -546,6 +546,8 @@ def test_end_and_restart_cancel_the_streams_cloud_calls_before_the_new_runs_call
     assert cloud_step.link.cancelled == [1, 2, 1] and len(cloud_step.link.jobs) == 3
     run(cloud_step, [frame(2, flags=END)])
     assert cloud_step.link.cancelled == [1, 2, 1, 2]
+    # A cancelled call reports nothing back: its job, holding its frame, is forgotten at the cancel.
+    assert {job.stream_id for job in cloud_step._dispatched} == {1}
 
 
 def test_a_reply_after_end_does_not_revive_the_stream(cloud_step, calls):
