@@ -231,7 +231,7 @@ def carried_answer(
     (the history's text). None otherwise, and for an answer that was not tracked at all (tracking off)."""
     if result is None or tracking is None or override is None:
         return None
-    if result.question is None or question_key(result.question) != question_key(question):
+    if not _answers(result, question_key(question)):
         return None
     if not result.detections:
         return CarriedAnswer(result.text, CLOUD_TEXT)
