@@ -13,7 +13,7 @@ precomputes it once (as buffers) with the HF helpers themselves and keeps only t
 * output ``IMAGE_FEATURES`` ``[N, P/merge^2, out_hidden_size]``: ``visual(pixel_values.reshape(N*P, D),
   grid_thw).pooler_output`` reshaped per image.
 
-The wrapper reuses the tower's own submodules (``patch_embed``, each block's ``norm1``/``attn.qkv``/
+The wrapper reuses the tower's own weights (``patch_embed`` as a matmul, each block's ``norm1``/``attn.qkv``/
 ``attn.proj``/``norm2``/``mlp``, ``merger``), so it works for any real Qwen2.5-VL checkpoint (e.g. the 3B at
 448 px, which mixes windowed and full-attention blocks).
 """
@@ -33,6 +33,8 @@ import torch.nn.functional as F
 
 INPUT_NAME = "PIXEL_VALUES"
 OUTPUT_NAME = "IMAGE_FEATURES"
+# Changes whenever the exported graph does, so the build re-exports an ONNX file made by an older wrapper.
+EXPORT_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,13 @@ class FixedGridVisionTower(torch.nn.Module):
             cos, sin = cos[patch_perm].float(), sin[patch_perm].float()
 
         self.register_buffer("patch_perm", patch_perm, persistent=False)
+        # The patch embedding is a Conv3d whose kernel equals its stride over exactly one patch: the same linear map
+        # as a matmul with the flattened kernel, which ONNX Runtime runs about 15x faster than its Conv.
+        proj = visual.patch_embed.proj
+        if tuple(proj.kernel_size) != tuple(proj.stride) or proj.padding not in ("valid", (0, 0, 0), 0):
+            raise ValueError(f"patch embedding with kernel {proj.kernel_size} != stride {proj.stride} is not supported")
+        self.register_buffer("patch_weight", proj.weight.detach().reshape(proj.out_channels, -1).t(), persistent=False)
+        self.register_buffer("patch_bias", proj.bias.detach() if proj.bias is not None else None, persistent=False)
         self.register_buffer("token_unperm", torch.argsort(window_index), persistent=False)
         self.register_buffer("rope_cos", cos.reshape(1, 1, self.num_patches, self.head_dim), persistent=False)
         self.register_buffer("rope_sin", sin.reshape(1, 1, self.num_patches, self.head_dim), persistent=False)
@@ -144,8 +153,9 @@ class FixedGridVisionTower(torch.nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         n = pixel_values.shape[0]
         P, C, H, d = self.num_patches, self.hidden, self.num_heads, self.head_dim
-        x = self.visual.patch_embed(pixel_values.reshape(-1, self.patch_dim))  # [N*P, C]
-        x = x.reshape(n, P, C)
+        x = pixel_values.to(self.patch_weight.dtype) @ self.patch_weight  # [N, P, C]: the patch embedding
+        if self.patch_bias is not None:
+            x = x + self.patch_bias
         x = x.index_select(1, self.patch_perm)  # window order
         cos, sin = self.rope_cos, self.rope_sin
         for i, blk in enumerate(self.visual.blocks):

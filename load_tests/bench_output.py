@@ -91,6 +91,15 @@ def _ratio_lines(report: Mapping[str, Any]) -> list[str]:
             f"capacity_streams    {capacity.get('capacity_streams')}{limit}  (p99 <= {capacity.get('latency_limit_ms')}"
             f" ms, none late, at {capacity.get('fps')} fps; tried {tried})"
         )
+        bound = capacity.get("bound")
+        if bound:
+            parts = ", ".join(f"{k} {v}" for k, v in bound["cpu_ms_per_frame"].items() if k != "total")
+            lines.append(
+                f"  what bounds it: at {bound['streams']} streams ({'pass' if bound['passed'] else 'fail'}, p99"
+                f" {bound['p99_ms']} ms) the edge spent {bound['cpu_ms_per_frame'].get('total')} CPU ms a frame"
+                f" ({parts}), the load client {bound.get('client_cpu_ms_per_frame')}; the machine was"
+                f" {bound.get('busy_share_of_machine')} busy"
+            )
     rss = report.get("edge_rss_bytes")
     if rss:
         lines.append("edge RSS: " + ", ".join(f"{k.replace('_', ' ')} {v / 2**20:.0f} MiB" for k, v in rss.items()))

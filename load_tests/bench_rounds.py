@@ -147,3 +147,18 @@ def find_capacity(passes: Callable[[int], bool], limit: int, start: int = 1) -> 
                 bad = middle
     search.capacity = good
     return search
+
+
+def capacity_bound(trials: Sequence[Mapping[str, Any]], capacity: int) -> dict[str, Any] | None:
+    """The trial that shows what stops more streams: the fewest streams above `capacity` that failed (else the
+    most that passed), with where its CPU went; None when no trial recorded its CPU."""
+    measured = [t for t in trials if t.get("cpu_ms_per_frame")]
+    failed = sorted(
+        (t for t in measured if not t.get("passed") and t["streams"] > capacity), key=lambda t: t["streams"]
+    )
+    passed = sorted((t for t in measured if t.get("passed")), key=lambda t: t["streams"])
+    chosen = failed[0] if failed else (passed[-1] if passed else None)
+    if chosen is None:
+        return None
+    keys = ("streams", "passed", "p99_ms", "late_frames", "cpu_ms_per_frame", "client_cpu_ms_per_frame")
+    return {**{k: chosen.get(k) for k in keys}, "busy_share_of_machine": chosen.get("busy_share_of_machine")}

@@ -13,6 +13,7 @@ bench_output.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import threading
 import time
@@ -43,6 +44,7 @@ from load_tests.bench_phases import (
 )
 from load_tests.bench_rounds import (
     ROUND_KEYS,
+    capacity_bound,
     find_capacity,
     meets_latency_goal,
     round_order,
@@ -52,7 +54,14 @@ from load_tests.bench_rounds import (
     throughput_fps,
 )
 from load_tests.bench_store import StoreMeasurement
-from load_tests.machine import machine_info, process_tree_rss_bytes
+from load_tests.machine import (
+    cpu_ms_per_frame,
+    cpu_snapshot,
+    cpu_usage,
+    machine_info,
+    process_tree_cpu_by_model,
+    process_tree_rss_bytes,
+)
 from load_tests.triton_metrics import scrape_metrics
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -350,7 +359,7 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
             if config.capacity and not stop.is_set():
                 if diy is not None:
                     diy.close()
-                extra["capacity"] = search_capacity(config, edge_off.grpc_url, stop, bar)
+                extra["capacity"] = search_capacity(config, edge_off.grpc_url, stop, bar, edge_off.pid)
                 extra["edge_rss_bytes"].update(measure_rss(config, edge_off, stop, bar))
         finally:
             if diy is not None:
@@ -390,10 +399,13 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
     return _report(config, runs, rounds, extra, servers, wall_started, store), _samples(config, runs)
 
 
-def search_capacity(config: BenchConfig, url: str, stop: threading.Event, bar: tqdm) -> dict[str, Any]:
+def search_capacity(
+    config: BenchConfig, url: str, stop: threading.Event, bar: tqdm, server_pid: int | None = None
+) -> dict[str, Any]:
     """The most unsynchronised context_transfer streams (cloud off) at config.fps whose every frame is answered
     within config.latency_limit_ms at p99, none late and none failed: doubling, then bisecting, each count measured
-    once for config.capacity_seconds."""
+    once for config.capacity_seconds. With `server_pid`, each trial also records where the edge's CPU went: ms per
+    answered frame by model (and the server process itself), and how busy the whole machine was."""
     load = Load(
         "capacity", "", "spotvlm", 1, {**policy_request_parameters("context_transfer"), "max_tokens": config.max_tokens}
     )
@@ -406,13 +418,28 @@ def search_capacity(config: BenchConfig, url: str, stop: threading.Event, bar: t
         bar.set_postfix_str(f"capacity: {streams} streams")
         ids = stream_ids_for(CAPACITY_SLOT + len(trials), 0, streams)
         trial = dataclasses.replace(load, streams=streams)
+        cpu_before = process_tree_cpu_by_model(server_pid) if server_pid is not None else {}
+        machine_before, wall_started = cpu_snapshot(server_pid), time.monotonic()
         results, started_ms = run_load(trial, url, config, ids, stop, config.capacity_seconds)
+        usage = cpu_usage(machine_before, cpu_snapshot(server_pid), time.monotonic() - wall_started, os.cpu_count())
         summary = summarize_phase(results, started_ms, warmup)
         ok = meets_latency_goal(summary, config.latency_limit_ms)
-        trials.append({"streams": streams, "passed": ok, **{k: summary.get(k) for k in ROUND_KEYS}})
+        record = {"streams": streams, "passed": ok, **{k: summary.get(k) for k in ROUND_KEYS}}
+        cpu_line = ""
+        if server_pid is not None:
+            answered = sum(1 for r in results if r.ok)
+            record["cpu_ms_per_frame"] = cpu_by_model = cpu_ms_per_frame(
+                cpu_before, process_tree_cpu_by_model(server_pid), answered
+            )
+            record["busy_share_of_machine"] = usage["busy_share_of_machine"]
+            record["client_cpu_ms_per_frame"] = round(usage["client_cpu_s"] * 1000.0 / max(1, answered), 2)
+            cpu_line = (
+                f"; edge CPU {cpu_by_model.get('total')} ms a frame, machine {usage['busy_share_of_machine']} busy"
+            )
+        trials.append(record)
         bar.write(
             f"  capacity: {streams} streams: p99 {summary['p99_ms']} ms, {summary['late_frames']} late,"
-            f" {summary['errors_total']} errors: {'pass' if ok else 'fail'}",
+            f" {summary['errors_total']} errors: {'pass' if ok else 'fail'}{cpu_line}",
             file=sys.stderr,
         )
         return ok
@@ -420,6 +447,7 @@ def search_capacity(config: BenchConfig, url: str, stop: threading.Event, bar: t
     search = find_capacity(passes, limit=config.capacity_limit)
     return {
         "capacity_streams": search.capacity,
+        "bound": capacity_bound(trials, search.capacity),
         "at_limit": search.at_limit,
         "limit_streams": config.capacity_limit,
         "latency_limit_ms": config.latency_limit_ms,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -100,6 +101,47 @@ def process_tree_cpu_s(pid: int) -> float:
             continue
         total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+SERVER_CORE = "tritonserver"  # the server process itself: gRPC/HTTP, schedulers, batchers, ensemble, IPC
+
+
+def process_tree_cpu_by_model(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of a tritonserver's process tree by part: each python-backend model (its stubs
+    summed, named after the model folder of the model.py they run) and SERVER_CORE; empty when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    out: dict[str, float] = {}
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            name = SERVER_CORE if process.pid == pid else _stub_model(process.cmdline())
+        except psutil.Error:
+            continue
+        out[name] = out.get(name, 0.0) + times.user + times.system
+    return out
+
+
+def _stub_model(cmdline: list[str]) -> str:
+    # A stub runs `triton_python_backend_stub <repository>/<model>/<version>/model.py ...`.
+    for part in cmdline:
+        path = Path(part)
+        if path.name == "model.py" and len(path.parts) >= 3:
+            return path.parts[-3]
+    return Path(cmdline[0]).name if cmdline else "?"
+
+
+def cpu_ms_per_frame(before: dict[str, float], after: dict[str, float], frames: int) -> dict[str, float]:
+    """CPU ms per answered frame by part (process_tree_cpu_by_model before and after a run), largest first, and
+    their sum as "total"."""
+    if frames <= 0:
+        return {}
+    parts = {name: (after[name] - before.get(name, 0.0)) * 1000.0 / frames for name in after}
+    ordered = {name: round(ms, 2) for name, ms in sorted(parts.items(), key=lambda kv: -kv[1]) if ms >= 0.005}
+    return {**ordered, "total": round(sum(parts.values()), 2)}
 
 
 @dataclass

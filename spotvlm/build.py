@@ -167,8 +167,11 @@ def tiny_image_size(checkpoint: Path) -> int | None:
 
 
 def export_vision(checkpoint: Path, image_size: int, onnx_path: Path, force: bool) -> dict:
+    from engines.vision_onnx import EXPORT_VERSION
+
     stamp_path = onnx_path.with_name("export.json")
     identity = {
+        "export_version": EXPORT_VERSION,
         "checkpoint": str(checkpoint),
         "fingerprint": checkpoint_fingerprint(checkpoint),
         "image_size": image_size,
@@ -233,6 +236,7 @@ def template_values(args: argparse.Namespace, edge: Path, cloud: Path, image_siz
         "max_batch_size": args.max_batch_size,
         "lvlm_max_batch_size": args.max_batch_size,
         "max_queue_delay_us": args.max_queue_delay_us,
+        "batch_window_us": args.batch_window_us,
         "preprocess_instances": args.instances,
         "vision_instances": args.instances,
         "generate_instances": args.generate_instances or args.instances,
@@ -315,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="dynamic batcher wait for more requests; 0 batches what is already queued (lowest latency)",
+    )
+    parser.add_argument(
+        "--batch-window-us",
+        type=int,
+        default=0,
+        help="how long the edge ensemble's first step (svlm_preprocess) gathers frames of different streams into one "
+        "batch; the steps after it get them together. Raises one stream's latency by up to this much and lowers the "
+        "CPU time per frame under load (docs/benchmark.md)",
     )
     parser.add_argument("--instances", type=int, default=1, help="instances of each edge model step")
     parser.add_argument(

@@ -209,3 +209,25 @@ def test_table_shows_each_ratio_range_the_capacity_and_memory():
     assert "overhead_ratio_p50             median 1.020  range [0.980, 1.300] over 3 round(s)" in table
     assert "capacity_streams    6  (p99 <= 200.0 ms, none late, at 5.0 fps; tried 4 pass, 8 fail)" in table
     assert "edge RSS: idle 300 MiB, 16 streams 320 MiB" in table
+    assert "what bounds it" not in table  # no trial recorded its CPU
+
+
+def test_table_says_what_bounds_the_capacity():
+    report = _report()
+    report["capacity"] = {
+        "capacity_streams": 4,
+        "trials": [],
+        "bound": {
+            "streams": 8,
+            "passed": False,
+            "p99_ms": 310.0,
+            "cpu_ms_per_frame": {"svlm_generate": 9.5, "tritonserver": 2.1, "total": 11.6},
+            "client_cpu_ms_per_frame": 1.2,
+            "busy_share_of_machine": 0.93,
+        },
+    }
+    table = bench_output.format_table(report)
+    assert (
+        "what bounds it: at 8 streams (fail, p99 310.0 ms) the edge spent 11.6 CPU ms a frame (svlm_generate 9.5,"
+        " tritonserver 2.1), the load client 1.2; the machine was 0.93 busy" in table
+    )

@@ -137,3 +137,23 @@ def test_stream_ids_are_distinct_per_run_and_round():
     assert len(flat) == len(set(flat)) and all(i > 0 for i in flat)
     with pytest.raises(ValueError):
         bench_run.stream_ids_for(0, 0, 1000)
+
+
+def _trial(streams, passed, total=None):
+    trial = {"streams": streams, "passed": passed, "p99_ms": 100.0 + streams, "late_frames": 0}
+    if total is not None:
+        trial["cpu_ms_per_frame"] = {"svlm_generate": total - 2.0, "tritonserver": 2.0, "total": total}
+        trial["busy_share_of_machine"] = 0.5
+    return trial
+
+
+def test_capacity_bound_is_the_smallest_failure_above_the_capacity():
+    trials = [_trial(1, True, 30.0), _trial(2, True, 25.0), _trial(4, False, 20.0), _trial(3, False, 21.0)]
+    bound = bench_rounds.capacity_bound(trials, 2)
+    assert bound["streams"] == 3 and not bound["passed"] and bound["cpu_ms_per_frame"]["total"] == 21.0
+    assert bound["busy_share_of_machine"] == 0.5
+
+
+def test_capacity_bound_falls_back_to_the_largest_pass_and_needs_cpu_records():
+    assert bench_rounds.capacity_bound([_trial(1, True, 30.0), _trial(2, True, 25.0)], 2)["streams"] == 2
+    assert bench_rounds.capacity_bound([_trial(1, True), _trial(2, False)], 1) is None

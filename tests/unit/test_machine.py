@@ -39,3 +39,21 @@ def test_cpu_usage() -> None:
 def test_machine_info() -> None:
     info = machine.machine_info()
     assert info["cpu_count"] == os.cpu_count() and info["usable_cpus"] >= 1
+
+
+def test_cpu_by_model_names_the_server_and_each_stub_model() -> None:
+    parts = machine.process_tree_cpu_by_model(os.getpid())
+    assert set(parts) == {machine.SERVER_CORE} and parts[machine.SERVER_CORE] > 0
+    assert machine.process_tree_cpu_by_model(2**22 + 7) == {}  # no such process
+    stub = ["/x/triton_python_backend_stub", "/repo/edge/svlm_generate/1/model.py", "triton_python_backend_shm", "1"]
+    assert machine._stub_model(stub) == "svlm_generate"
+    assert machine._stub_model(["/usr/bin/python3", "-c", "pass"]) == "python3"
+
+
+def test_cpu_ms_per_frame_by_part_largest_first() -> None:
+    before = {"tritonserver": 1.0, "svlm_generate": 2.0}
+    after = {"tritonserver": 1.2, "svlm_generate": 3.0, "svlm_vision": 0.1}
+    per = machine.cpu_ms_per_frame(before, after, frames=100)
+    assert list(per) == ["svlm_generate", "tritonserver", "svlm_vision", "total"]
+    assert per == {"svlm_generate": 10.0, "tritonserver": 2.0, "svlm_vision": 1.0, "total": 13.0}
+    assert machine.cpu_ms_per_frame(before, after, frames=0) == {}

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,22 @@ def test_auto_without_cuda_renders_cpu_byte_for_byte(tmp_path, monkeypatch):
     cpu = _render_for(["--device", "cpu"], tmp_path / "cpu")
     assert _render_for(["--device", "auto"], tmp_path / "auto") == cpu
     assert "KIND_GPU" not in "".join(cpu.values()) and len(cpu) == 9
+
+
+def test_the_batch_window_is_the_first_steps_queue_delay_only(tmp_path):
+    rendered = _render_for(["--batch-window-us", "25000", "--max-queue-delay-us", "500"], tmp_path / "window")
+    delays = {
+        model: re.findall(r"max_queue_delay_microseconds: (\d+)", text)
+        for model, text in rendered.items()
+        if model.startswith("svlm_")
+    }
+    assert delays == {
+        "svlm_preprocess": ["25000"],
+        "svlm_vision": ["500"],
+        "svlm_generate": ["500"],
+        "svlm_postprocess": ["500"],
+        "svlm_focus": [],
+    }
 
 
 @pytest.mark.parametrize(
