@@ -13,6 +13,7 @@ bench_output.py).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import threading
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from client.frame_result import FrameResult
 from client.frame_sources import SyntheticSource
+from client.model_repository import rendered_parameter
 from client.streaming import InferClient, StreamSession, run_streams
 from client.triton_client import text_tensor
 from evaluation.policies import policy_request_parameters
@@ -66,7 +68,36 @@ from load_tests.triton_metrics import scrape_metrics
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY_ROOT = PROJECT_ROOT / "model_repository"
-EDGE_CHECKPOINT = PROJECT_ROOT / "build" / "checkpoints" / "edge"
+EDGE_CHECKPOINT = PROJECT_ROOT / "build" / "checkpoints" / "edge"  # when the built repository names none
+
+
+# The build options that decide the edge's speed, as build_engines.sh recorded them (build/engines.json).
+EDGE_BUILD_KEYS = (
+    "batch_window_us",
+    "max_queue_delay_us",
+    "max_batch_size",
+    "spotvlm_instances",
+    "generate_instances",
+    "intra_op_threads",
+    "default_max_tokens",
+)
+
+
+def edge_build(build_record: Path = PROJECT_ROOT / "build" / "engines.json") -> dict[str, Any]:
+    """The served edge checkpoint and the build options of EDGE_BUILD_KEYS that produced the measured configs."""
+    out: dict[str, Any] = {"checkpoint": str(served_edge_checkpoint())}
+    try:
+        values = json.loads(build_record.read_text()).get("values", {})
+    except (OSError, ValueError):
+        return out
+    return {**out, **{key: values[key] for key in EDGE_BUILD_KEYS if key in values}}
+
+
+def served_edge_checkpoint(repository_root: Path = REPOSITORY_ROOT) -> Path:
+    """The checkpoint the built edge serves (svlm_generate's `checkpoint`: the random-weight tiny one after a plain
+    build, the trained one after `--trained`), so the DIY baseline runs the same weights."""
+    named = rendered_parameter(repository_root / "edge" / "svlm_generate" / "config.pbtxt", "checkpoint")
+    return Path(named) if named else EDGE_CHECKPOINT
 # Longest wait for the cloud to finish the runs before's requests before a linked run starts.
 SETTLE_TIMEOUT_S = 20.0
 THROUGHPUT_STREAMS = 16  # the served svlm's streams in the throughput comparison with the DIY baseline
@@ -347,7 +378,7 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
                 store["error"] = str(exc)
                 bar.write(f"  the context store measurement failed: {exc}", file=sys.stderr)
             if config.capacity:
-                diy = DiyBaseline(EDGE_CHECKPOINT, config.prompt, config.max_tokens, config.diy_threads)
+                diy = DiyBaseline(served_edge_checkpoint(), config.prompt, config.max_tokens, config.diy_threads)
                 extra["diy_load_s"] = diy.wait_ready()
                 extra["edge_rss_bytes"] = {"idle": process_tree_rss_bytes(edge_off.pid)}
             for round_index in range(config.rounds):
@@ -520,6 +551,7 @@ def _report(
     report["goals"] = evaluate_goals(keys, config.fps)
     report["config"] = config.to_json()
     report["machine"] = machine_info()
+    report["edge_build"] = edge_build()
     report["phases"] = phases
     report["store"] = store
     report["servers"] = servers

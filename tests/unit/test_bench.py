@@ -4,6 +4,8 @@ store measurement have their own test files."""
 
 from __future__ import annotations
 
+import json
+
 import argparse
 from typing import Any
 
@@ -231,3 +233,20 @@ def test_table_says_what_bounds_the_capacity():
         "what bounds it: at 8 streams (fail, p99 310.0 ms) the edge spent 11.6 CPU ms a frame (svlm_generate 9.5,"
         " tritonserver 2.1), the load client 1.2; the machine was 0.93 busy" in table
     )
+
+
+def test_the_report_names_the_served_checkpoint_and_build_options(tmp_path):
+    from load_tests import bench_run
+
+    generate = tmp_path / "edge" / "svlm_generate"
+    generate.mkdir(parents=True)
+    assert bench_run.served_edge_checkpoint(tmp_path) == bench_run.EDGE_CHECKPOINT  # nothing built
+    (generate / "config.pbtxt").write_text(
+        'name: "svlm_generate"\nparameters { key: "checkpoint", value: { string_value: "/ckpt/trained" } }\n'
+    )
+    assert str(bench_run.served_edge_checkpoint(tmp_path)) == "/ckpt/trained"
+    record = tmp_path / "engines.json"
+    record.write_text(json.dumps({"values": {"batch_window_us": "30000", "spotvlm_instances": "16", "other": "x"}}))
+    build = bench_run.edge_build(record)
+    assert build["batch_window_us"] == "30000" and build["spotvlm_instances"] == "16" and "other" not in build
+    assert set(bench_run.edge_build(tmp_path / "missing.json")) == {"checkpoint"}
