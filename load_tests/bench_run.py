@@ -98,6 +98,8 @@ def served_edge_checkpoint(repository_root: Path = REPOSITORY_ROOT) -> Path:
     build, the trained one after `--trained`), so the DIY baseline runs the same weights."""
     named = rendered_parameter(repository_root / "edge" / "svlm_generate" / "config.pbtxt", "checkpoint")
     return Path(named) if named else EDGE_CHECKPOINT
+
+
 # Longest wait for the cloud to finish the runs before's requests before a linked run starts.
 SETTLE_TIMEOUT_S = 20.0
 THROUGHPUT_STREAMS = 16  # the served svlm's streams in the throughput comparison with the DIY baseline
