@@ -33,8 +33,6 @@ import torch.nn.functional as F
 
 INPUT_NAME = "PIXEL_VALUES"
 OUTPUT_NAME = "IMAGE_FEATURES"
-# Changes whenever the exported graph does, so the build re-exports an ONNX file made by an older wrapper.
-EXPORT_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +113,18 @@ class FixedGridVisionTower(torch.nn.Module):
         # The patch embedding is a Conv3d whose kernel equals its stride over exactly one patch: the same linear map
         # as a matmul with the flattened kernel, which ONNX Runtime runs about 15x faster than its Conv.
         proj = visual.patch_embed.proj
-        if tuple(proj.kernel_size) != tuple(proj.stride) or proj.padding not in ("valid", (0, 0, 0), 0):
-            raise ValueError(f"patch embedding with kernel {proj.kernel_size} != stride {proj.stride} is not supported")
+        one_patch = (
+            tuple(proj.kernel_size) == tuple(proj.stride)
+            and proj.padding in ("valid", (0, 0, 0), 0)
+            and tuple(proj.dilation) == (1, 1, 1)
+            and proj.groups == 1
+            and proj.weight[0].numel() == self.patch_dim
+        )
+        if not one_patch:
+            raise ValueError(
+                f"the patch embedding is not one linear map per patch (kernel {proj.kernel_size}, stride {proj.stride},"
+                f" padding {proj.padding}, dilation {proj.dilation}, groups {proj.groups}, patch {self.patch_dim})"
+            )
         self.register_buffer("patch_weight", proj.weight.detach().reshape(proj.out_channels, -1).t(), persistent=False)
         self.register_buffer("patch_bias", proj.bias.detach() if proj.bias is not None else None, persistent=False)
         self.register_buffer("token_unperm", torch.argsort(window_index), persistent=False)

@@ -77,6 +77,8 @@ EDGE_BUILD_KEYS = (
     "max_queue_delay_us",
     "max_batch_size",
     "spotvlm_instances",
+    "preprocess_instances",
+    "vision_instances",
     "generate_instances",
     "intra_op_threads",
     "default_max_tokens",
@@ -84,13 +86,16 @@ EDGE_BUILD_KEYS = (
 
 
 def edge_build(build_record: Path = PROJECT_ROOT / "build" / "engines.json") -> dict[str, Any]:
-    """The served edge checkpoint and the build options of EDGE_BUILD_KEYS that produced the measured configs."""
+    """The served edge checkpoint, the device the build targeted (and its TensorRT engine, if any) and the build
+    options of EDGE_BUILD_KEYS that produced the measured configs, as build_engines.sh wrote them (strings)."""
     out: dict[str, Any] = {"checkpoint": str(served_edge_checkpoint())}
     try:
-        values = json.loads(build_record.read_text()).get("values", {})
+        record = json.loads(build_record.read_text())
     except (OSError, ValueError):
         return out
-    return {**out, **{key: values[key] for key in EDGE_BUILD_KEYS if key in values}}
+    values = record.get("values", {})
+    options = {key: values[key] for key in EDGE_BUILD_KEYS if key in values}
+    return {**out, "device": record.get("device"), "tensorrt": record.get("tensorrt"), **options}
 
 
 def served_edge_checkpoint(repository_root: Path = REPOSITORY_ROOT) -> Path:

@@ -103,7 +103,9 @@ def process_tree_cpu_s(pid: int) -> float:
     return total
 
 
-SERVER_CORE = "tritonserver"  # the server process itself: gRPC/HTTP, schedulers, batchers, ensemble, IPC
+# The server process itself: gRPC/HTTP, schedulers, batchers, the ensemble, IPC, and any model that runs in it rather
+# than in a python-backend stub (a TensorRT svlm_vision, for one).
+SERVER_CORE = "tritonserver"
 
 
 def process_tree_cpu_by_model(pid: int) -> dict[str, float]:

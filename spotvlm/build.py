@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.model_repository import render_repository
+from engines import VISION_EXPORT_VERSION
 from spotvlm.tensorrt_plan import (
     TENSORRT_TOLERANCE,
     PlanError,
@@ -167,11 +168,9 @@ def tiny_image_size(checkpoint: Path) -> int | None:
 
 
 def export_vision(checkpoint: Path, image_size: int, onnx_path: Path, force: bool) -> dict:
-    from engines.vision_onnx import EXPORT_VERSION
-
     stamp_path = onnx_path.with_name("export.json")
     identity = {
-        "export_version": EXPORT_VERSION,
+        "export_version": VISION_EXPORT_VERSION,
         "checkpoint": str(checkpoint),
         "fingerprint": checkpoint_fingerprint(checkpoint),
         "image_size": image_size,
@@ -318,15 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queue-delay-us",
         type=int,
         default=0,
-        help="dynamic batcher wait for more requests; 0 batches what is already queued (lowest latency)",
+        help="dynamic batcher wait for more requests in every edge step after svlm_preprocess (which takes "
+        "--batch-window-us) and in lvlm; 0 batches what is already queued (lowest latency)",
     )
     parser.add_argument(
         "--batch-window-us",
         type=int,
         default=0,
-        help="how long the edge ensemble's first step (svlm_preprocess) gathers frames of different streams into one "
-        "batch; the steps after it get them together. Raises one stream's latency by up to this much and lowers the "
-        "CPU time per frame under load (docs/benchmark.md)",
+        help="how long the edge ensemble's first step (svlm_preprocess) waits to batch frames of different streams; "
+        "they reach the later steps close together, which then batch what is queued. Adds up to this much to every "
+        "frame's latency; measured against the capacity in docs/benchmark.md",
     )
     parser.add_argument("--instances", type=int, default=1, help="instances of each edge model step")
     parser.add_argument(

@@ -230,9 +230,12 @@ def test_table_says_what_bounds_the_capacity():
     }
     table = bench_output.format_table(report)
     assert (
-        "what bounds it: at 8 streams (fail, p99 310.0 ms) the edge spent 11.6 CPU ms a frame (svlm_generate 9.5,"
-        " tritonserver 2.1), the load client 1.2; the machine was 0.93 busy" in table
+        "what bounds it: at 8 streams (p99 310.0 ms) the edge spent 11.6 CPU ms a frame (svlm_generate 9.5,"
+        " tritonserver 2.1), the load client 1.2 ms; the machine was 93% busy" in table
     )
+    report["capacity"]["bound"].update(passed=True, busy_share_of_machine=None)
+    table = bench_output.format_table(report)
+    assert "CPU at the most streams tried, 8 streams (p99 310.0 ms)" in table and "busy" not in table
 
 
 def test_the_report_names_the_served_checkpoint_and_build_options(tmp_path):
@@ -246,7 +249,9 @@ def test_the_report_names_the_served_checkpoint_and_build_options(tmp_path):
     )
     assert str(bench_run.served_edge_checkpoint(tmp_path)) == "/ckpt/trained"
     record = tmp_path / "engines.json"
-    record.write_text(json.dumps({"values": {"batch_window_us": "30000", "spotvlm_instances": "16", "other": "x"}}))
+    values = {"batch_window_us": "30000", "spotvlm_instances": "16", "other": "x"}
+    record.write_text(json.dumps({"values": values, "device": "cpu", "tensorrt": None}))
     build = bench_run.edge_build(record)
     assert build["batch_window_us"] == "30000" and build["spotvlm_instances"] == "16" and "other" not in build
+    assert build["device"] == "cpu" and build["tensorrt"] is None
     assert set(bench_run.edge_build(tmp_path / "missing.json")) == {"checkpoint"}

@@ -157,3 +157,29 @@ def test_capacity_bound_is_the_smallest_failure_above_the_capacity():
 def test_capacity_bound_falls_back_to_the_largest_pass_and_needs_cpu_records():
     assert bench_rounds.capacity_bound([_trial(1, True, 30.0), _trial(2, True, 25.0)], 2)["streams"] == 2
     assert bench_rounds.capacity_bound([_trial(1, True), _trial(2, False)], 1) is None
+
+
+def test_capacity_search_records_each_trials_cpu_and_what_bounds_it(monkeypatch):
+    import os
+    import threading
+
+    from load_tests.bench_config import BenchConfig
+
+    def fake_run_load(load, url, config, stream_ids, stop, seconds):
+        # Every stream answers 20 frames, at 60 ms up to 4 streams and at 300 ms beyond, burning some CPU here.
+        sum(i * i for i in range(100_000))
+        latency = 60.0 if load.streams <= 4 else 300.0
+        started = 1_000_000.0
+        results = [
+            FrameResult(stream, i, int(started + 5000 + i * 200), latency) for stream in stream_ids for i in range(20)
+        ]
+        return results, started
+
+    monkeypatch.setattr(bench_run, "run_load", fake_run_load)
+    config = BenchConfig(streams=1, fps=5.0, seconds=8, warmup=1, max_tokens=24, quick=True, capacity_limit=8)
+    bar = bench_run.tqdm(disable=True)
+    capacity = bench_run.search_capacity(config, "unused:1", threading.Event(), bar, server_pid=os.getpid())
+    assert capacity["capacity_streams"] == 4
+    assert all("cpu_ms_per_frame" in t and "busy_share_of_machine" in t for t in capacity["trials"])
+    bound = capacity["bound"]
+    assert bound["streams"] == 5 and not bound["passed"] and bound["cpu_ms_per_frame"]["total"] >= 0

@@ -42,8 +42,8 @@ def test_machine_info() -> None:
 
 
 def test_cpu_by_model_names_the_server_and_each_stub_model() -> None:
-    parts = machine.process_tree_cpu_by_model(os.getpid())
-    assert set(parts) == {machine.SERVER_CORE} and parts[machine.SERVER_CORE] > 0
+    parts = machine.process_tree_cpu_by_model(os.getpid())  # other tests' child processes may show up too
+    assert parts[machine.SERVER_CORE] > 0
     assert machine.process_tree_cpu_by_model(2**22 + 7) == {}  # no such process
     stub = ["/x/triton_python_backend_stub", "/repo/edge/svlm_generate/1/model.py", "triton_python_backend_shm", "1"]
     assert machine._stub_model(stub) == "svlm_generate"
