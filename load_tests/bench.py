@@ -36,16 +36,18 @@ The context store's memory (store_bytes_per_stream: a ContextStore filled with 1
 tracemalloc, in a child process) is measured before any timed run, alone. Latencies are the client's round trips
 over gRPC; the first --warmup seconds of every run are left out. Goals are reported with met true/false, never
 asserted. A tqdm bar counts the runs. Exit status: 0 when the run finished, 1 when a server failed to start, 2 for
-bad options, 130 when interrupted.
+bad options, 130 when interrupted (Ctrl-C, SIGINT or SIGTERM: the servers are stopped first).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +194,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM interrupt the run like Ctrl-C (the streams end, the servers are stopped by their PIDs),
+    also when the bench was started in the background, where the shell leaves SIGINT ignored. Handlers can only be
+    set from the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_from_args(args: argparse.Namespace, prog: str = "spotvlm bench") -> int:
     try:
         config = resolve_config(args)
@@ -211,7 +235,8 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm bench") -> int:
     )
     stop = threading.Event()
     try:
-        report, samples = run_bench(config, stop)
+        with interruptible():
+            report, samples = run_bench(config, stop)
     except ServerFailed as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,8 @@ store measurement have their own test files."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import argparse
 from typing import Any
@@ -255,3 +257,24 @@ def test_the_report_names_the_served_checkpoint_and_build_options(tmp_path):
     assert build["batch_window_us"] == "30000" and build["spotvlm_instances"] == "16" and "other" not in build
     assert build["device"] == "cpu" and build["tensorrt"] is None
     assert set(bench_run.edge_build(tmp_path / "missing.json")) == {"checkpoint"}
+
+
+def test_the_bench_is_interrupted_by_sigterm_and_a_background_sigint():
+    import os
+    import signal
+
+    from load_tests import bench
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be set from the main thread")
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell leaves it for a background job
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with pytest.raises(KeyboardInterrupt), bench.interruptible():
+                os.kill(os.getpid(), sig)
+                time.sleep(2)  # the handler raises before this ends
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # restored
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
