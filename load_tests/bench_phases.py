@@ -4,7 +4,7 @@ Pure: per-phase summaries from client.streaming.FrameResults, nothing is run her
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,3 +187,28 @@ def evaluate_goals(keys: Mapping[str, Any], fps: float) -> dict[str, dict[str, A
 def cloud_requests_sent(results: Iterable[FrameResult]) -> int:
     """Frames the edge says it sent to the cloud (CONTEXT.cloud_dispatch == "sent")."""
     return sum(1 for r in results if r.ok and r.context.cloud_dispatch == "sent")
+
+
+def mean_history_tokens(
+    results: Iterable[FrameResult],
+    history_tokens: Callable[[str, list[tuple[str, str]]], int],
+    prompt: str,
+    warmup_ms: float = 0.0,
+) -> float | None:
+    """The mean number of prompt tokens that the text history added to the answered frames after `warmup_ms` (sent
+    time, ms), None when none was answered. A frame's history is the CONTEXT's `history_turns` last turns of its
+    stream, each an earlier frame's question and answer (what `spotvlm` keeps with the cloud off);
+    `history_tokens(question, turns)` counts their tokens as the served model's tokenizer and prompt template do."""
+    by_stream: dict[int, list[FrameResult]] = {}
+    for result in sorted(results, key=lambda r: (r.stream_id, r.frame_index)):
+        by_stream.setdefault(result.stream_id, []).append(result)
+    counts = []
+    for frames in by_stream.values():
+        earlier: list[tuple[str, str]] = []
+        for result in frames:
+            if result.ok:
+                if result.sent_at_ms >= warmup_ms:
+                    turns = int(result.context.history_turns or 0)
+                    counts.append(history_tokens(prompt, earlier[-turns:]) if turns else 0)
+                earlier.append((prompt, result.text))
+    return sum(counts) / len(counts) if counts else None

@@ -35,6 +35,7 @@ from evaluation.policies import policy_request_parameters
 from load_tests.bench_config import BenchConfig
 from load_tests.bench_diy import DiyBaseline
 from load_tests.bench_phases import (
+    mean_history_tokens,
     PHASE_NAMES,
     PHASES,
     Phase,
@@ -96,6 +97,29 @@ def edge_build(build_record: Path = PROJECT_ROOT / "build" / "engines.json") -> 
     values = record.get("values", {})
     options = {key: values[key] for key in EDGE_BUILD_KEYS if key in values}
     return {**out, "device": record.get("device"), "tensorrt": record.get("tensorrt"), **options}
+
+
+def history_token_counter(checkpoint: Path) -> Callable[[str, list[tuple[str, str]]], int] | None:
+    """`count(question, turns)`: the prompt tokens that `turns` (question, answer pairs) add to a prompt for
+    `question`, by the checkpoint's tokenizer and the served prompt template; None when the tokenizer cannot load."""
+    from python_backends.prompts import Turn, build_chat_prompt
+
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except Exception as exc:  # a checkpoint without a tokenizer: the per-token cost is left out, the bench goes on
+        print(f"history tokens are not counted: {exc}", file=sys.stderr)
+        return None
+
+    def length(question: str, turns: list[tuple[str, str]]) -> int:
+        text = build_chat_prompt(question, [], [Turn(q, a) for q, a in turns])
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    def count(question: str, turns: list[tuple[str, str]]) -> int:
+        return length(question, turns) - length(question, []) if turns else 0
+
+    return count
 
 
 def served_edge_checkpoint(repository_root: Path = REPOSITORY_ROOT) -> Path:
@@ -347,6 +371,11 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
             results, started_ms = run_load(load, url, config, ids, stop, config.seconds)
         runs.setdefault(load.name, []).append((results, started_ms))
         summary = summarize_phase(results, started_ms, config.warmup)
+        if load.name == "spotvlm_cloud_off" and count_history_tokens is not None:
+            warmup_ms = started_ms + config.warmup * 1000.0
+            summary["history_tokens_mean"] = mean_history_tokens(
+                results, count_history_tokens, config.prompt, warmup_ms
+            )
         summary["throughput_fps"] = throughput_fps(results, started_ms, config.warmup)
         bar.update()
         bar.write(
@@ -357,6 +386,7 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
         return summary
 
     rounds: list[dict[str, dict[str, Any]]] = [{} for _ in range(config.rounds)]
+    count_history_tokens = history_token_counter(served_edge_checkpoint())
     bar.write(
         f"measuring the context store ({config.store_streams} streams at full history, tracemalloc) in a child"
         " process, alone",
@@ -570,6 +600,18 @@ def _report(
     return report
 
 
+def history_cost_per_token(rounds: list[dict[str, dict[str, Any]]]) -> list[float | None]:
+    """Per round: how much the text history added to `spotvlm`'s p50 (cloud off, with history against without), in
+    ms per history token of the with-history run's frames; None in a round that sent no history or lacks a phase."""
+    out: list[float | None] = []
+    for r in rounds:
+        with_history, without = r.get("spotvlm_cloud_off") or {}, r.get("spotvlm_no_history") or {}
+        tokens = with_history.get("history_tokens_mean")
+        a, b = with_history.get("p50_ms"), without.get("p50_ms")
+        out.append((a - b) / tokens if tokens and a is not None and b is not None else None)
+    return out
+
+
 def round_statistics(rounds: list[dict[str, dict[str, Any]]], extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every ratio per round, with its median and range: overhead, hiding, and (with --capacity) isolation and the
     DIY baseline's latency and throughput."""
@@ -577,6 +619,7 @@ def round_statistics(rounds: list[dict[str, dict[str, Any]]], extra: dict[str, A
         "overhead_ratio_p50": spread(round_ratios(rounds, "spotvlm_cloud_off", "svlm")),
         "overhead_ratio_no_history_p50": spread(round_ratios(rounds, "spotvlm_no_history", "svlm")),
         "hiding_ratio_p99": spread(round_ratios(rounds, "spotvlm_delay2000", "spotvlm_delay0", "p99_ms")),
+        "history_ms_per_token_p50": spread(history_cost_per_token(rounds), digits=4),
     }
     if any("spotvlm_four_streams" in r for r in rounds):
         out["isolation_ratio_p50"] = spread(round_ratios(rounds, "spotvlm_four_streams", "spotvlm_one_stream"))

@@ -278,3 +278,50 @@ def test_the_bench_is_interrupted_by_sigterm_and_a_background_sigint():
     finally:
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGTERM, before[1])
+
+
+def test_history_tokens_follow_each_streams_own_earlier_answers():
+    from client.frame_result import FrameResult
+    from python_backends.context.report import ContextReport
+
+    def frame(stream, index, turns, text="ab", error=None):
+        context = ContextReport(history_turns=turns)
+        return FrameResult(stream, index, 1000 + 200 * index, 40.0, text=text, context=context, error=error)
+
+    seen = []
+
+    def count(question, turns):
+        seen.append(list(turns))
+        return 10 * len(turns)
+
+    results = [frame(1, 0, 0, "a0"), frame(1, 1, 1, "a1"), frame(1, 2, 2, "x", error="boom"), frame(1, 3, 2, "a3")]
+    results += [frame(2, 0, 0, "b0"), frame(2, 1, 1, "b1")]
+    mean = bench_phases.mean_history_tokens(results, count, "Q?", warmup_ms=1100)  # frames 0 are in the warm-up
+    assert mean == (10 + 20 + 10) / 3
+    assert seen == [[("Q?", "a0")], [("Q?", "a0"), ("Q?", "a1")], [("Q?", "b0")]]  # an error adds no turn
+    assert bench_phases.mean_history_tokens([], count, "Q?") is None
+
+
+def test_history_cost_is_per_token_of_the_with_history_run():
+    from load_tests import bench_run
+
+    rounds = [
+        {"spotvlm_cloud_off": {"p50_ms": 44.0, "history_tokens_mean": 200.0}, "spotvlm_no_history": {"p50_ms": 40.0}},
+        {"spotvlm_cloud_off": {"p50_ms": 41.0, "history_tokens_mean": 0.0}, "spotvlm_no_history": {"p50_ms": 40.0}},
+        {"spotvlm_cloud_off": {"p50_ms": 41.0}},
+    ]
+    assert bench_run.history_cost_per_token(rounds) == [0.02, None, None]
+
+
+def test_history_tokens_are_counted_with_the_served_tokenizer_and_template():
+    from pathlib import Path
+
+    from load_tests import bench_run
+
+    shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "edge-05b0807279a77465"
+    count = bench_run.history_token_counter(shipped)
+    assert count("Where is the red circle?", []) == 0
+    one = count("Where is the red circle?", [("Where is the red circle?", "top left")])
+    two = count("Where is the red circle?", [("Where is the red circle?", "top left")] * 2)
+    assert one > 4 and two == 2 * one  # each turn adds its own tokens, template included
+    assert bench_run.history_token_counter(Path("/nonexistent/checkpoint")) is None

@@ -32,7 +32,7 @@ def test_round_statistics_names_every_ratio():
     rounds = [
         {
             "svlm": {"p50_ms": 50.0},
-            "spotvlm_cloud_off": {"p50_ms": 60.0},
+            "spotvlm_cloud_off": {"p50_ms": 60.0, "history_tokens_mean": 160.0},
             "spotvlm_no_history": {"p50_ms": 52.0},
             "spotvlm_delay0": {"p99_ms": 100.0},
             "spotvlm_delay2000": {"p99_ms": 110.0},
@@ -50,12 +50,18 @@ def test_round_statistics_names_every_ratio():
         "overhead_ratio_p50": 1.2,
         "overhead_ratio_no_history_p50": 1.04,
         "hiding_ratio_p99": 1.1,
+        "history_ms_per_token_p50": 0.05,
         "isolation_ratio_p50": 1.5,
         "diy_ratio_p50": 0.25,
         "diy_throughput_ratio": 4.0,
     }
     without_capacity = bench_run.round_statistics([{k: v for k, v in rounds[0].items() if "stream" not in k}], {})
-    assert set(without_capacity) == {"overhead_ratio_p50", "overhead_ratio_no_history_p50", "hiding_ratio_p99"}
+    assert set(without_capacity) == {
+        "overhead_ratio_p50",
+        "overhead_ratio_no_history_p50",
+        "hiding_ratio_p99",
+        "history_ms_per_token_p50",
+    }
 
 
 def _frames(stream: int, started_ms: float, latencies: list[float], error_at: int | None = None) -> list[FrameResult]:
