@@ -570,6 +570,8 @@ def _report(
     for name, values in ratios.items():  # the per-round median replaces the quotient of pooled percentiles
         keys[name] = values["median"]
         keys[f"{name}_range"] = [values["min"], values["max"]]
+    history_tokens = [(r.get("spotvlm_cloud_off") or {}).get("history_tokens_mean") for r in rounds]
+    keys["history_tokens_per_frame"] = spread(history_tokens, digits=1)["median"]
     report: dict[str, Any] = {"benchmark": "spotvlm_bench", **keys}
     report["store_bytes_per_stream"] = store.get("store_bytes_per_stream")
     report["store_memory_bytes_estimate_per_stream"] = store.get("store_memory_bytes_estimate_per_stream")

@@ -91,6 +91,20 @@ def test_capacity_and_memory(bench_run):
     assert report["diy"]["load_s"] > 0 and len(report["diy"]["back_to_back"]) == ROUNDS
     machine = report["machine"]
     assert machine["cpu_model"] and machine["physical_cores"] >= 1 and machine["torch_cpu_capability"]
+    for trial in capacity["trials"]:  # where the edge's CPU went, by model, from the real server's processes
+        cpu = trial["cpu_ms_per_frame"]
+        assert cpu["total"] > 0 and {"svlm_generate", "spotvlm", "tritonserver"} <= set(cpu), cpu
+        assert 0 < trial["busy_share_of_machine"] and trial["client_cpu_ms_per_frame"] > 0
+    assert capacity["bound"]["streams"] in {t["streams"] for t in capacity["trials"]}
+    assert report["edge_build"]["checkpoint"] and report["edge_build"]["spotvlm_instances"]
+
+
+def test_the_history_cost_is_per_history_token(bench_run):
+    _, report, _ = bench_run
+    # The test build keeps 4 turns of the stream's own answers, so the with-history phase sends history.
+    assert report["history_tokens_per_frame"] > 0
+    per_round = report["ratios"]["history_ms_per_token_p50"]["rounds"]
+    assert len(per_round) == ROUNDS and all(isinstance(v, float) for v in per_round)
 
 
 def test_phases_config_goals_and_context(bench_run):
