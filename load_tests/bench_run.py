@@ -355,6 +355,8 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
         if failures:
             raise ServerFailed(failures[0])
 
+    count_history_tokens = history_token_counter(served_edge_checkpoint())
+
     def measure(load: Load, round_index: int, url: str, diy: DiyBaseline | None = None) -> dict[str, Any]:
         bar.set_postfix_str(f"round {round_index + 1}/{config.rounds}: {load.name}")
         if load.model == "diy":
@@ -386,7 +388,6 @@ def run_bench(config: BenchConfig, stop: threading.Event) -> tuple[dict[str, Any
         return summary
 
     rounds: list[dict[str, dict[str, Any]]] = [{} for _ in range(config.rounds)]
-    count_history_tokens = history_token_counter(served_edge_checkpoint())
     bar.write(
         f"measuring the context store ({config.store_streams} streams at full history, tracemalloc) in a child"
         " process, alone",
