@@ -160,5 +160,13 @@ def capacity_bound(trials: Sequence[Mapping[str, Any]], capacity: int) -> dict[s
     chosen = failed[0] if failed else (passed[-1] if passed else None)
     if chosen is None:
         return None
-    keys = ("streams", "passed", "p99_ms", "late_frames", "cpu_ms_per_frame", "client_cpu_ms_per_frame")
-    return {**{k: chosen.get(k) for k in keys}, "busy_share_of_machine": chosen.get("busy_share_of_machine")}
+    keys = (
+        "streams",
+        "passed",
+        "p99_ms",
+        "late_frames",
+        "cpu_ms_per_frame",
+        "client_cpu_ms_per_frame",
+        "busy_share_of_machine",
+    )
+    return {k: chosen.get(k) for k in keys}

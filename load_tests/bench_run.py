@@ -101,23 +101,22 @@ def edge_build(build_record: Path = PROJECT_ROOT / "build" / "engines.json") -> 
 
 def history_token_counter(checkpoint: Path) -> Callable[[str, list[tuple[str, str]]], int] | None:
     """`count(question, turns)`: the prompt tokens that `turns` (question, answer pairs) add to a prompt for
-    `question`, by the checkpoint's tokenizer and the served prompt template; None when the tokenizer cannot load."""
+    `question`, counted as `spotvlm` counts its history (TokenizerBudget on the checkpoint's tokenizer.json) in the
+    served prompt template; None when the checkpoint has no tokenizer.json."""
+    from python_backends.context.token_budget import TokenizerBudget
     from python_backends.prompts import Turn, build_chat_prompt
 
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    except Exception as exc:  # a checkpoint without a tokenizer: the per-token cost is left out, the bench goes on
-        print(f"history tokens are not counted: {exc}", file=sys.stderr)
+    tokenizer_file = Path(checkpoint) / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        print(f"history tokens are not counted: no {tokenizer_file}", file=sys.stderr)
         return None
-
-    def length(question: str, turns: list[tuple[str, str]]) -> int:
-        text = build_chat_prompt(question, [], [Turn(q, a) for q, a in turns])
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
+    budget = TokenizerBudget.from_file(tokenizer_file)
 
     def count(question: str, turns: list[tuple[str, str]]) -> int:
-        return length(question, turns) - length(question, []) if turns else 0
+        if not turns:
+            return 0
+        with_turns = build_chat_prompt(question, [], [Turn(q, a) for q, a in turns])
+        return budget.count(with_turns) - budget.count(build_chat_prompt(question, []))
 
     return count
 
