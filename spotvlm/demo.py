@@ -12,6 +12,12 @@ from client.triton_client import VLMClient
 from client.model_repository import check_built
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# CONTEXT's answer_source, as the table says it.
+ANSWER_SOURCES = {
+    "cloud": "cloud's",
+    "cloud_tracked": "cloud's, tracked",
+    "cloud_region_tracked": "cloud's box, tracked",
+}
 
 
 def _cell(text: str, width: int) -> list[str]:
@@ -180,7 +186,7 @@ def context_transfer_demo(
             context = answers[CONTEXT_TRANSFER][example.id].context
             age = "-" if context.context_age_ms is None else f"{context.context_age_ms / 1000:.1f} s"
             tracked = {True: ", tracked", False: ", lost", None: ""}[context.tracked]
-            source = {"cloud": "cloud's", "cloud_tracked": "cloud's, tracked"}.get(context.answer_source or "", "svlm")
+            source = ANSWER_SOURCES.get(context.answer_source or "", "svlm")
             rows.append(
                 [f"{example.time_s:.1f}", example.question, str(example.answer), *cells, f"{age}{tracked}", source]
             )

@@ -8,7 +8,9 @@ stream's small grey frames, tracking.py):
   bin grid, as the SVLM itself answers (`[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]`); after the age tag a note
   says whether the object was found again and how much its region (the whole frame for text answers) changed, in
   percent, a single token for the tiny checkpoints: `[tracked, change 4]`, `[lost, change 37]`, `[change 12]`;
-- the focus crop centres on the tracked boxes; a lost box falls back to the cloud's box widened by the age margin.
+- the focus crop centres on the tracked boxes; a lost box falls back to the cloud's box widened by the age margin;
+- a region question ("Where is the red circle?") is answered from the box of its object, which the link asks the
+  cloud for beside it (region_questions.py), tracked to this frame (`track_region`).
 With tracking off, the answer is written as the cloud gave it and the crop is the cloud's box widened by the age
 margin: the paper's method.
 """
@@ -31,6 +33,7 @@ from python_backends.context.replacement import (
     TokenBudget,
     build_history,
 )
+from python_backends.context.region_questions import RegionQuestions, carried_region
 from python_backends.context.store import CloudResult, TurnRecord, question_key
 from python_backends.context.tracking import Box, FrameHistory, region_change, track_box
 from python_backends.detections import Detection, scale_box
@@ -44,6 +47,7 @@ class ServedContextConfig:
     svlm_size: tuple[int, int] = (448, 448)  # (height, width) of the SVLM's input: its boxes are in these pixels
     coordinate_bin: int = 2  # the SVLM writes box corners on multiples of this (training/tokens.py)
     max_tracked_boxes: int = 4  # boxes tracked per frame, over all cloud answers in use: bounds the per-frame work
+    regions: RegionQuestions = RegionQuestions()  # region questions answered from their object's tracked box
 
     def __post_init__(self) -> None:
         if self.coordinate_bin < 1:
@@ -97,12 +101,13 @@ class AnswerTracking:
 SVLM = "svlm"
 CLOUD_TEXT = "cloud"
 CLOUD_TRACKED = "cloud_tracked"
+CLOUD_REGION_TRACKED = "cloud_region_tracked"  # a region answer read off the object's box tracked to the frame
 
 
 @dataclass(frozen=True)
 class CarriedAnswer:
     text: str  # in the SVLM's answer format (boxes in its input's pixels)
-    source: str  # CLOUD_TEXT or CLOUD_TRACKED
+    source: str  # CLOUD_TEXT, CLOUD_TRACKED or CLOUD_REGION_TRACKED
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class ContextInput:
     tracking: Mapping[int, AnswerTracking] = field(default_factory=dict)
     # The cloud's answer to this very question carried to this frame, in the SVLM's answer format (carried_answer).
     carried_answer: CarriedAnswer | None = None
+    region_track: RegionTrack | None = None  # a region question's object tracked to this frame
 
 
 def _newest_per_frame(results: Sequence[CloudResult], question: str | None = None) -> dict[int, CloudResult]:
@@ -175,6 +181,54 @@ def track_answers(
         change = region_change(frames, _union(full) if full else None, result.frame_id, to_frame_id)
         tracked[result.frame_id] = AnswerTracking(result.frame_id, tuple(boxes), change)
     return tracked
+
+
+@dataclass(frozen=True)
+class RegionTrack:
+    """The box of a region question's object, from the cloud's newest answer to the grounding question the link
+    asked beside it, carried to the current frame."""
+
+    source: CloudResult  # that answer
+    box: Box | None  # its first box in the current frame's pixels; None when lost
+
+
+def track_region(
+    frames: FrameHistory | None,
+    results: Sequence[CloudResult],
+    to_frame_id: int,
+    question: str,
+    regions: RegionQuestions,
+) -> RegionTrack | None:
+    """For a region question, the newest cloud answer with a box to the grounding question about its object (asked
+    beside it, or standing in the stream on its own), that box tracked to frame `to_frame_id`; None for any other
+    question, when no such answer is in `results`, or without frames to track in."""
+    grounding = regions.grounding_question(question)
+    if frames is None or grounding is None:
+        return None
+    asked = question_key(grounding)
+    answers = [r for r in results if r.detections and _answers(r, asked)]
+    if not answers:
+        return None
+    source = max(answers, key=lambda r: (r.frame_id, r.arrived_s))
+    stored = frames.get(source.frame_id)
+    if stored is None or min(source.frame_size) <= 0:
+        return RegionTrack(source, None)
+    box = scale_box(source.detections[0].bbox, source.frame_size, stored.full_size)
+    return RegionTrack(source, track_box(frames, box, source.frame_id, to_frame_id).box)
+
+
+def region_answer(
+    track: RegionTrack | None, results: Sequence[CloudResult], question: str, frame_size: tuple[int, int]
+) -> CarriedAnswer | None:
+    """A region question's answer read off its object's tracked box (carried_region), the cloud's own region answer
+    on the box's frame, where there is one, anchoring it; None when the object was not tracked here."""
+    if track is None or track.box is None:
+        return None
+    asked = question_key(question)
+    named = [r for r in results if r.frame_id == track.source.frame_id and _answers(r, asked)]
+    cloud_text = named[-1].text if named else None
+    region = carried_region(track.source.detections[0].bbox, track.source.frame_size, track.box, frame_size, cloud_text)
+    return CarriedAnswer(region, CLOUD_REGION_TRACKED)
 
 
 def _bin(value: float, coordinate_bin: int, limit: int) -> int:
@@ -251,10 +305,13 @@ def build_context_input(
     config: ServedContextConfig = ServedContextConfig(),
     budget: TokenBudget = DEFAULT_BUDGET,
     text_context: bool = True,
+    region_track: RegionTrack | None = None,
 ) -> ContextInput:
     """The history turns and focus plan the SVLM gets for `image`, asked `question` at `now_ms`, given the stream's
-    turns, the cloud answers in use and their tracking (track_answers; ignored when config.tracking is off)."""
+    turns, the cloud answers in use and their tracking (track_answers and, for a region question, track_region; both
+    ignored when config.tracking is off)."""
     tracking = (tracking or {}) if config.tracking else {}
+    region_track = region_track if config.tracking else None
     frame_size = image.shape[:2]
     overrides = {
         frame_id: answer_override(result, tracking[frame_id], frame_size, config)
@@ -269,6 +326,7 @@ def build_context_input(
     if history.context_frame is not None:
         override = overrides.get(history.context_frame)
         carried = carried_answer(history.context_result, context_tracking, override, question)
+    carried = region_answer(region_track, cloud_results, question, frame_size) or carried
     if not text_context:
         # Focus alone: the history's freshest answer is still named (CONTEXT), but no turn goes to the SVLM.
         history = replace(history, turns=[], replaced_turns=0)
@@ -276,7 +334,7 @@ def build_context_input(
     source = focus_source(cloud_results, question)
     plain = FocusPlan(mode=FocusMode.OFF, box=None, labels=[], images=[image])
     if source is None or focus_mode is FocusMode.OFF:
-        return ContextInput(history, plain, None, False, context_tracking, tracking, carried)
+        return ContextInput(history, plain, None, False, context_tracking, tracking, carried, region_track)
     # Centre on the tracked boxes only when every box the question is about was found again.
     track = tracking.get(source.frame_id)
     relevant = relevant_detections(source.detections, question)
@@ -289,4 +347,4 @@ def build_context_input(
     )
     used = source if plan.mode is not FocusMode.OFF else None
     focus_tracked = used is not None and tracked is not None
-    return ContextInput(history, plan, used, focus_tracked, context_tracking, tracking, carried)
+    return ContextInput(history, plan, used, focus_tracked, context_tracking, tracking, carried, region_track)

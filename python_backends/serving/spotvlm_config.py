@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from python_backends.context.focus import FocusConfig, FocusMode, parse_focus_mode
+from python_backends.context.region_questions import RegionQuestions
 from python_backends.context.replacement import ReplacementConfig
 from python_backends.context.served_context import ServedContextConfig
 from python_backends.context.store import StoreLimits
@@ -50,7 +51,8 @@ class SpotVLMConfig:
     cloud_max_inflight: int = _param(1, "frames of one stream at the cloud at once; more are skipped (`skipped_busy`)")
     cloud_questions: int = _param(
         StoreLimits.max_questions,
-        "a frame sent to the cloud asks the stream's last this many distinct questions (at most lvlm's `max_prompts`)",
+        "a frame sent to the cloud asks the stream's last this many distinct questions, and the grounding question of "
+        "each region question among them (twice this at most lvlm's `max_prompts`)",
     )
     cloud_jpeg_quality: int = _param(85, "JPEG quality of frames sent to the cloud as pixels")
     cloud_max_side: int = _param(0, "frames sent to the cloud are downscaled to this longer side (0: as they are)")
@@ -81,6 +83,15 @@ class SpotVLMConfig:
         "answer with the cloud's own answer to the question asked, carried to this frame (text as it came; boxes only "
         "when every one was tracked here), without asking the SVLM; needs `focus_tracking` and the text context; the "
         "default of the `carry_answers` request parameter",
+    )
+    region_questions: str = _param(
+        RegionQuestions.pattern,
+        "regular expression (case aside) of the region questions, its group `object` naming the object: the cloud is "
+        "also asked that object's box, and with `carry_answers` the answer is the cell of that box tracked to the frame "
+        "(`off`: off)",
+    )
+    region_grounding_prompt: str = _param(
+        RegionQuestions.grounding_prompt, "how the cloud is asked for a region question's object's box (`{object}`)"
     )
     tracking_frames: int = _param(100, "frames per stream kept as small grey copies to track from (0: none)")
     tracking_side: int = _param(160, "the longer side of those copies, in pixels")
@@ -119,6 +130,7 @@ class SpotVLMConfig:
             raise ValueError(f"svlm_coordinate_bin must be at least 1, got {self.svlm_coordinate_bin}")
         if self.cloud_questions < 1:
             raise ValueError(f"model parameter cloud_questions must be at least 1, got {self.cloud_questions}")
+        self.regions()  # raises on a bad pattern or prompt
         if "{question}" not in self.cloud_prompt:
             raise ValueError(f"model parameter cloud_prompt must contain {{question}}, got {self.cloud_prompt!r}")
 
@@ -167,9 +179,9 @@ class SpotVLMConfig:
             ttl_s=self.store_ttl_s,
             max_turns=max(self.context_turns, self.store_turns),
             max_questions=self.cloud_questions,
-            # Room for the answers to every standing question on the newest two frames the cloud answered: the newer
-            # may arrive first.
-            max_cloud_results=max(StoreLimits.max_cloud_results, 2 * self.cloud_questions),
+            # Room for the answers to every standing question and its grounding question on the newest two frames the
+            # cloud answered: the newer may arrive first.
+            max_cloud_results=max(StoreLimits.max_cloud_results, 4 * self.cloud_questions),
             max_frames=self.tracking_frames,
             frame_side=self.tracking_side,
         )
@@ -197,7 +209,11 @@ class SpotVLMConfig:
             svlm_size=(svlm_image_size, svlm_image_size),
             coordinate_bin=self.svlm_coordinate_bin,
             max_tracked_boxes=self.tracking_max_boxes,
+            regions=self.regions(),
         )
+
+    def regions(self) -> RegionQuestions:
+        return RegionQuestions(self.region_questions, self.region_grounding_prompt)
 
 
 @dataclass(frozen=True)

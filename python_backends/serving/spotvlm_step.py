@@ -39,7 +39,8 @@ from python_backends.context.received import ReceivedAnswers
 from python_backends.context.report import CloudAnswerReport, ContextReport, LatencyBreakdown
 from python_backends.context.replacement import ReplacedHistory, WordBudget
 from python_backends.context.served_context import SVLM, AnswerTracking, CarriedAnswer, build_context_input
-from python_backends.context.served_context import track_answers
+from python_backends.context.region_questions import grounded_questions
+from python_backends.context.served_context import track_answers, track_region
 from python_backends.context.store import CloudResult, ContextStore, TurnRecord, question_key
 from python_backends.context.token_budget import TokenizerBudget
 from python_backends.errors import InputError
@@ -246,6 +247,9 @@ class SpotVLMStep:
         # The frame asks the cloud every standing question of its stream, its own first, so the context keeps an
         # answer on a recent frame to each question the stream asks.
         questions = self.store.ask(frame.stream_id, frame.prompt)
+        if frame.tracking:
+            # Beside each region question, the box of its object: the edge tracks it to answer the region now.
+            questions = grounded_questions(questions, self.served[True].regions)
         prompts = [self.cloud_prompt.replace("{question}", question) for question in questions]
         job = CloudJob(
             stream_id=frame.stream_id,
@@ -347,8 +351,10 @@ class SpotVLMStep:
             ]
             cloud_questions = len({question_key(r.question) for r in results if r.question is not None})
             tracking = None
+            region_track = None
             if frame.tracking and results:
                 tracking = track_answers(frames, results, frame_id, frame.prompt, served.max_tracked_boxes)
+                region_track = track_region(frames, results, frame_id, frame.prompt, served.regions)
             context = build_context_input(
                 frame.image,
                 frame.prompt,
@@ -360,6 +366,7 @@ class SpotVLMStep:
                 served,
                 self.budget,
                 text_context=frame.text_context,
+                region_track=region_track,
             )
         if context is not None:
             history, plan = context.history, context.plan

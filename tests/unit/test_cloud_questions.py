@@ -100,9 +100,10 @@ def test_a_frames_answers_are_filed_together_and_not_for_a_gone_stream() -> None
 
 def test_cloud_questions_sets_the_store_limits() -> None:
     limits = SpotVLMConfig.from_params({"cloud_questions": "6"}).store_limits()
-    assert limits.max_questions == 6 and limits.max_cloud_results == 12, "every question's answer on two frames"
+    # The answer to every question and to its object's grounding question, on two frames.
+    assert limits.max_questions == 6 and limits.max_cloud_results == 24
     assert SpotVLMConfig().store_limits().max_questions == 4
-    assert SpotVLMConfig().store_limits().max_cloud_results == StoreLimits.max_cloud_results
+    assert SpotVLMConfig().store_limits().max_cloud_results == 16
     with pytest.raises(ValueError, match="cloud_questions"):
         SpotVLMConfig.from_params({"cloud_questions": "0"})
 

@@ -1,0 +1,128 @@
+"""Region questions answered from where their object is now.
+
+A region question ("Where is the red circle?") is answered by a cell of a 3x3 grid over the frame: a function of
+where the object is. The cloud's region answer goes stale as soon as the object moves; its box does not, once it is
+tracked to the current frame. So the cloud link asks the cloud, beside each standing region question, for the box of
+the object it names (`grounding_question`), and spotvlm answers the region question with the cell of that box tracked
+to the frame in front of it (`carried_region`).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from python_backends.context.store import question_key
+
+# The cells a region answer names, row by row (top, middle, bottom), each row left to right; the middle one is
+# "center". The benchmark's region questions are answered in these words.
+REGIONS = (
+    "top left",
+    "top center",
+    "top right",
+    "middle left",
+    "center",
+    "middle right",
+    "bottom left",
+    "bottom center",
+    "bottom right",
+)
+
+DEFAULT_REGION_PATTERN = r"^\s*where is the (?P<object>.+?)\s*\?*\s*$"
+DEFAULT_GROUNDING_PROMPT = "Locate the {object} and give its bbox_2d in JSON."
+
+_PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
+
+
+@dataclass(frozen=True)
+class RegionQuestions:
+    """Which questions are region questions and how the cloud is asked for their object's box. A `pattern` of `off`
+    (or empty) turns this off: region questions are then carried as the cloud answered them."""
+
+    pattern: str = DEFAULT_REGION_PATTERN  # case-insensitive; its group `object` names the object
+    grounding_prompt: str = DEFAULT_GROUNDING_PROMPT  # `{object}` is replaced by that name
+    _compiled: re.Pattern | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.pattern.strip().lower() in ("", "off"):
+            return
+        try:
+            compiled = re.compile(self.pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"region question pattern {self.pattern!r} is not a regular expression: {exc}") from exc
+        if "object" not in compiled.groupindex:
+            raise ValueError(f"region question pattern {self.pattern!r} needs a group named `object`")
+        if "{object}" not in self.grounding_prompt:
+            raise ValueError(f"region grounding prompt must contain {{object}}, got {self.grounding_prompt!r}")
+        object.__setattr__(self, "_compiled", compiled)
+
+    def object_of(self, question: str) -> str | None:
+        """The object a region question names, as asked; None for any other question."""
+        if self._compiled is None:
+            return None
+        match = self._compiled.match(question)
+        if match is None or not match.group("object").strip():
+            return None
+        return " ".join(match.group("object").split())
+
+    def grounding_question(self, question: str) -> str | None:
+        """What the cloud is asked for the box of a region question's object; None for any other question."""
+        name = self.object_of(question)
+        return None if name is None else self.grounding_prompt.replace("{object}", name)
+
+
+def region_name(text: str) -> str | None:
+    """`text` as one of REGIONS (case, punctuation and spacing aside), or None."""
+    words = " ".join(text.translate(_PUNCTUATION).split()).casefold()
+    return words if words in REGIONS else None
+
+
+def region_at(x: float, y: float) -> str:
+    """The cell of a point given as fractions of the frame's width and height (clipped into the frame)."""
+    column, row = (min(2, max(0, int(v * 3))) for v in (x, y))
+    return REGIONS[row * 3 + column]
+
+
+def _centre(box: Sequence[float], size: tuple[int, int]) -> tuple[float, float]:
+    """The box's centre as fractions of an image of `size` (height, width)."""
+    return (box[0] + box[2]) / 2 / size[1], (box[1] + box[3]) / 2 / size[0]
+
+
+def carried_region(
+    cloud_box: Sequence[float],
+    cloud_size: tuple[int, int],
+    tracked_box: Sequence[float],
+    frame_size: tuple[int, int],
+    cloud_text: str | None = None,
+) -> str:
+    """The region of the object now: the cloud's box (in the pixels of the image of `cloud_size` it saw) moved by
+    how far the tracker found the object moved (`tracked_box`, in the current frame's pixels). Where the cloud also
+    named a region for the same frame (`cloud_text`) and its box's centre lies outside that cell, the centre is first
+    moved to the nearest point of the named cell: the cloud names regions more reliably than it draws boxes, and the
+    box then only says how far the object went."""
+    x, y = _centre(cloud_box, cloud_size)
+    now_x, now_y = _centre(tracked_box, frame_size)
+    named = region_name(cloud_text) if cloud_text is not None else None
+    start_x, start_y = x, y
+    if named is not None:
+        index = REGIONS.index(named)
+        row, column = divmod(index, 3)
+        # Just inside the cell's edges, so that a point on an edge is not read as the next cell.
+        start_x = min(max(x, column / 3 + 1e-6), (column + 1) / 3 - 1e-6)
+        start_y = min(max(y, row / 3 + 1e-6), (row + 1) / 3 - 1e-6)
+    return region_at(start_x + (now_x - x), start_y + (now_y - y))
+
+
+def grounded_questions(questions: Sequence[str], regions: RegionQuestions) -> list[str]:
+    """`questions` (a stream's standing questions), then the grounding question of each region question among them
+    that is not already standing (case and spacing aside): what a frame sent to the cloud asks."""
+    asked = {question_key(q) for q in questions}
+    extra: list[str] = []
+    for question in questions:
+        grounding = regions.grounding_question(question)
+        if grounding is not None and question_key(grounding) not in asked:
+            asked.add(question_key(grounding))
+            extra.append(grounding)
+    return [*questions, *extra]
