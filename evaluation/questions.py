@@ -26,21 +26,10 @@ from typing import Any
 import numpy as np
 
 from evaluation.scenes import COLOURS, SHAPES, ObjectTruth
+from python_backends.context.region_questions import REGIONS  # the cells, as the edge names them too
 
 TASKS = ("recognition", "localisation", "grounding", "counting")
 ANSWER_TYPES = {"recognition": "text", "localisation": "region", "grounding": "box", "counting": "number"}
-# Rows top/middle/bottom, columns left/center/right; the middle cell is "center".
-REGIONS = (
-    "top left",
-    "top center",
-    "top right",
-    "middle left",
-    "center",
-    "middle right",
-    "bottom left",
-    "bottom center",
-    "bottom right",
-)
 # Centres this close to a grid line (as a fraction of the frame's side) are too close to call: no region question.
 REGION_MARGIN = 0.03
 DEFAULT_TASK_MIX = {"recognition": 1.0, "localisation": 1.0, "grounding": 1.0, "counting": 1.0}
