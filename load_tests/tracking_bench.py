@@ -1,12 +1,19 @@
 """Cost and accuracy of carrying a cloud box forward (python_backends/context/tracking.py), as JSON.
 
     .venv/bin/python -m load_tests.tracking_bench [--fps 10] [--ages 0.5,2,9] [--clips 6] [--repeat 20]
+        [--side 96] [--rim 0.15] [--scene-seeds 500-507]
 
 On generated clips (a textured background and a moving textured square or disc, numpy drawing) it tracks the
 object's true box from an old frame to the newest one at each age, with each method, and reports the mean and 95th
 percentile cost of one call, the share of tracks that stay on the object (IoU >= 0.5 with the true box), the share of
 vanished objects reported lost, and the history's memory per stream. Scenes: "lone" (one object), "look-alike" (a
 copy of the object moving the other way) and "vanished" (the object leaves before the newest frame).
+
+Then, under "benchmark", the replay benchmark's own scenes (evaluation/scenes.py; by default validation seeds, where
+tracking options are chosen): flat-coloured shapes that move, enter, leave and change, several at once. Every present
+object's true box is tracked from every 7th frame to the frame `age` later where it is still present, and the share
+on the object, the share whose region (3x3 cell of the centre) is right, the share lost, and the share whose region
+had not changed (what an untracked answer would score) are reported.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import cv2
 import numpy as np
 
 from client.stats import percentile
-from python_backends.context.tracking import METHODS, FrameHistory, track_box
+from evaluation.scenes import Scene, SceneConfig
+from python_backends.context.region_questions import region_at
+from python_backends.context.tracking import DEFAULT_SIDE, METHODS, RIM, FrameHistory, track_box
 
 
 @dataclass
@@ -94,14 +103,16 @@ def iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def history_of(clip: Clip, max_frames: int, max_side: int = 160) -> FrameHistory:
+def history_of(clip: Clip, max_frames: int, max_side: int = DEFAULT_SIDE) -> FrameHistory:
     history = FrameHistory(max_frames, max_side)
     for index, frame in enumerate(clip.frames):
         history.add(index, clip.timestamps_ms[index], frame)
     return history
 
 
-def measure(fps: float, ages_s: list[float], clips: int, repeat: int) -> dict:
+def measure(
+    fps: float, ages_s: list[float], clips: int, repeat: int, side: int = DEFAULT_SIDE, rim: float = RIM
+) -> dict:
     longest = int(round(max(ages_s) * fps)) + 1
     scenes = {"lone": {}, "look-alike": {"look_alike": True}, "vanished": {}}
     rows = []
@@ -114,11 +125,11 @@ def measure(fps: float, ages_s: list[float], clips: int, repeat: int) -> dict:
                     vanish = {"vanish_at": frames - max(1, frames // 3)} if scene == "vanished" else {}
                     shape = "disc" if seed % 2 else "square"
                     clip = synthetic_clip(frames, fps=fps, seed=seed, shape=shape, **options, **vanish)
-                    history = history_of(clip, longest)
+                    history = history_of(clip, longest, side)
                     truth, newest = clip.boxes[0], len(clip.frames) - 1
                     for _ in range(repeat):
                         started = time.perf_counter()
-                        result = track_box(history, truth, 0, newest, method=method)
+                        result = track_box(history, truth, 0, newest, method=method, rim=rim)
                         costs.append((time.perf_counter() - started) * 1000)
                     lost.append(result.lost)
                     if clip.boxes[newest] is not None:
@@ -136,7 +147,7 @@ def measure(fps: float, ages_s: list[float], clips: int, repeat: int) -> dict:
                     row["on_object"] = round(float(np.mean(on_object)), 3)
                 rows.append(row)
     clip = synthetic_clip(1, size=(480, 640))
-    history = FrameHistory(longest, 160)
+    history = FrameHistory(longest, side)
     for index in range(longest + 5):
         history.add(index, index * 100, clip.frames[0])
     return {
@@ -145,9 +156,55 @@ def measure(fps: float, ages_s: list[float], clips: int, repeat: int) -> dict:
         "calls_per_clip": repeat,
         "opencv_threads": cv2.getNumThreads(),
         "frame_size": [240, 320],
-        "history": {"max_frames": longest, "max_side": 160, "nbytes_at_640x480": history.nbytes},
+        "rim": rim,
+        "history": {"max_frames": longest, "max_side": side, "nbytes_at_640x480": history.nbytes},
         "results": rows,
     }
+
+
+def _region(box, size: tuple[int, int]) -> str:
+    return region_at((box[0] + box[2]) / 2 / size[1], (box[1] + box[3]) / 2 / size[0])
+
+
+def measure_benchmark_scenes(
+    seeds: list[int], ages_s: list[float], side: int = DEFAULT_SIDE, rim: float = RIM, seconds: float = 10.0
+) -> list[dict]:
+    """Tracking on the replay benchmark's scenes (see the module's doc), one row per age and method."""
+    counts: dict[tuple[float, str], dict[str, float]] = {}
+    for seed in seeds:
+        scene = Scene(seed, SceneConfig(seconds=seconds))
+        fps = scene.config.fps
+        history = FrameHistory(int(round(max(ages_s) * fps)) + 1 + 7, side)
+        present: list[dict] = []
+        tracks: list[tuple[int, int, tuple, tuple]] = []  # (from, to, box then, box now)
+        for index, frame, truth in scene:
+            history.add(index, int(round(index * 1000 / fps)), frame)
+            present.append({o.object_id: o.box for o in truth if o.present})
+            for age_s in ages_s:
+                start = index - int(round(age_s * fps))
+                if start >= 0 and start % 7 == 0:
+                    for object_id, then in present[start].items():
+                        if object_id in present[index]:
+                            tracks.append((start, index, then, present[index][object_id]))
+            for start, end, then, now in tracks:
+                age = round((end - start) / fps, 3)
+                for method in METHODS:
+                    cell = counts.setdefault((age, method), {"tracks": 0, "on_object": 0, "region_right": 0,
+                                                             "lost": 0, "region_unchanged": 0})  # fmt: skip
+                    result = track_box(history, then, start, end, method=method, rim=rim)
+                    cell["tracks"] += 1
+                    cell["lost"] += result.lost
+                    cell["region_unchanged"] += _region(then, scene.size) == _region(now, scene.size)
+                    if not result.lost:
+                        cell["on_object"] += iou(result.box, now) >= 0.5
+                        cell["region_right"] += _region(result.box, scene.size) == _region(now, scene.size)
+            tracks.clear()
+    rows = []
+    for (age, method), cell in sorted(counts.items()):
+        total = cell.pop("tracks")
+        rows.append({"age_s": age, "method": method, "tracks": int(total),
+                     **{key: round(value / total, 3) for key, value in cell.items()}})  # fmt: skip
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,10 +214,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=6, help="generated clips per age, scene and method")
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per clip")
     parser.add_argument("--threads", type=int, default=1, help="OpenCV threads (one: a serving step's share)")
+    parser.add_argument("--side", type=int, default=DEFAULT_SIDE, help="the small frames' longer side")
+    parser.add_argument("--rim", type=float, default=RIM, help="background matched around a box, a fraction of it")
+    parser.add_argument(
+        "--scene-seeds", default="500-507", help="the benchmark scenes' seeds, FIRST-LAST (validation: 500-999)"
+    )
     args = parser.parse_args(argv)
     cv2.setNumThreads(args.threads)
     ages = [float(a) for a in args.ages.split(",")]
-    json.dump(measure(args.fps, ages, args.clips, args.repeat), sys.stdout, indent=1)
+    first, _, last = args.scene_seeds.partition("-")
+    seeds = list(range(int(first), int(last or first) + 1))
+    report = measure(args.fps, ages, args.clips, args.repeat, args.side, args.rim)
+    report["benchmark"] = {
+        "seeds": [seeds[0], seeds[-1]],
+        "rows": measure_benchmark_scenes(seeds, ages, args.side, args.rim),
+    }
+    json.dump(report, sys.stdout, indent=1)
     print()
     return 0
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from python_backends.context.tracking import FrameHistory, StoredFrame, small_frame
+from python_backends.context.tracking import DEFAULT_SIDE, FrameHistory, StoredFrame, small_frame
 from python_backends.detections import Detection
 from python_backends.errors import InputError
 
@@ -86,10 +86,10 @@ class StoreLimits:
     # The stream's standing questions: the distinct questions of its recent frames, which every frame sent to the
     # cloud asks together.
     max_questions: int = 4
-    # Small grey copies of the stream's last frames, to carry the cloud's boxes to the current frame (tracking.py):
-    # at most max_frames * frame_side**2 bytes a stream; 0 frames: none kept.
+    # Small colour copies of the stream's last frames, to carry the cloud's boxes to the current frame (tracking.py):
+    # at most 3 * max_frames * frame_side**2 bytes a stream (about 2 MB for 100 frames of 96 x 72); 0 frames: none.
     max_frames: int = 0
-    frame_side: int = 160
+    frame_side: int = DEFAULT_SIDE
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -153,7 +153,7 @@ def _deep_size(obj: object, seen: set[int]) -> int:
 def _frame_record_bytes() -> int:
     """What one buffered frame costs besides its pixels: the record, its attributes and the array's header."""
     record = StoredFrame(0, 0, np.zeros((1, 1), dtype=np.uint8), 1.0, (1, 1))
-    header = sys.getsizeof(record.grey) - record.grey.nbytes
+    header = sys.getsizeof(record.pixels) - record.pixels.nbytes
     return sys.getsizeof(record) + sys.getsizeof(vars(record)) + sys.getsizeof(record.full_size) + header
 
 

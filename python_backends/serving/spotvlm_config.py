@@ -93,8 +93,8 @@ class SpotVLMConfig:
     region_grounding_prompt: str = _param(
         RegionQuestions.grounding_prompt, "how the cloud is asked for a region question's object's box (`{object}`)"
     )
-    tracking_frames: int = _param(100, "frames per stream kept as small grey copies to track from (0: none)")
-    tracking_side: int = _param(160, "the longer side of those copies, in pixels")
+    tracking_frames: int = _param(100, "frames per stream kept as small colour copies to track from (0: none)")
+    tracking_side: int = _param(StoreLimits.frame_side, "the longer side of those copies, in pixels")
     tracking_max_boxes: int = _param(
         ServedContextConfig.max_tracked_boxes, "boxes tracked per frame (those the question is about), at most"
     )

@@ -295,7 +295,7 @@ def test_frame_history_memory_is_bounded_counted_and_dropped_with_the_stream():
     empty = store.memory_bytes()
     for index in range(20):
         frames = store.add_frame(1, index, index * 100, frame)
-    assert len(frames) == 5 and frames.nbytes == 5 * 160 * 120
+    assert len(frames) == 5 and frames.nbytes == 5 * 160 * 120 * 3
     assert store.memory_bytes() - empty >= frames.nbytes
     assert store.memory_bytes() - empty <= frames.nbytes + 5 * 1024, "a frame's record costs well under 1 KiB"
     store.end_stream(1)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from load_tests.tracking_bench import history_of, iou, synthetic_clip
+from load_tests.tracking_bench import history_of, iou, measure_benchmark_scenes, synthetic_clip
 from python_backends.context.tracking import METHODS, FrameHistory, region_change, track_box
 
 
@@ -40,7 +40,7 @@ def test_a_static_object_stays_put(method):
 def test_boxes_are_in_full_frame_pixels_at_any_frame_size():
     clip = synthetic_clip(11, size=(480, 640), side=96, velocity=(12.0, 6.0), seed=6)
     history = history_of(clip, 20, max_side=160)
-    assert history.get(0).grey.shape == (120, 160) and history.get(0).scale == 0.25
+    assert history.get(0).pixels.shape == (120, 160, 3) and history.get(0).scale == 0.25
     result = track_box(history, clip.boxes[0], 0, 10)
     assert not result.lost and iou(result.box, clip.boxes[10]) >= 0.7
     assert all(0 <= v <= 640 for v in result.box)
@@ -64,8 +64,8 @@ def test_memory_is_bounded_by_frames_and_side():
     frame = np.zeros((720, 1280, 3), dtype=np.uint8)
     for index in range(25):
         history.add(index, index * 100, frame)
-    assert len(history) == 10 and history.nbytes == 10 * 160 * 90
-    assert history.nbytes <= history.max_frames * history.max_side**2
+    assert len(history) == 10 and history.nbytes == 10 * 160 * 90 * 3
+    assert history.nbytes <= 3 * history.max_frames * history.max_side**2
     assert [history.get(i) is None for i in (14, 15)] == [True, False]
     with pytest.raises(ValueError, match="max_frames"):
         FrameHistory(max_frames=0)
@@ -82,3 +82,39 @@ def test_region_change_tells_a_still_region_from_a_changed_one():
     whole = region_change(history, None, 0, 10)
     assert 0.05 < moved <= 1.0 and 0.0 < whole < moved
     assert region_change(history, None, 0, 99) == 1.0
+
+
+def _flat_squares(frames: int, colours) -> tuple[FrameHistory, list[tuple[float, float, float, float]]]:
+    """Flat-coloured squares on a plain grey background, as the benchmark draws them: the first moves right, the
+    others stand still. Returns the history and the first square's box per frame."""
+    history, boxes = FrameHistory(frames), []
+    for index in range(frames):
+        frame = np.full((240, 320, 3), 128, dtype=np.uint8)
+        x = 20 + 8 * index
+        for number, colour in enumerate(colours):
+            left, top = (x, 40) if number == 0 else (40 + 90 * number, 150)
+            frame[top : top + 40, left : left + 40] = colour
+        history.add(index, index * 100, frame)
+        boxes.append((float(x), 40.0, float(x + 40), 80.0))
+    return history, boxes
+
+
+def test_a_flat_square_is_followed_by_its_outline_and_told_from_one_of_another_colour():
+    """A square filling its box has nothing inside to correlate: the rim of background around it gives the outline.
+    Its look-alikes in other colours, as bright as it in grey, are not taken for it."""
+    red, green, blue = (200, 40, 40), (40, 130, 40), (60, 60, 255)  # about equally bright
+    history, boxes = _flat_squares(11, [red, green, blue])
+    found = track_box(history, boxes[0], 0, 10)
+    assert not found.lost and iou(found.box, boxes[10]) >= 0.8
+    flat = track_box(history, boxes[0], 0, 10, rim=0.0)
+    assert flat.lost or iou(flat.box, boxes[10]) < 0.5, "without the rim the flat square is not found"
+
+
+def test_the_benchmark_scenes_rows_say_how_tracking_did():
+    rows = measure_benchmark_scenes([500], [1.0], seconds=3.0)
+    assert {row["method"] for row in rows} == set(METHODS) and all(row["age_s"] == 1.0 for row in rows)
+    for row in rows:
+        assert row["tracks"] > 0
+        assert set(row) == {"age_s", "method", "tracks", "on_object", "region_right", "lost", "region_unchanged"}
+        assert all(0.0 <= row[key] <= 1.0 for key in ("on_object", "region_right", "lost", "region_unchanged"))
+        assert row["on_object"] + row["lost"] <= 1.0
