@@ -87,8 +87,8 @@ class SpotVLMConfig:
     region_questions: str = _param(
         RegionQuestions.pattern,
         "regular expression (case aside) of the region questions, its group `object` naming the object: the cloud is "
-        "also asked that object's box, and with `carry_answers` the answer is the cell of that box tracked to the frame "
-        "(`off`: off)",
+        "also asked that object's box, and with `carry_answers` the answer is the cell of that box tracked to the "
+        "frame (`off`: off)",
     )
     region_grounding_prompt: str = _param(
         RegionQuestions.grounding_prompt, "how the cloud is asked for a region question's object's box (`{object}`)"
