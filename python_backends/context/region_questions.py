@@ -4,7 +4,7 @@ A region question ("Where is the red circle?") is answered by a cell of a 3x3 gr
 where the object is. The cloud's region answer goes stale as soon as the object moves; its box does not, once it is
 tracked to the current frame. So the cloud link asks the cloud, beside each standing region question, for the box of
 the object it names (`grounding_question`), and spotvlm answers the region question with the cell of that box tracked
-to the frame in front of it (`carried_region`).
+to the frame in front of it (`carried_region`), where the box agrees with the cloud's own region answer.
 """
 
 from __future__ import annotations
@@ -96,23 +96,15 @@ def carried_region(
     tracked_box: Sequence[float],
     frame_size: tuple[int, int],
     cloud_text: str | None = None,
-) -> str:
-    """The region of the object now: the cloud's box (in the pixels of the image of `cloud_size` it saw) moved by
-    how far the tracker found the object moved (`tracked_box`, in the current frame's pixels). Where the cloud also
-    named a region for the same frame (`cloud_text`) and its box's centre lies outside that cell, the centre is first
-    moved to the nearest point of the named cell: the cloud names regions more reliably than it draws boxes, and the
-    box then only says how far the object went."""
-    x, y = _centre(cloud_box, cloud_size)
-    now_x, now_y = _centre(tracked_box, frame_size)
+) -> str | None:
+    """The region of the object now: the cell of its box tracked to the current frame (`tracked_box`, in that
+    frame's pixels of `frame_size`). None when the cloud also named a region for the same frame (`cloud_text`) and
+    its box (in the pixels of the image of `cloud_size` it saw) lies in another cell: one of the two is wrong, the
+    cloud names regions more reliably than it draws boxes, and a wrong box is tracked to the wrong place."""
     named = region_name(cloud_text) if cloud_text is not None else None
-    start_x, start_y = x, y
-    if named is not None:
-        index = REGIONS.index(named)
-        row, column = divmod(index, 3)
-        # Just inside the cell's edges, so that a point on an edge is not read as the next cell.
-        start_x = min(max(x, column / 3 + 1e-6), (column + 1) / 3 - 1e-6)
-        start_y = min(max(y, row / 3 + 1e-6), (row + 1) / 3 - 1e-6)
-    return region_at(start_x + (now_x - x), start_y + (now_y - y))
+    if named is not None and region_at(*_centre(cloud_box, cloud_size)) != named:
+        return None
+    return region_at(*_centre(tracked_box, frame_size))
 
 
 def grounded_questions(questions: Sequence[str], regions: RegionQuestions) -> list[str]:

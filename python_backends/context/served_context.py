@@ -220,15 +220,16 @@ def track_region(
 def region_answer(
     track: RegionTrack | None, results: Sequence[CloudResult], question: str, frame_size: tuple[int, int]
 ) -> CarriedAnswer | None:
-    """A region question's answer read off its object's tracked box (carried_region), the cloud's own region answer
-    on the box's frame, where there is one, anchoring it; None when the object was not tracked here."""
+    """A region question's answer read off its object's tracked box (carried_region), checked against the cloud's
+    own region answer on the box's frame where there is one; None when the object was not tracked here or the two
+    disagreed."""
     if track is None or track.box is None:
         return None
     asked = question_key(question)
     named = [r for r in results if r.frame_id == track.source.frame_id and _answers(r, asked)]
     cloud_text = named[-1].text if named else None
     region = carried_region(track.source.detections[0].bbox, track.source.frame_size, track.box, frame_size, cloud_text)
-    return CarriedAnswer(region, CLOUD_REGION_TRACKED)
+    return None if region is None else CarriedAnswer(region, CLOUD_REGION_TRACKED)
 
 
 def _bin(value: float, coordinate_bin: int, limit: int) -> int:
