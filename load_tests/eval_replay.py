@@ -179,6 +179,7 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     "context_frame": answer.context.context_frame,
                     "context_age_ms": answer.context.context_age_ms,
                     "context_state": (states or {}).get(example.id),
+                    "answer_source": answer.context.answer_source,  # svlm, or the cloud's answer carried (how)
                     # What the link had received for this question (cloud_stale's source on context_transfer).
                     "cloud_answer": answer.context.cloud_answer.to_dict() if answer.context.cloud_answer else None,
                 }

@@ -134,6 +134,10 @@ def test_answers_cover_every_question_without_errors(eval_run):
     # Whether any cloud answer arrives within this 2 s video depends on the machine's load (the cloud answers every
     # standing question of every frame of five streams), so only the states' values are checked here.
     assert states <= {"none", "fresh", "stale"}, states
+    # Which answers the SVLM gave and which were the cloud's carried: edge_only's are all the SVLM's.
+    assert {r["answer_source"] for r in rows if r["policy"] == "edge_only"} == {"svlm"}
+    sources = {r["answer_source"] for r in rows if r["policy"] in spotvlm_policies}
+    assert sources <= {"svlm", "cloud", "cloud_tracked", "cloud_region_tracked"}, sources
     # cloud_stale's source: what context_transfer's link had received for each question (none before the cloud's
     # first answer arrives, which on a busy machine can be after this short video).
     received = [r["cloud_answer"] for r in rows if r["policy"] == CONTEXT_TRANSFER]
