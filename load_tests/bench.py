@@ -42,12 +42,10 @@ bad options, 130 when interrupted (Ctrl-C, SIGINT or SIGTERM: the servers are st
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +55,7 @@ from load_tests.bench_phases import PHASES
 from load_tests.bench_run import REPOSITORY_ROOT, ServerFailed, run_bench
 from load_tests.bench_config import CAPACITY_DEFAULTS, DEFAULT_MAX_TOKENS, LONGEST_RTT_S, BenchConfig
 from load_tests.bench_store import STORE_STREAMS
+from load_tests.interrupts import interruptible
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PLOT = PROJECT_ROOT / "build" / "bench.png"
@@ -192,28 +191,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, help="the latency plot (default: next to --json, else build/bench.png)")
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for each server")
     return parser
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGINT and SIGTERM interrupt the run like Ctrl-C (the streams end, the servers are stopped by their PIDs),
-    also when the bench was started in the background, where the shell leaves SIGINT ignored. Handlers can only be
-    set from the main thread; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def run_from_args(args: argparse.Namespace, prog: str = "spotvlm bench") -> int:

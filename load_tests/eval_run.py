@@ -197,9 +197,11 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm eval") -> int:
         " client-side, and the cloud reference"
     )
     from client.launcher import ServerStartError
+    from load_tests.interrupts import interruptible
 
     try:
-        result = run_eval(args, plans, settings)
+        with interruptible():
+            result = run_eval(args, plans, settings)
     except ServerStartError as exc:
         print(f"{prog}: a server did not start: {exc}", file=sys.stderr)
         return 1

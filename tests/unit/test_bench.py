@@ -16,6 +16,7 @@ import pytest
 
 from client.streaming import run_streams
 from load_tests import bench, bench_config, bench_output, bench_phases, bench_run
+from load_tests.interrupts import interruptible
 from python_backends.context.report import ContextReport
 from spotvlm import cli
 from tests.unit.test_bench_phases import MADE_UP_PHASES
@@ -263,15 +264,13 @@ def test_the_bench_is_interrupted_by_sigterm_and_a_background_sigint():
     import os
     import signal
 
-    from load_tests import bench
-
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers can only be set from the main thread")
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell leaves it for a background job
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with pytest.raises(KeyboardInterrupt), bench.interruptible():
+            with pytest.raises(KeyboardInterrupt), interruptible():
                 os.kill(os.getpid(), sig)
                 time.sleep(2)  # the handler raises before this ends
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # restored
