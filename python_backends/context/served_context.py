@@ -281,9 +281,10 @@ def carried_answer(
     question: str,
 ) -> CarriedAnswer | None:
     """The cloud's answer carried to the current frame, to answer with in place of the SVLM, when `result` answered
-    `question` itself (case and spacing aside): a text answer as the cloud gave it; a box answer only when every one
-    of its boxes was tracked here, then written where the objects are now, in the SVLM's pixels and answer format
-    (the history's text). None otherwise, and for an answer that was not tracked at all (tracking off)."""
+    `question` itself (case and spacing aside): a text answer as the cloud gave it; a box answer in the SVLM's pixels
+    and answer format (the history's text), written where the objects are now when every box was tracked here
+    (CLOUD_TRACKED), else where the cloud saw them (CLOUD_TEXT: the tiny SVLM cannot draw a box, a stale one may
+    still overlap). None otherwise, and for an answer that was not tracked at all (tracking off)."""
     if result is None or tracking is None or override is None:
         return None
     if not _answers(result, question_key(question)):
@@ -291,7 +292,7 @@ def carried_answer(
     if not result.detections:
         return CarriedAnswer(result.text, CLOUD_TEXT)
     if not tracking.tracked or len(tracking.boxes) != len(result.detections):
-        return None
+        return CarriedAnswer(override.text, CLOUD_TEXT)
     return CarriedAnswer(override.text, CLOUD_TRACKED)
 
 

@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -346,7 +347,7 @@ class SpotVLMStep:
         if snapshot is not None:
             results = [
                 r
-                for r in snapshot.cloud_results
+                for r in self._with_newest_answers(stream, frame.prompt, snapshot.cloud_results)
                 if frame.timestamp_ms - r.frame_timestamp_ms <= self.max_context_age_ms
             ]
             cloud_questions = len({question_key(r.question) for r in results if r.question is not None})
@@ -400,6 +401,21 @@ class SpotVLMStep:
             prepared.context_rtt_ms = round(latest.rtt_ms, 1)
             prepared.context_detections = len(latest.detections)
         return prepared
+
+    def _with_newest_answers(self, stream: int, question: str, results: Sequence[CloudResult]) -> list[CloudResult]:
+        """The store's window of the stream's cloud answers, after the newest answer the link received to the
+        question asked (and to the grounding question of a region question's object) where the window no longer
+        holds it: a question asked again after other questions still finds the cloud's last answer to it."""
+        asked = [question]
+        grounding = self.served[True].regions.grounding_question(question)
+        if grounding is not None:
+            asked.append(grounding)
+        dropped = []
+        for text in asked:
+            newest = self.received.newest(stream, text)
+            if newest is not None and not any(r is newest for r in results):
+                dropped.append(newest)
+        return [*dropped, *results]  # by arrival: those the window dropped came first
 
     async def _answer(self, prepared: PreparedFrame) -> SvlmReply:
         """The cloud's answer carried to this frame where there is one (the SVLM is not asked), else the SVLM's."""

@@ -15,6 +15,7 @@ from tests.integration.conftest import ServeProcess, _require_built
 
 FRAME_SIZE = (240, 320)
 CAR_Q, COLOUR_Q = "Where is the car?", "What colour is the car?"
+LOCATE_CAR_Q = "Locate the car and give its bbox_2d in JSON."  # region_grounding_prompt for CAR_Q's object
 # Frames keep coming until the cloud has answered a frame that asked both questions; generous for a loaded machine.
 WAIT_S = 180.0
 
@@ -61,23 +62,26 @@ def test_lvlm_answers_three_prompts_about_one_frame(cloud):
 
 
 def test_a_stream_alternating_two_questions_holds_the_clouds_answer_to_both(edge):
+    """Both questions, and the grounding question the link asks beside the region question ("Where is the car?"),
+    for its object's box: three answers on the cloud's newest frames."""
     frames = iter(SyntheticSource(seed=4, size=FRAME_SIZE))
     session = StreamSession(edge.grpc_url, "grpc", 811, CAR_Q)
     results = []
     try:
         results.append(session.send(next(frames), start=True, end=False))
         deadline = time.monotonic() + WAIT_S
-        while results[-1].ok and (results[-1].context.cloud_questions or 0) < 2 and time.monotonic() < deadline:
+        while results[-1].ok and (results[-1].context.cloud_questions or 0) < 3 and time.monotonic() < deadline:
             session.prompt = COLOUR_Q if session.prompt == CAR_Q else CAR_Q
             results.append(session.send(next(frames), start=False, end=False))
         assert all(r.ok for r in results), [r.error for r in results if not r.ok]
-        assert results[-1].context.cloud_questions == 2, [r.context for r in results[-5:]]
-        # Each question now finds the cloud's answer to itself (CONTEXT names the frame it came from).
-        for question in (CAR_Q, COLOUR_Q):
+        assert results[-1].context.cloud_questions == 3, [r.context for r in results[-5:]]
+        # Each question now finds the cloud's answer to itself (CONTEXT names the frame it came from), the car's
+        # grounding question too, though the stream never asked it.
+        for question in (CAR_Q, COLOUR_Q, LOCATE_CAR_Q):
             session.prompt = question
             answered = session.send(next(frames), start=False, end=False)
             assert answered.ok, answered.error
-            assert answered.context.context_frame is not None and answered.context.cloud_questions == 2
+            assert answered.context.context_frame is not None, question
     finally:
         session.send(next(frames), start=False, end=True)
         session.close()

@@ -269,3 +269,19 @@ def test_lvlm_refuses_prompts_of_more_than_one_request_row(lvlm):
     request = pb.FakeRequest({"IMAGE": FRAME[None], "PROMPT": np.array([[b"a?"], [b"b?"]], dtype=object)})
     (response,) = lvlm.execute([request])
     assert response.error.code() == pb.TritonError.INVALID_ARG and "PROMPT must be [1, n]" in response.error.message()
+
+
+def test_a_question_asked_again_finds_the_clouds_last_answer_the_window_dropped(make_step, calls) -> None:
+    """The store keeps the newest few answers by arrival; a question asked again after several others still finds
+    the newest answer the link received to it, and with carrying on answers with it."""
+    step = make_step(cloud_url="cloud.test:8001", cloud_questions="1", focus_tracking="true")
+    run(step, [frame(1, flags=START, prompt=COUNT_Q, timestamp=0)])
+    step._on_cloud_reply(reply(step.link.jobs[-1], {COUNT_Q: "3"}, detections=()))
+    others = [f"How many trees of kind {k} are there?" for k in range(StoreLimits.max_cloud_results)]
+    for index, question in enumerate(others, start=1):
+        run(step, [frame(1, prompt=question, timestamp=100 * index)])
+        step._on_cloud_reply(reply(step.link.jobs[-1], {question: "0"}, detections=()))
+    assert COUNT_Q not in {r.question for r in step.store.snapshot(1).cloud_results}, "the window dropped it"
+    (response,) = run(step, [frame(1, prompt=COUNT_Q, timestamp=100 * (len(others) + 1))])
+    assert response.output("TEXT")[0, 0].decode() == "3"
+    assert context(response)["answer_source"] == "cloud"
