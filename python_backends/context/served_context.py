@@ -3,7 +3,7 @@
 `spotvlm` calls `build_context_input` for every frame; training/examples.py builds its examples with it too, so what
 the edge learned from is what it is served. With tracking on (`focus_tracking`), the cloud's answers are carried
 forward from the frame the cloud saw to the frame being answered (`track_answers`, template matching on the
-stream's small grey frames, tracking.py):
+stream's small frames, tracking.py):
 - in the history, a box answer is written where the object is now, in the SVLM input's pixels and on its coordinate
   bin grid, as the SVLM itself answers (`[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]`); after the age tag a note
   says whether the object was found again and how much its region (the whole frame for text answers) changed, in

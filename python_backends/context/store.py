@@ -260,7 +260,7 @@ class ContextStore:
             self._touch_locked(stream_id, now).turns.append(turn)
 
     def add_frame(self, stream_id: int, frame_id: int, timestamp_ms: int, image: np.ndarray) -> FrameHistory | None:
-        """Keeps a small grey copy of a known stream's frame (an unknown stream is not created: a frame that fails
+        """Keeps a small copy of a known stream's frame (an unknown stream is not created: a frame that fails
         leaves nothing behind) and returns the stream's frame history; None when the stream is unknown or no frames
         are kept. The history is the store's own: only the thread that adds frames may read it outside the store."""
         stream_id = _check_stream_id(stream_id)

@@ -47,7 +47,7 @@ class StoredFrame:
     frame_id: int
     timestamp_ms: int
     pixels: np.ndarray  # uint8 RGB [h, w, 3] (or grey [h, w] for a grey stream), longer side at most max_side
-    scale: float  # grey pixels per full-frame pixel
+    scale: float  # small-frame pixels per full-frame pixel
     full_size: tuple[int, int]  # (height, width) of the frame as added
 
 
