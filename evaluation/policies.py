@@ -14,7 +14,8 @@ ablate context transfer (`focus_tracking`, `carry_answers`; a policy that does n
     context_transfer_no_carry     (as context_transfer, carry_answers off: the SVLM answers every frame)
 
 replacement_only and context_transfer carry answers: the cloud's own answer to the question asked, carried to the
-frame (boxes only when tracked), answers it in place of the SVLM.
+frame (boxes where they were tracked to, or where the cloud saw them when lost; a region read off the tracked box of
+its object), answers it in place of the SVLM.
 
 `auto` is the edge's configured `focus_mode` (and `focus_questions`): the form of crop must be the one its SVLM
 takes. The trained tiny edge learned a crop alone in place of the frame on recognition questions, and

@@ -25,14 +25,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from python_backends.context.region_questions import REGIONS, parse_region
 from python_backends.detections import parse_detections
-from evaluation.questions import REGIONS
+from python_backends.text import normalise
 from evaluation.scenes import COLOURS, SHAPES
 
 IOU_THRESHOLD = 0.5
 Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 
-_ARTICLES = frozenset({"a", "an", "the"})
 _NUMBER_WORDS = {
     word: index
     for index, word in enumerate(
@@ -41,14 +41,6 @@ _NUMBER_WORDS = {
     )
 }
 _ZERO_WORDS = frozenset({"no", "none"})
-# Words a region answer may carry besides the cell's own ("it is in the upper left corner of the image").
-_REGION_FILLER = frozenset(
-    {"it", "is", "its", "in", "at", "on", "of", "to", "towards", "toward", "corner", "side", "part", "area",
-     "region", "image", "frame", "picture", "screen", "edge", "s"}
-)  # fmt: skip
-_ROW_WORDS = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
-_COLUMN_WORDS = {"left": "left", "right": "right"}
-_CENTRE_WORDS = frozenset({"center", "centre", "middle", "mid", "central"})
 # An answer from one of these word groups may come inside a sentence, as long as no other word of its group is there.
 _ANSWER_GROUPS = (frozenset(COLOURS), frozenset(SHAPES) | frozenset(s + "s" for s in SHAPES))
 _NUMBER_TOKEN = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
@@ -61,13 +53,6 @@ class Score:
     correct: bool
     iou: float | None = None  # box answers only
     parsed: Any = None  # what the prediction was read as: text, a region, a count or a box; None if unreadable
-
-
-def normalise(text: str) -> str:
-    """Lower case, punctuation to spaces, articles dropped, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = re.sub(r"[^\w\s]|_", " ", text)
-    return " ".join(word for word in text.split() if word not in _ARTICLES)
 
 
 def parse_count(text: str) -> int | None:
@@ -84,32 +69,6 @@ def parse_count(text: str) -> int | None:
         elif token in _ZERO_WORDS:
             values.add(0)
     return values.pop() if len(values) == 1 else None
-
-
-def parse_region(text: str) -> str | None:
-    """The 3x3 grid cell a prediction names (one of questions.REGIONS), or None when it names none or says more."""
-    words = [w for w in normalise(text).split() if w not in _REGION_FILLER]
-    if not words:
-        return None
-    rows, columns, centres = set(), set(), 0
-    for word in words:
-        if word in _ROW_WORDS:
-            rows.add(_ROW_WORDS[word])
-        elif word in _COLUMN_WORDS:
-            columns.add(_COLUMN_WORDS[word])
-        elif word in _CENTRE_WORDS:
-            centres += 1
-        else:
-            return None  # a word that is not about position: not a plain region answer
-    if len(rows) > 1 or len(columns) > 1 or len(words) > 2:
-        return None
-    row = rows.pop() if rows else "middle"
-    column = columns.pop() if columns else "center"
-    if row == "middle" and column == "center":
-        return "center"
-    if row != "middle" and column == "center":
-        return f"{row} center"
-    return f"{row} {column}"
 
 
 def parse_box(predicted: str | Sequence[float]) -> tuple[float, float, float, float] | None:

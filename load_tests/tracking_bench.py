@@ -29,7 +29,7 @@ import numpy as np
 
 from client.stats import percentile
 from evaluation.scenes import Scene, SceneConfig
-from python_backends.context.region_questions import region_at
+from python_backends.context.region_questions import region_of_box
 from python_backends.context.tracking import DEFAULT_SIDE, METHODS, RIM, FrameHistory, track_box
 
 
@@ -162,8 +162,8 @@ def measure(
     }
 
 
-def _region(box, size: tuple[int, int]) -> str:
-    return region_at((box[0] + box[2]) / 2 / size[1], (box[1] + box[3]) / 2 / size[0])
+# Tracks on the benchmark's scenes start on every START_EVERY-th frame: starts a moment apart see new motion.
+START_EVERY = 7
 
 
 def measure_benchmark_scenes(
@@ -174,7 +174,7 @@ def measure_benchmark_scenes(
     for seed in seeds:
         scene = Scene(seed, SceneConfig(seconds=seconds))
         fps = scene.config.fps
-        history = FrameHistory(int(round(max(ages_s) * fps)) + 1 + 7, side)
+        history = FrameHistory(int(round(max(ages_s) * fps)) + 1 + START_EVERY, side)
         present: list[dict] = []
         tracks: list[tuple[int, int, tuple, tuple]] = []  # (from, to, box then, box now)
         for index, frame, truth in scene:
@@ -182,28 +182,28 @@ def measure_benchmark_scenes(
             present.append({o.object_id: o.box for o in truth if o.present})
             for age_s in ages_s:
                 start = index - int(round(age_s * fps))
-                if start >= 0 and start % 7 == 0:
+                if start >= 0 and start % START_EVERY == 0:
                     for object_id, then in present[start].items():
                         if object_id in present[index]:
                             tracks.append((start, index, then, present[index][object_id]))
             for start, end, then, now in tracks:
                 age = round((end - start) / fps, 3)
                 for method in METHODS:
-                    cell = counts.setdefault((age, method), {"tracks": 0, "on_object": 0, "region_right": 0,
+                    tally = counts.setdefault((age, method), {"tracks": 0, "on_object": 0, "region_right": 0,
                                                              "lost": 0, "region_unchanged": 0})  # fmt: skip
                     result = track_box(history, then, start, end, method=method, rim=rim)
-                    cell["tracks"] += 1
-                    cell["lost"] += result.lost
-                    cell["region_unchanged"] += _region(then, scene.size) == _region(now, scene.size)
+                    tally["tracks"] += 1
+                    tally["lost"] += result.lost
+                    tally["region_unchanged"] += region_of_box(then, scene.size) == region_of_box(now, scene.size)
                     if not result.lost:
-                        cell["on_object"] += iou(result.box, now) >= 0.5
-                        cell["region_right"] += _region(result.box, scene.size) == _region(now, scene.size)
+                        tally["on_object"] += iou(result.box, now) >= 0.5
+                        tally["region_right"] += region_of_box(result.box, scene.size) == region_of_box(now, scene.size)
             tracks.clear()
     rows = []
-    for (age, method), cell in sorted(counts.items()):
-        total = cell.pop("tracks")
+    for (age, method), tally in sorted(counts.items()):
+        total = tally.pop("tracks")
         rows.append({"age_s": age, "method": method, "tracks": int(total),
-                     **{key: round(value / total, 3) for key, value in cell.items()}})  # fmt: skip
+                     **{key: round(value / total, 3) for key, value in tally.items()}})  # fmt: skip
     return rows
 
 

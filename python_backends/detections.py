@@ -16,7 +16,7 @@ _FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
 _OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 
 
-@dataclass(frozen=True, slots=True)  # no per-instance dict: a full store holds ~300 of these per stream
+@dataclass(frozen=True, slots=True)  # no per-instance dict: a full store holds hundreds of these per stream
 class Detection:
     label: str
     bbox: tuple[float, float, float, float]  # x1, y1, x2, y2 in the pixels of the image the model saw

@@ -1,4 +1,4 @@
-"""Cleaning decoded model text for clients."""
+"""Cleaning decoded model text for clients, and reading answers word by word."""
 
 from __future__ import annotations
 
@@ -26,3 +26,13 @@ def clean_text(text: str) -> str:
         kept.append(ch)
     lines = [_SPACES.sub(" ", line).strip() for line in "".join(kept).splitlines()]
     return "\n".join(line for line in lines if line).strip()
+
+
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation to spaces, articles dropped, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub(r"[^\w\s]|_", " ", text)
+    return " ".join(word for word in text.split() if word not in _ARTICLES)

@@ -10,13 +10,14 @@ from client.frames import SAMPLE_FRAMES, sample_frame
 from client.linked_servers import LinkedServers
 from client.triton_client import VLMClient
 from client.model_repository import check_built
+from python_backends.context.served_context import CLOUD_REGION_TRACKED, CLOUD_TEXT, CLOUD_TRACKED
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # CONTEXT's answer_source, as the table says it.
 ANSWER_SOURCES = {
-    "cloud": "cloud's",
-    "cloud_tracked": "cloud's, tracked",
-    "cloud_region_tracked": "cloud's box, tracked",
+    CLOUD_TEXT: "cloud's",
+    CLOUD_TRACKED: "cloud's, tracked",
+    CLOUD_REGION_TRACKED: "cloud's box, tracked",
 }
 
 

@@ -10,11 +10,11 @@ to the frame in front of it (`carried_region`), where the box agrees with the cl
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from python_backends.context.store import question_key
+from python_backends.text import normalise
 
 # The cells a region answer names, row by row (top, middle, bottom), each row left to right; the middle one is
 # "center". The benchmark's region questions are answered in these words.
@@ -33,13 +33,21 @@ REGIONS = (
 DEFAULT_REGION_PATTERN = r"^\s*where is the (?P<object>.+?)\s*\?*\s*$"
 DEFAULT_GROUNDING_PROMPT = "Locate the {object} and give its bbox_2d in JSON."
 
-_PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
+# Words a region answer may carry besides the cell's own ("it is in the upper left corner of the image").
+_REGION_FILLER = frozenset(
+    {"it", "is", "its", "in", "at", "on", "of", "to", "towards", "toward", "corner", "side", "part", "area",
+     "region", "image", "frame", "picture", "screen", "edge", "s"}
+)  # fmt: skip
+_ROW_WORDS = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
+_COLUMN_WORDS = {"left": "left", "right": "right"}
+_CENTRE_WORDS = frozenset({"center", "centre", "middle", "mid", "central"})
 
 
 @dataclass(frozen=True)
 class RegionQuestions:
     """Which questions are region questions and how the cloud is asked for their object's box. A `pattern` of `off`
-    (or empty) turns this off: region questions are then carried as the cloud answered them."""
+    turns this off (as does an empty one from Python; an empty model parameter means the default): region questions
+    are then carried as the cloud answered them."""
 
     pattern: str = DEFAULT_REGION_PATTERN  # case-insensitive; its group `object` names the object
     grounding_prompt: str = DEFAULT_GROUNDING_PROMPT  # `{object}` is replaced by that name
@@ -58,6 +66,10 @@ class RegionQuestions:
             raise ValueError(f"region grounding prompt must contain {{object}}, got {self.grounding_prompt!r}")
         object.__setattr__(self, "_compiled", compiled)
 
+    @property
+    def enabled(self) -> bool:
+        return self._compiled is not None
+
     def object_of(self, question: str) -> str | None:
         """The object a region question names, as asked; None for any other question."""
         if self._compiled is None:
@@ -73,10 +85,30 @@ class RegionQuestions:
         return None if name is None else self.grounding_prompt.replace("{object}", name)
 
 
-def region_name(text: str) -> str | None:
-    """`text` as one of REGIONS (case, punctuation and spacing aside), or None."""
-    words = " ".join(text.translate(_PUNCTUATION).split()).casefold()
-    return words if words in REGIONS else None
+def parse_region(text: str) -> str | None:
+    """The 3x3 grid cell a prediction names (one of REGIONS), or None when it names none or says more."""
+    words = [w for w in normalise(text).split() if w not in _REGION_FILLER]
+    if not words:
+        return None
+    rows, columns, centres = set(), set(), 0
+    for word in words:
+        if word in _ROW_WORDS:
+            rows.add(_ROW_WORDS[word])
+        elif word in _COLUMN_WORDS:
+            columns.add(_COLUMN_WORDS[word])
+        elif word in _CENTRE_WORDS:
+            centres += 1
+        else:
+            return None  # a word that is not about position: not a plain region answer
+    if len(rows) > 1 or len(columns) > 1 or len(words) > 2:
+        return None
+    row = rows.pop() if rows else "middle"
+    column = columns.pop() if columns else "center"
+    if row == "middle" and column == "center":
+        return "center"
+    if row != "middle" and column == "center":
+        return f"{row} center"
+    return f"{row} {column}"
 
 
 def region_at(x: float, y: float) -> str:
@@ -85,9 +117,9 @@ def region_at(x: float, y: float) -> str:
     return REGIONS[row * 3 + column]
 
 
-def _centre(box: Sequence[float], size: tuple[int, int]) -> tuple[float, float]:
-    """The box's centre as fractions of an image of `size` (height, width)."""
-    return (box[0] + box[2]) / 2 / size[1], (box[1] + box[3]) / 2 / size[0]
+def region_of_box(box: Sequence[float], size: tuple[int, int]) -> str:
+    """The cell of a box's centre in an image of `size` (height, width)."""
+    return region_at((box[0] + box[2]) / 2 / size[1], (box[1] + box[3]) / 2 / size[0])
 
 
 def carried_region(
@@ -101,10 +133,10 @@ def carried_region(
     frame's pixels of `frame_size`). None when the cloud also named a region for the same frame (`cloud_text`) and
     its box (in the pixels of the image of `cloud_size` it saw) lies in another cell: one of the two is wrong, the
     cloud names regions more reliably than it draws boxes, and a wrong box is tracked to the wrong place."""
-    named = region_name(cloud_text) if cloud_text is not None else None
-    if named is not None and region_at(*_centre(cloud_box, cloud_size)) != named:
+    named = parse_region(cloud_text) if cloud_text is not None else None
+    if named is not None and region_of_box(cloud_box, cloud_size) != named:
         return None
-    return region_at(*_centre(tracked_box, frame_size))
+    return region_of_box(tracked_box, frame_size)
 
 
 def grounded_questions(questions: Sequence[str], regions: RegionQuestions) -> list[str]:

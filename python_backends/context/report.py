@@ -105,8 +105,9 @@ class ContextReport:
     replaced_turns: int = 0  # SVLM turns whose answer an LVLM answer replaced
     history_turns: int = 0  # turns in the history sent to the SVLM
     svlm_model: str | None = None  # svlm or svlm_focus (None: the SVLM was not asked)
-    # svlm; or the cloud's own answer to the question carried to this frame: cloud (text), cloud_tracked (boxes),
-    # cloud_region_tracked (a region read off the object's box tracked here)
+    # svlm; or the cloud's own answer to the question carried to this frame: cloud (as it came: text, or boxes not
+    # all found again, where the cloud saw them), cloud_tracked (boxes where they are now), cloud_region_tracked (a
+    # region read off the object's box tracked here)
     answer_source: str | None = None
     latency_ms: LatencyBreakdown | None = None
     # Tracking (focus_tracking): was the context answer's box found again in this frame (None: tracking off, or

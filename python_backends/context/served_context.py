@@ -47,7 +47,7 @@ class ServedContextConfig:
     svlm_size: tuple[int, int] = (448, 448)  # (height, width) of the SVLM's input: its boxes are in these pixels
     coordinate_bin: int = 2  # the SVLM writes box corners on multiples of this (training/tokens.py)
     max_tracked_boxes: int = 4  # boxes tracked per frame, over all cloud answers in use: bounds the per-frame work
-    regions: RegionQuestions = RegionQuestions()  # region questions answered from their object's tracked box
+    region_rules: RegionQuestions = RegionQuestions()  # region questions answered from their object's tracked box
 
     def __post_init__(self) -> None:
         if self.coordinate_bin < 1:
@@ -120,7 +120,6 @@ class ContextInput:
     tracking: Mapping[int, AnswerTracking] = field(default_factory=dict)
     # The cloud's answer to this very question carried to this frame, in the SVLM's answer format (carried_answer).
     carried_answer: CarriedAnswer | None = None
-    region_track: RegionTrack | None = None  # a region question's object tracked to this frame
 
 
 def _newest_per_frame(results: Sequence[CloudResult], question: str | None = None) -> dict[int, CloudResult]:
@@ -188,8 +187,9 @@ class RegionTrack:
     """The box of a region question's object, from the cloud's newest answer to the grounding question the link
     asked beside it, carried to the current frame."""
 
-    source: CloudResult  # that answer
-    box: Box | None  # its first box in the current frame's pixels; None when lost
+    grounding: CloudResult  # that answer
+    cloud_box: Box  # the object's box in it, in the pixels of the image the cloud saw
+    box: Box | None  # that box in the current frame's pixels; None when lost
 
 
 def track_region(
@@ -197,24 +197,30 @@ def track_region(
     results: Sequence[CloudResult],
     to_frame_id: int,
     question: str,
-    regions: RegionQuestions,
+    rules: RegionQuestions,
 ) -> RegionTrack | None:
-    """For a region question, the newest cloud answer with a box to the grounding question about its object (asked
-    beside it, or standing in the stream on its own), that box tracked to frame `to_frame_id`; None for any other
-    question, when no such answer is in `results`, or without frames to track in."""
-    grounding = regions.grounding_question(question)
+    """For a region question, the cloud's newest answer to the grounding question about its object (asked beside it,
+    or standing in the stream on its own), its box for the object tracked to frame `to_frame_id`; None for any other
+    question, when no such answer is in `results` or the newest has no box (the object may be gone), or without
+    frames to track in."""
+    grounding = rules.grounding_question(question)
     if frames is None or grounding is None:
         return None
     asked = question_key(grounding)
-    answers = [r for r in results if r.detections and _answers(r, asked)]
+    answers = [r for r in results if _answers(r, asked)]
     if not answers:
         return None
-    source = max(answers, key=lambda r: (r.frame_id, r.arrived_s))
-    stored = frames.get(source.frame_id)
-    if stored is None or min(source.frame_size) <= 0:
-        return RegionTrack(source, None)
-    box = scale_box(source.detections[0].bbox, source.frame_size, stored.full_size)
-    return RegionTrack(source, track_box(frames, box, source.frame_id, to_frame_id).box)
+    newest = max(answers, key=lambda r: (r.frame_id, r.arrived_s))
+    if not newest.detections:
+        return None
+    name = question_key(rules.object_of(question) or "")
+    labelled = [d for d in newest.detections if question_key(d.label) == name]
+    cloud_box = (labelled or list(newest.detections))[0].bbox
+    stored = frames.get(newest.frame_id)
+    if stored is None or min(newest.frame_size) <= 0:
+        return RegionTrack(newest, cloud_box, None)
+    box = scale_box(cloud_box, newest.frame_size, stored.full_size)
+    return RegionTrack(newest, cloud_box, track_box(frames, box, newest.frame_id, to_frame_id).box)
 
 
 def region_answer(
@@ -226,9 +232,9 @@ def region_answer(
     if track is None or track.box is None:
         return None
     asked = question_key(question)
-    named = [r for r in results if r.frame_id == track.source.frame_id and _answers(r, asked)]
+    named = [r for r in results if r.frame_id == track.grounding.frame_id and _answers(r, asked)]
     cloud_text = named[-1].text if named else None
-    region = carried_region(track.source.detections[0].bbox, track.source.frame_size, track.box, frame_size, cloud_text)
+    region = carried_region(track.cloud_box, track.grounding.frame_size, track.box, frame_size, cloud_text)
     return None if region is None else CarriedAnswer(region, CLOUD_REGION_TRACKED)
 
 
@@ -336,7 +342,7 @@ def build_context_input(
     source = focus_source(cloud_results, question)
     plain = FocusPlan(mode=FocusMode.OFF, box=None, labels=[], images=[image])
     if source is None or focus_mode is FocusMode.OFF:
-        return ContextInput(history, plain, None, False, context_tracking, tracking, carried, region_track)
+        return ContextInput(history, plain, None, False, context_tracking, tracking, carried)
     # Centre on the tracked boxes only when every box the question is about was found again.
     track = tracking.get(source.frame_id)
     relevant = relevant_detections(source.detections, question)
@@ -349,4 +355,4 @@ def build_context_input(
     )
     used = source if plan.mode is not FocusMode.OFF else None
     focus_tracked = used is not None and tracked is not None
-    return ContextInput(history, plan, used, focus_tracked, context_tracking, tracking, carried, region_track)
+    return ContextInput(history, plan, used, focus_tracked, context_tracking, tracking, carried)

@@ -52,7 +52,7 @@ class SpotVLMConfig:
     cloud_questions: int = _param(
         StoreLimits.max_questions,
         "a frame sent to the cloud asks the stream's last this many distinct questions, and the grounding question of "
-        "each region question among them (twice this at most lvlm's `max_prompts`)",
+        "each region question among them: keep twice this within lvlm's `max_prompts` (8)",
     )
     cloud_jpeg_quality: int = _param(85, "JPEG quality of frames sent to the cloud as pixels")
     cloud_max_side: int = _param(0, "frames sent to the cloud are downscaled to this longer side (0: as they are)")
@@ -80,9 +80,9 @@ class SpotVLMConfig:
     )
     carry_answers: bool = _param(
         True,
-        "answer with the cloud's own answer to the question asked, carried to this frame (text as it came; boxes only "
-        "when every one was tracked here), without asking the SVLM; needs `focus_tracking` and the text context; the "
-        "default of the `carry_answers` request parameter",
+        "answer with the cloud's own answer to the question asked, carried to this frame (text as it came; boxes where "
+        "they were tracked to, where the cloud saw them when lost), without asking the SVLM; needs `focus_tracking` "
+        "and the text context; the default of the `carry_answers` request parameter",
     )
     region_questions: str = _param(
         RegionQuestions.pattern,
@@ -130,7 +130,7 @@ class SpotVLMConfig:
             raise ValueError(f"svlm_coordinate_bin must be at least 1, got {self.svlm_coordinate_bin}")
         if self.cloud_questions < 1:
             raise ValueError(f"model parameter cloud_questions must be at least 1, got {self.cloud_questions}")
-        self.regions()  # raises on a bad pattern or prompt
+        self.region_rules()  # raises on a bad pattern or prompt
         if "{question}" not in self.cloud_prompt:
             raise ValueError(f"model parameter cloud_prompt must contain {{question}}, got {self.cloud_prompt!r}")
 
@@ -179,9 +179,9 @@ class SpotVLMConfig:
             ttl_s=self.store_ttl_s,
             max_turns=max(self.context_turns, self.store_turns),
             max_questions=self.cloud_questions,
-            # Room for the answers to every standing question and its grounding question on the newest two frames the
-            # cloud answered: the newer may arrive first.
-            max_cloud_results=max(StoreLimits.max_cloud_results, 4 * self.cloud_questions),
+            # Room for the answers to every standing question (and with region questions on, its grounding question)
+            # on the newest two frames the cloud answered: the newer may arrive first.
+            max_cloud_results=max(StoreLimits.max_cloud_results, self.prompts_per_frame() * 2),
             max_frames=self.tracking_frames,
             frame_side=self.tracking_side,
         )
@@ -209,10 +209,14 @@ class SpotVLMConfig:
             svlm_size=(svlm_image_size, svlm_image_size),
             coordinate_bin=self.svlm_coordinate_bin,
             max_tracked_boxes=self.tracking_max_boxes,
-            regions=self.regions(),
+            region_rules=self.region_rules(),
         )
 
-    def regions(self) -> RegionQuestions:
+    def prompts_per_frame(self) -> int:
+        """The most questions one frame sent to the cloud asks."""
+        return self.cloud_questions * (2 if self.region_rules().enabled else 1)
+
+    def region_rules(self) -> RegionQuestions:
         return RegionQuestions(self.region_questions, self.region_grounding_prompt)
 
 

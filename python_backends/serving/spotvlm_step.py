@@ -146,7 +146,9 @@ class SpotVLMStep:
         self.budget = _token_budget(config.checkpoint)
         self.store = ContextStore(config.store_limits())
         # Per question, the newest cloud answer the link received (CONTEXT's cloud_answer: the cloud_stale baseline).
-        self.received = ReceivedAnswers(max_streams=self.store.limits.max_streams)
+        self.received = ReceivedAnswers(
+            max_streams=self.store.limits.max_streams, max_questions=max(16, 2 * config.prompts_per_frame())
+        )
         self._lock = threading.Lock()  # guards the dicts below; the cloud thread reads them
         self._next_frame: dict[int, int] = {}
         self._epochs: dict[int, int] = {}  # new at every sequence start: late replies of an old run are dropped
@@ -250,7 +252,7 @@ class SpotVLMStep:
         questions = self.store.ask(frame.stream_id, frame.prompt)
         if frame.tracking:
             # Beside each region question, the box of its object: the edge tracks it to answer the region now.
-            questions = grounded_questions(questions, self.served[True].regions)
+            questions = grounded_questions(questions, self.served[True].region_rules)
         prompts = [self.cloud_prompt.replace("{question}", question) for question in questions]
         job = CloudJob(
             stream_id=frame.stream_id,
@@ -347,7 +349,7 @@ class SpotVLMStep:
         if snapshot is not None:
             results = [
                 r
-                for r in self._with_newest_answers(stream, frame.prompt, snapshot.cloud_results)
+                for r in self._with_newest_answers(frame, snapshot.cloud_results)
                 if frame.timestamp_ms - r.frame_timestamp_ms <= self.max_context_age_ms
             ]
             cloud_questions = len({question_key(r.question) for r in results if r.question is not None})
@@ -355,7 +357,8 @@ class SpotVLMStep:
             region_track = None
             if frame.tracking and results:
                 tracking = track_answers(frames, results, frame_id, frame.prompt, served.max_tracked_boxes)
-                region_track = track_region(frames, results, frame_id, frame.prompt, served.regions)
+                if frame.carry_answers and frame.text_context:  # a region read off the box is only ever carried
+                    region_track = track_region(frames, results, frame_id, frame.prompt, served.region_rules)
             context = build_context_input(
                 frame.image,
                 frame.prompt,
@@ -402,20 +405,24 @@ class SpotVLMStep:
             prepared.context_detections = len(latest.detections)
         return prepared
 
-    def _with_newest_answers(self, stream: int, question: str, results: Sequence[CloudResult]) -> list[CloudResult]:
-        """The store's window of the stream's cloud answers, after the newest answer the link received to the
-        question asked (and to the grounding question of a region question's object) where the window no longer
-        holds it: a question asked again after other questions still finds the cloud's last answer to it."""
-        asked = [question]
-        grounding = self.served[True].regions.grounding_question(question)
+    def _with_newest_answers(self, frame: FrameRequest, results: Sequence[CloudResult]) -> list[CloudResult]:
+        """The store's window of the stream's cloud answers, with the newest answer the link received to the question
+        asked (and, tracking on, to the grounding question of a region question's object) where the window holds no
+        answer to it on that frame or a newer one: a question asked again after other questions still finds the
+        cloud's last answer to it. By arrival."""
+        asked = [frame.prompt]
+        grounding = self.served[True].region_rules.grounding_question(frame.prompt) if frame.tracking else None
         if grounding is not None:
             asked.append(grounding)
         dropped = []
         for text in asked:
-            newest = self.received.newest(stream, text)
-            if newest is not None and not any(r is newest for r in results):
+            newest = self.received.newest(frame.stream_id, text)
+            key = question_key(text)
+            held = (r.frame_id for r in results if r.question is not None and question_key(r.question) == key)
+            if newest is not None and all(frame_id < newest.frame_id for frame_id in held):
                 dropped.append(newest)
-        return [*dropped, *results]  # by arrival: those the window dropped came first
+        # Stable: one reply's answers, filed together, keep their order.
+        return sorted([*dropped, *results], key=lambda r: r.arrived_s)
 
     async def _answer(self, prepared: PreparedFrame) -> SvlmReply:
         """The cloud's answer carried to this frame where there is one (the SVLM is not asked), else the SVLM's."""

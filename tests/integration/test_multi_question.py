@@ -82,6 +82,7 @@ def test_a_stream_alternating_two_questions_holds_the_clouds_answer_to_both(edge
             answered = session.send(next(frames), start=False, end=False)
             assert answered.ok, answered.error
             assert answered.context.context_frame is not None, question
+            assert answered.context.cloud_questions >= 3, question
     finally:
         session.send(next(frames), start=False, end=True)
         session.close()

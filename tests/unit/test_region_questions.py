@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,9 +22,12 @@ from python_backends.context.region_questions import (  # noqa: E402
     carried_region,
     grounded_questions,
     region_at,
-    region_name,
+    region_of_box,
+    parse_region,
 )
+from python_backends.context.served_context import track_region  # noqa: E402
 from python_backends.context.store import CloudResult  # noqa: E402
+from python_backends.context.tracking import FrameHistory  # noqa: E402
 from python_backends.detections import Detection  # noqa: E402
 from python_backends.serving import spotvlm_step  # noqa: E402
 from python_backends.serving.spotvlm_config import SpotVLMConfig  # noqa: E402
@@ -37,10 +41,6 @@ START = 1
 WHERE = "Where is the red square?"
 LOCATE = "Locate the red square and give its bbox_2d in JSON."
 CLIP_SIZE = (240, 320)  # synthetic_clip's frames
-
-
-def _cell(box, size=CLIP_SIZE) -> str:
-    return region_at((box[0] + box[2]) / 2 / size[1], (box[1] + box[3]) / 2 / size[0])
 
 
 # -- the rules ---------------------------------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def test_a_region_question_names_its_object_and_the_grounding_question_asks_for_
 @pytest.mark.parametrize("pattern", ["off", "", " OFF "])
 def test_off_turns_region_questions_off(pattern: str) -> None:
     assert RegionQuestions(pattern).grounding_question(WHERE) is None
-    assert SpotVLMConfig.from_params({"region_questions": "off"}).regions().object_of(WHERE) is None
+    assert SpotVLMConfig.from_params({"region_questions": "off"}).region_rules().object_of(WHERE) is None
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,8 @@ def test_a_bad_rule_is_refused_with_what_is_wrong(pattern: str, prompt: str, mes
 
 
 def test_region_names_and_cells() -> None:
-    assert region_name(" Top-Left. ") == "top left" and region_name("top") is None and region_name("") is None
+    assert parse_region(" Top-Left. ") == "top left" and parse_region("in the centre") == "center"
+    assert parse_region("red circle") is None and parse_region("") is None
     assert [region_at(x, y) for y in (0.1, 0.5, 0.9) for x in (0.1, 0.5, 0.9)] == list(REGIONS)
     assert region_at(-0.5, 1.5) == "bottom left" and region_at(1 / 3, 0.0) == "top center"
 
@@ -137,7 +138,7 @@ def _serve(step, clip, upto, results, **params):
 def test_a_region_question_is_answered_with_the_cell_its_object_was_tracked_to(make_step) -> None:
     pb.set_bls_handler(_echo)
     clip = synthetic_clip(21, shape="square", seed=2)  # from top left to center in 2 s
-    before, now = _cell(clip.boxes[0]), _cell(clip.boxes[20])
+    before, now = region_of_box(clip.boxes[0], CLIP_SIZE), region_of_box(clip.boxes[20], CLIP_SIZE)
     assert (before, now) == ("top left", "center")
     results = [_result(0, clip, LOCATE, box=clip.boxes[0]), _result(0, clip, WHERE, text=before)]
     text, ctx = _serve(make_step(context_turns=0), clip, 20, results)
@@ -180,3 +181,21 @@ def test_a_frame_sent_to_the_cloud_also_asks_for_the_box_and_each_answer_is_file
     # The paper's method (tracking off) has no use for the box: the frame asks its question alone.
     _serve(step, clip, 1, [], focus_tracking=False)
     assert step.link.jobs[-1].prompts == (f"{WHERE} Be brief.",)
+
+
+def test_the_newest_grounding_answer_decides_and_its_box_for_the_object_is_the_one_tracked() -> None:
+    clip = synthetic_clip(11, shape="square", seed=2)
+    frames = FrameHistory(20)
+    for index, image in enumerate(clip.frames):
+        frames.add(index, clip.timestamps_ms[index], image)
+    boxed = _result(0, clip, LOCATE, box=clip.boxes[0])
+    track = track_region(frames, [boxed], 10, WHERE, RegionQuestions())
+    assert track is not None and track.box is not None and track.cloud_box == tuple(clip.boxes[0])
+    # A newer answer saying the object is not there: nothing to track, whatever an older one said.
+    gone = _result(5, clip, LOCATE)
+    assert track_region(frames, [boxed, gone], 10, WHERE, RegionQuestions()) is None
+    # Of several boxes, the one labelled with the question's object.
+    other = Detection("blue circle", (0.0, 0.0, 10.0, 10.0))
+    both = replace(boxed, detections=(other, Detection("Red  Square", tuple(float(v) for v in clip.boxes[0]))))
+    assert track_region(frames, [both], 10, WHERE, RegionQuestions()).cloud_box == tuple(clip.boxes[0])
+    assert track_region(frames, [boxed], 10, "What colour is the square?", RegionQuestions()) is None

@@ -1,5 +1,6 @@
 """Carrying a cloud box forward to the current frame (python_backends/context/tracking.py) on generated clips."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -102,7 +103,9 @@ def _flat_squares(frames: int, colours) -> tuple[FrameHistory, list[tuple[float,
 def test_a_flat_square_is_followed_by_its_outline_and_told_from_one_of_another_colour():
     """A square filling its box has nothing inside to correlate: the rim of background around it gives the outline.
     Its look-alikes in other colours, as bright as it in grey, are not taken for it."""
-    red, green, blue = (200, 40, 40), (40, 130, 40), (60, 60, 255)  # about equally bright
+    red, green, blue = (200, 40, 40), (40, 130, 40), (60, 60, 255)
+    grey = cv2.cvtColor(np.array([[red, green, blue]], dtype=np.uint8), cv2.COLOR_RGB2GRAY)[0]
+    assert int(grey.max()) - int(grey.min()) <= 12, "as bright as one another: alike in grey"
     history, boxes = _flat_squares(11, [red, green, blue])
     found = track_box(history, boxes[0], 0, 10)
     assert not found.lost and iou(found.box, boxes[10]) >= 0.8
@@ -110,11 +113,13 @@ def test_a_flat_square_is_followed_by_its_outline_and_told_from_one_of_another_c
     assert flat.lost or iou(flat.box, boxes[10]) < 0.5, "without the rim the flat square is not found"
 
 
-def test_the_benchmark_scenes_rows_say_how_tracking_did():
-    rows = measure_benchmark_scenes([500], [1.0], seconds=3.0)
-    assert {row["method"] for row in rows} == set(METHODS) and all(row["age_s"] == 1.0 for row in rows)
+def test_on_the_benchmarks_scenes_a_tracked_region_is_right_more_often_than_one_left_where_it_was():
+    """Two validation scenes, objects tracked 2 s (deterministic: generated frames, no timing)."""
+    rows = measure_benchmark_scenes([500, 501], [2.0])
+    assert {row["method"] for row in rows} == set(METHODS) and all(row["age_s"] == 2.0 for row in rows)
     for row in rows:
-        assert row["tracks"] > 0
+        assert row["tracks"] >= 50
         assert set(row) == {"age_s", "method", "tracks", "on_object", "region_right", "lost", "region_unchanged"}
-        assert all(0.0 <= row[key] <= 1.0 for key in ("on_object", "region_right", "lost", "region_unchanged"))
         assert row["on_object"] + row["lost"] <= 1.0
+        # Half the objects changed cell in 2 s; the tracker finds the new one for most of them.
+        assert row["region_right"] >= row["region_unchanged"] + 0.15, row
