@@ -46,7 +46,9 @@ class ServedContextConfig:
     tracking: bool = True  # carry the cloud's boxes to the current frame (False: the paper's method)
     svlm_size: tuple[int, int] = (448, 448)  # (height, width) of the SVLM's input: its boxes are in these pixels
     coordinate_bin: int = 2  # the SVLM writes box corners on multiples of this (training/tokens.py)
-    max_tracked_boxes: int = 4  # boxes tracked per frame, over all cloud answers in use: bounds the per-frame work
+    # Boxes tracked per frame over the cloud answers in use (a region question tracks its object's box besides):
+    # bounds the per-frame work.
+    max_tracked_boxes: int = 4
     region_rules: RegionQuestions = RegionQuestions()  # region questions answered from their object's tracked box
 
     def __post_init__(self) -> None:

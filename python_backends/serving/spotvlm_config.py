@@ -96,7 +96,8 @@ class SpotVLMConfig:
     tracking_frames: int = _param(100, "frames per stream kept as small colour copies to track from (0: none)")
     tracking_side: int = _param(StoreLimits.frame_side, "the longer side of those copies, in pixels")
     tracking_max_boxes: int = _param(
-        ServedContextConfig.max_tracked_boxes, "boxes tracked per frame (those the question is about), at most"
+        ServedContextConfig.max_tracked_boxes,
+        "boxes tracked per frame (those the question is about), at most; a region question's object is one more",
     )
     svlm_image_size: int = _param(
         0, "the SVLM's square input side: history boxes are in its pixels (0: the checkpoint's, else 448)"
