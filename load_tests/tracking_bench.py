@@ -188,16 +188,18 @@ def measure_benchmark_scenes(
                             tracks.append((start, index, then, present[index][object_id]))
             for start, end, then, now in tracks:
                 age = round((end - start) / fps, 3)
+                region_now = region_of_box(now, scene.size)
+                unchanged = region_of_box(then, scene.size) == region_now
                 for method in METHODS:
                     tally = counts.setdefault((age, method), {"tracks": 0, "on_object": 0, "region_right": 0,
                                                              "lost": 0, "region_unchanged": 0})  # fmt: skip
                     result = track_box(history, then, start, end, method=method, rim=rim)
                     tally["tracks"] += 1
                     tally["lost"] += result.lost
-                    tally["region_unchanged"] += region_of_box(then, scene.size) == region_of_box(now, scene.size)
+                    tally["region_unchanged"] += unchanged
                     if not result.lost:
                         tally["on_object"] += iou(result.box, now) >= 0.5
-                        tally["region_right"] += region_of_box(result.box, scene.size) == region_of_box(now, scene.size)
+                        tally["region_right"] += region_of_box(result.box, scene.size) == region_now
             tracks.clear()
     rows = []
     for (age, method), tally in sorted(counts.items()):

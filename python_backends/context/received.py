@@ -20,9 +20,14 @@ from python_backends.context.report import CloudAnswerReport
 from python_backends.context.store import CloudResult, question_key
 
 
+# Questions a stream's record holds by default: more than its standing questions, so a question asked again later
+# still finds its answer.
+MAX_QUESTIONS = 16
+
+
 class ReceivedAnswers:
     def __init__(
-        self, max_streams: int = 1024, max_questions: int = 16, clock: Callable[[], float] = time.monotonic
+        self, max_streams: int = 1024, max_questions: int = MAX_QUESTIONS, clock: Callable[[], float] = time.monotonic
     ) -> None:
         if max_streams < 1 or max_questions < 1:
             raise ValueError(f"max_streams and max_questions must be >= 1, got {max_streams}, {max_questions}")

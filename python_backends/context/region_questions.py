@@ -90,15 +90,13 @@ def parse_region(text: str) -> str | None:
     words = [w for w in normalise(text).split() if w not in _REGION_FILLER]
     if not words:
         return None
-    rows, columns, centres = set(), set(), 0
+    rows, columns = set(), set()
     for word in words:
         if word in _ROW_WORDS:
             rows.add(_ROW_WORDS[word])
         elif word in _COLUMN_WORDS:
             columns.add(_COLUMN_WORDS[word])
-        elif word in _CENTRE_WORDS:
-            centres += 1
-        else:
+        elif word not in _CENTRE_WORDS:
             return None  # a word that is not about position: not a plain region answer
     if len(rows) > 1 or len(columns) > 1 or len(words) > 2:
         return None

@@ -36,7 +36,7 @@ from python_backends.cloud.breaker import CircuitBreaker
 from python_backends.cloud.delay import DelayInjector, parse_delay_spec
 from python_backends.cloud.link import CloudJob, CloudLink, CloudReply
 from python_backends.context.focus import FocusMode, FocusPlan, parse_focus_mode
-from python_backends.context.received import ReceivedAnswers
+from python_backends.context.received import MAX_QUESTIONS, ReceivedAnswers
 from python_backends.context.report import CloudAnswerReport, ContextReport, LatencyBreakdown
 from python_backends.context.replacement import ReplacedHistory, WordBudget
 from python_backends.context.served_context import SVLM, AnswerTracking, CarriedAnswer, build_context_input
@@ -147,7 +147,7 @@ class SpotVLMStep:
         self.store = ContextStore(config.store_limits())
         # Per question, the newest cloud answer the link received (CONTEXT's cloud_answer: the cloud_stale baseline).
         self.received = ReceivedAnswers(
-            max_streams=self.store.limits.max_streams, max_questions=max(16, 2 * config.prompts_per_frame())
+            max_streams=self.store.limits.max_streams, max_questions=max(MAX_QUESTIONS, 2 * config.prompts_per_frame())
         )
         self._lock = threading.Lock()  # guards the dicts below; the cloud thread reads them
         self._next_frame: dict[int, int] = {}
