@@ -83,6 +83,33 @@ def plural(shape: str) -> str:
     return shape + "s"
 
 
+# The question templates of the text tasks.
+def colour_question(shape: str) -> str:
+    return f"What colour is the {shape}?"
+
+
+def shape_question(colour: str) -> str:
+    return f"What shape is the {colour} object?"
+
+
+def count_question(description: str) -> str:
+    return f"How many {description} are there?"
+
+
+def count_descriptions(shapes: Sequence[str] = SHAPES, colours: Sequence[str] = tuple(COLOURS)) -> list[str]:
+    """What counting questions count: each shape, each colour, every object."""
+    return [plural(shape) for shape in shapes] + [f"{colour} objects" for colour in colours] + ["objects"]
+
+
+def text_questions(shapes: Sequence[str] = SHAPES, colours: Sequence[str] = tuple(COLOURS)) -> list[str]:
+    """Every recognition and counting question the templates can ask about scenes of this vocabulary."""
+    return (
+        [colour_question(shape) for shape in shapes]
+        + [shape_question(colour) for colour in colours]
+        + [count_question(d) for d in count_descriptions(shapes, colours)]
+    )
+
+
 def region_of(box: Sequence[float], width: int, height: int, margin: float = REGION_MARGIN) -> str | None:
     """The 3x3 grid cell holding the box's centre; None when the centre is within `margin` of a grid line."""
     x1, y1, x2, y2 = box
@@ -121,13 +148,13 @@ def candidate_questions(
         target = only([o for o in truth if o.shape == shape])
         if target:
             by_task["recognition"].append(
-                Question("recognition", f"What colour is the {shape}?", target.colour, (target.object_id,))
+                Question("recognition", colour_question(shape), target.colour, (target.object_id,))
             )
     for colour in colours:
         target = only([o for o in truth if o.colour == colour])
         if target:
             by_task["recognition"].append(
-                Question("recognition", f"What shape is the {colour} object?", target.shape, (target.object_id,))
+                Question("recognition", shape_question(colour), target.shape, (target.object_id,))
             )
     for colour in colours:
         for shape in shapes:
@@ -145,7 +172,7 @@ def candidate_questions(
     def count(description: str, matches: list[ObjectTruth]) -> None:
         if all(o.present for o in matches):
             ids = tuple(o.object_id for o in matches)
-            by_task["counting"].append(Question("counting", f"How many {description} are there?", str(len(ids)), ids))
+            by_task["counting"].append(Question("counting", count_question(description), str(len(ids)), ids))
 
     for shape in shapes:
         count(plural(shape), [o for o in truth if o.shape == shape])

@@ -43,6 +43,11 @@ MIN_SIDE, MAX_SIDE = 96, 1024
 EXIT_SPEED = 0.015
 
 
+def object_labels(colours: tuple[str, ...] = tuple(COLOURS), shapes: tuple[str, ...] = SHAPES) -> list[str]:
+    """Every label an object of the generated scenes can have ("red circle", ...), colour by colour."""
+    return [f"{colour} {shape}" for colour in colours for shape in shapes]
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     """How a scene looks and moves. Sizes and speeds scale with the frame's shorter side."""

@@ -36,7 +36,7 @@ from evaluation.runner import (
 )
 from evaluation.scoring import score
 from evaluation.staleness import TruthIndex
-from load_tests.eval_setup import REPOSITORY_ROOT, edge_input_size, say
+from load_tests.eval_setup import REPOSITORY_ROOT, edge_input_size, say, watch_environment, watch_list
 
 # Cloud requests in flight per stream on the edge: every frame of a 10 fps stream at a 9 s delay plus inference.
 CLOUD_MAX_INFLIGHT = 120
@@ -185,6 +185,18 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                 }
             )
 
+    watch = watch_environment(args.cloud_watch, args.dataset is not None)
+    if own_servers:
+        watched = watch_list(watch)
+        notes.append(
+            f"beside the stream's questions, the edge's link asks the cloud once a second where each of"
+            f" {len(watched.objects)} watched object(s) is (cloud_watch) and {len(watched.extra_questions)} watched"
+            " question(s) (cloud_watch_questions)"
+            if watched.enabled
+            else "nothing watched (cloud_watch off)"
+        )
+    else:
+        notes.append("the running edge watches what its own config says (cloud_watch, cloud_watch_questions)")
     with contextlib.ExitStack() as stack:
         linked_edge_url = args.edge_url
         if own_servers:
@@ -195,7 +207,7 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     REPOSITORY_ROOT,
                     edge=any(s.per_request for s in settings),
                     edge_name="edge (linked to the cloud)",
-                    edge_env={"SPOTVLM_CLOUD_MAX_INFLIGHT": str(CLOUD_MAX_INFLIGHT)},
+                    edge_env={"SPOTVLM_CLOUD_MAX_INFLIGHT": str(CLOUD_MAX_INFLIGHT), **watch},
                     starter=lambda name, server: _start(server, name, args.ready_timeout),
                 )
             )

@@ -47,7 +47,16 @@ from evaluation.runner import (
     parse_latencies,
 )
 from load_tests.eval_replay import run_eval
-from load_tests.eval_setup import REPOSITORY_ROOT, checkpoint_problems, load_examples, rendered_checkpoint, say
+from load_tests.eval_setup import (
+    REPOSITORY_ROOT,
+    WATCH_VOCABULARY,
+    checkpoint_problems,
+    load_examples,
+    rendered_checkpoint,
+    say,
+    watch_environment,
+    watch_list,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = PROJECT_ROOT / "build" / "eval"
@@ -142,6 +151,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=Path,
         help="check that model_repository was built with this cloud checkpoint (./build_engines.sh --cloud-checkpoint)",
     )
+    parser.add_argument(
+        "--cloud-watch",
+        default=WATCH_VOCABULARY,
+        metavar="OBJECTS",
+        help=f"what the edge's link asks the cloud once a second beside the stream's questions (spotvlm's"
+        f" `cloud_watch` and `cloud_watch_questions`, on the edges this command starts): `{WATCH_VOCABULARY}` (the"
+        " default) every object label of the generated scenes and every recognition and counting question about"
+        " them, nothing with --dataset; `off`; or a comma-separated list of objects",
+    )
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for each server")
     return parser
 
@@ -163,6 +181,11 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm eval") -> int:
         return 2
     if args.max_tokens is not None and args.max_tokens < 1:
         print(f"{prog}: --max-tokens must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        watch_list(watch_environment(args.cloud_watch, args.dataset is not None))
+    except ValueError as exc:
+        print(f"{prog}: --cloud-watch: {exc}", file=sys.stderr)
         return 2
     if args.edge_url is None:
         from client.model_repository import unrendered_templates

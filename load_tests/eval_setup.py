@@ -16,7 +16,9 @@ from evaluation.runner import (
     group_videos,
     limit_videos,
 )
-from evaluation.scenes import SceneConfig
+from evaluation.questions import text_questions
+from evaluation.scenes import SceneConfig, object_labels
+from python_backends.context.watch_list import WatchList
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY_ROOT = PROJECT_ROOT / "model_repository"
@@ -25,6 +27,30 @@ REPOSITORY_ROOT = PROJECT_ROOT / "model_repository"
 # Where each edge model's rendered config names its checkpoint.
 CHECKPOINT_CONFIGS = {"edge": "edge/svlm_generate/config.pbtxt", "cloud": "cloud/lvlm/config.pbtxt"}
 EDGE_PREPROCESS_CONFIG = "edge/svlm_preprocess/config.pbtxt"
+
+
+# `--cloud-watch`'s default: every object label of the generated scenes, and every text question about them.
+WATCH_VOCABULARY = "vocabulary"
+
+
+def watch_environment(choice: str, own_dataset: bool) -> dict[str, str]:
+    """spotvlm's `cloud_watch` and `cloud_watch_questions` for the edges the evaluation starts. `vocabulary`: the
+    generated scenes' object labels and their recognition and counting questions (nothing with a dataset of one's
+    own, whose vocabulary is unknown); otherwise `choice` is the list of objects, and no question is watched."""
+    if choice.strip() != WATCH_VOCABULARY:
+        objects, questions = choice, "off"
+    elif own_dataset:
+        objects, questions = "off", "off"
+    else:
+        objects, questions = ", ".join(object_labels()), "; ".join(text_questions())
+    return {"SPOTVLM_CLOUD_WATCH": objects, "SPOTVLM_CLOUD_WATCH_QUESTIONS": questions}
+
+
+def watch_list(environment: dict[str, str]) -> WatchList:
+    """The watch list an edge started with `environment` (watch_environment's) asks."""
+    return WatchList.parse(
+        environment["SPOTVLM_CLOUD_WATCH"], "{object}", questions=environment["SPOTVLM_CLOUD_WATCH_QUESTIONS"]
+    )
 
 
 def say(message: str) -> None:

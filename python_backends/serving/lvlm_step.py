@@ -25,7 +25,7 @@ from python_backends.serving.request_fields import (
 from python_backends.text import clean_text
 from python_backends.triton_io import answer_batch, first_item, get_input, output_tensor, response, unbatch
 
-DEFAULT_MAX_PROMPTS = 8
+DEFAULT_MAX_PROMPTS = 64
 
 
 def read_image(request, max_pixels: int) -> np.ndarray:

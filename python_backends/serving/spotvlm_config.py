@@ -16,6 +16,7 @@ from typing import Any
 
 from python_backends.context.focus import FocusConfig, FocusMode, parse_focus_mode
 from python_backends.context.region_questions import RegionQuestions
+from python_backends.context.watch_list import WatchList
 from python_backends.context.replacement import ReplacementConfig
 from python_backends.context.served_context import ServedContextConfig
 from python_backends.context.store import StoreLimits
@@ -52,8 +53,20 @@ class SpotVLMConfig:
     cloud_questions: int = _param(
         StoreLimits.max_questions,
         "a frame sent to the cloud asks the stream's last this many distinct questions, and the grounding question of "
-        "each region question among them: keep twice this within lvlm's `max_prompts` (8)",
+        "each region question among them: keep twice this, plus the watched objects, within lvlm's `max_prompts` (64)",
     )
+    cloud_watch: str = _param(
+        "",
+        "comma-separated objects the cloud is also asked to locate (with `region_grounding_prompt`), at most once "
+        "every `cloud_watch_interval_ms` per stream: a grounding or region question about one finds its box, tracked "
+        "to the frame, before its own first cloud answer (empty or `off`: none)",
+    )
+    cloud_watch_questions: str = _param(
+        "",
+        "`;`-separated questions the cloud is also asked with the watch list: a stream asking one for the first time "
+        "finds an answer no older than the cloud's delay and the interval (empty or `off`: none)",
+    )
+    cloud_watch_interval_ms: float = _param(1000.0, "how often a stream's frame sent to the cloud asks the watch list")
     cloud_jpeg_quality: int = _param(85, "JPEG quality of frames sent to the cloud as pixels")
     cloud_max_side: int = _param(0, "frames sent to the cloud are downscaled to this longer side (0: as they are)")
     cloud_failure_threshold: int = _param(3, "failures in a row that open the circuit breaker")
@@ -91,7 +104,8 @@ class SpotVLMConfig:
         "frame (`off`: off)",
     )
     region_grounding_prompt: str = _param(
-        RegionQuestions.grounding_prompt, "how the cloud is asked for a region question's object's box (`{object}`)"
+        RegionQuestions.grounding_prompt,
+        "how the cloud is asked for a region question's object's box, and a watched object's (`{object}`)",
     )
     tracking_frames: int = _param(100, "frames per stream kept as small colour copies to track from (0: none)")
     tracking_side: int = _param(StoreLimits.frame_side, "the longer side of those copies, in pixels")
@@ -132,6 +146,7 @@ class SpotVLMConfig:
         if self.cloud_questions < 1:
             raise ValueError(f"model parameter cloud_questions must be at least 1, got {self.cloud_questions}")
         self.region_rules()  # raises on a bad pattern or prompt
+        self.watch_list()  # raises on a bad list or interval
         if "{question}" not in self.cloud_prompt:
             raise ValueError(f"model parameter cloud_prompt must contain {{question}}, got {self.cloud_prompt!r}")
 
@@ -182,7 +197,7 @@ class SpotVLMConfig:
             max_questions=self.cloud_questions,
             # Room for the answers to every standing question (and with region questions on, its grounding question)
             # on the newest two frames the cloud answered: the newer may arrive first.
-            max_cloud_results=max(StoreLimits.max_cloud_results, self.prompts_per_frame() * 2),
+            max_cloud_results=max(StoreLimits.max_cloud_results, self.standing_prompts_per_frame() * 2),
             max_frames=self.tracking_frames,
             frame_side=self.tracking_side,
         )
@@ -213,12 +228,25 @@ class SpotVLMConfig:
             region_rules=self.region_rules(),
         )
 
-    def prompts_per_frame(self) -> int:
-        """The most questions one frame sent to the cloud asks."""
+    def standing_prompts_per_frame(self) -> int:
+        """The most questions one frame sent to the cloud asks for the stream's own questions (the context store
+        files their answers)."""
         return self.cloud_questions * (2 if self.region_rules().enabled else 1)
+
+    def prompts_per_frame(self) -> int:
+        """The most questions one frame sent to the cloud asks, the watch list's included."""
+        return self.standing_prompts_per_frame() + len(self.watch_list().questions())
 
     def region_rules(self) -> RegionQuestions:
         return RegionQuestions(self.region_questions, self.region_grounding_prompt)
+
+    def watch_list(self) -> WatchList:
+        return WatchList.parse(
+            self.cloud_watch,
+            self.region_grounding_prompt,
+            self.cloud_watch_interval_ms / 1000.0,
+            self.cloud_watch_questions,
+        )
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from python_backends.context.report import CloudAnswerReport, ContextReport, Lat
 from python_backends.context.replacement import ReplacedHistory, WordBudget
 from python_backends.context.served_context import SVLM, AnswerTracking, CarriedAnswer, build_context_input
 from python_backends.context.region_questions import grounded_questions
+from python_backends.context.watch_list import with_watched
 from python_backends.context.served_context import track_answers, track_region
 from python_backends.context.store import CloudResult, ContextStore, TurnRecord, question_key
 from python_backends.context.token_budget import TokenizerBudget
@@ -154,10 +155,12 @@ class SpotVLMStep:
         self._epochs: dict[int, int] = {}  # new at every sequence start: late replies of an old run are dropped
         # Epochs are never reused, not even after END or expiry, when a stream's entry is forgotten.
         self._epoch_counter = itertools.count(1)
-        # job -> (epoch, the questions asked of that frame in the job's prompt order), while in flight. Keyed by the
-        # job itself (CloudJob compares by identity), not (stream, frame): frame ids restart with every run, so a new
-        # run's frame would collide with an old run's in-flight job.
-        self._dispatched: dict[CloudJob, tuple[int, tuple[str, ...]]] = {}
+        # job -> (epoch, the questions asked of that frame in the job's prompt order, how many of them are the
+        # stream's own), while in flight. Keyed by the job itself (CloudJob compares by identity), not (stream,
+        # frame): frame ids restart with every run, so a new run's frame would collide with an old run's in-flight job.
+        self._dispatched: dict[CloudJob, tuple[int, tuple[str, ...], int]] = {}
+        self.watch = config.watch_list()
+        self._watch_sent_s: dict[int, float] = {}  # stream -> when a frame last asked the cloud the watch list
         self._delays: dict[str, DelayInjector] = {}
         self.cloud_max_tokens = config.cloud_max_tokens
         # What the LVLM is asked. Real Qwen2.5-VL checkpoints return boxes when told to, e.g.
@@ -221,6 +224,7 @@ class SpotVLMStep:
             current = self._epochs.get(job.stream_id)
         if sent is None or sent[0] != current:
             return
+        _, questions, own = sent
         results = [
             CloudResult(
                 frame_id=job.frame_id,
@@ -232,11 +236,13 @@ class SpotVLMStep:
                 frame_size=reply.frame_size,
                 question=question,
             )
-            for question, answer in zip(sent[1], reply.answers, strict=True)
+            for question, answer in zip(questions, reply.answers, strict=True)
         ]
         # One answer per standing question, all on this frame. The frame's own question goes last: of one frame's
         # answers, readers that take the later arrival (context replacement by frame) take the one to what it asked.
-        self.store.add_cloud_results(job.stream_id, results[::-1])
+        # The watch list's answers are kept only as received: in the store's window they would crowd out the
+        # stream's own questions' answers and fill the SVLM's history with objects nobody asked about.
+        self.store.add_cloud_results(job.stream_id, results[:own][::-1])
         self.received.add(job.stream_id, results)
 
     def _on_cloud_error(self, job: CloudJob, kind: str) -> None:
@@ -250,9 +256,15 @@ class SpotVLMStep:
         # The frame asks the cloud every standing question of its stream, its own first, so the context keeps an
         # answer on a recent frame to each question the stream asks.
         questions = self.store.ask(frame.stream_id, frame.prompt)
+        watching = False
         if frame.tracking:
             # Beside each region question, the box of its object: the edge tracks it to answer the region now.
             questions = grounded_questions(questions, self.served[True].region_rules)
+            with self._lock:
+                watching = self.watch.due(self._watch_sent_s.get(frame.stream_id), time.monotonic())
+        own = len(questions)
+        if watching:
+            questions = with_watched(questions, self.watch.questions())
         prompts = [self.cloud_prompt.replace("{question}", question) for question in questions]
         job = CloudJob(
             stream_id=frame.stream_id,
@@ -266,11 +278,13 @@ class SpotVLMStep:
             delay=frame.cloud_delay,
         )
         with self._lock:  # before submit: the reply may come back on the link's thread before submit returns
-            self._dispatched[job] = (self._epochs.get(frame.stream_id, 0), questions)
+            self._dispatched[job] = (self._epochs.get(frame.stream_id, 0), tuple(questions), own)
         outcome = self.link.submit(job)
-        if outcome != "sent":
-            with self._lock:
+        with self._lock:
+            if outcome != "sent":
                 self._dispatched.pop(job, None)
+            elif watching:  # a skipped frame did not ask: the next one sent does
+                self._watch_sent_s[frame.stream_id] = time.monotonic()
         return outcome
 
     # -- reading requests ---------------------------------------------------------------------------------------
@@ -335,6 +349,8 @@ class SpotVLMStep:
         if frame.start:
             self.store.start_stream(stream)
             self.received.forget(stream)
+            with self._lock:
+                self._watch_sent_s.pop(stream, None)
             self._cancel_cloud_calls(stream)  # the restarted run's own call, dispatched below, is not touched
 
         # Every frame, before anything can fail for it: a later cloud answer about it is tracked from here.
@@ -517,6 +533,7 @@ class SpotVLMStep:
         with self._lock:
             self._next_frame.pop(stream, None)
             self._epochs.pop(stream, None)
+            self._watch_sent_s.pop(stream, None)
         self.received.forget(stream)
 
     # -- context ingest -----------------------------------------------------------------------------------------

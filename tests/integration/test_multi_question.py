@@ -16,6 +16,8 @@ from tests.integration.conftest import ServeProcess, _require_built
 FRAME_SIZE = (240, 320)
 CAR_Q, COLOUR_Q = "Where is the car?", "What colour is the car?"
 LOCATE_CAR_Q = "Locate the car and give its bbox_2d in JSON."  # region_grounding_prompt for CAR_Q's object
+WATCHED = "tree"  # the edge's cloud_watch
+LOCATE_TREE_Q = "Locate the tree and give its bbox_2d in JSON."
 # Frames keep coming until the cloud has answered a frame that asked both questions; generous for a loaded machine.
 WAIT_S = 180.0
 
@@ -31,7 +33,9 @@ def cloud(tmp_path_factory):
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory, cloud):
     server = ServeProcess(
-        "edge", tmp_path_factory.mktemp("multi_question_edge_logs"), env={"SPOTVLM_CLOUD_URL": cloud.grpc_url}
+        "edge",
+        tmp_path_factory.mktemp("multi_question_edge_logs"),
+        env={"SPOTVLM_CLOUD_URL": cloud.grpc_url, "SPOTVLM_CLOUD_WATCH": WATCHED},
     ).start()
     yield server
     server.stop()
@@ -83,6 +87,29 @@ def test_a_stream_alternating_two_questions_holds_the_clouds_answer_to_both(edge
             assert answered.ok, answered.error
             assert answered.context.context_frame is not None, question
             assert answered.context.cloud_questions >= 3, question
+    finally:
+        session.send(next(frames), start=False, end=True)
+        session.close()
+
+
+def test_a_watched_object_is_located_by_the_cloud_before_any_question_names_it(edge):
+    """The edge watches the tree: its first frame sent to the cloud also asks where the tree is. Once the cloud has
+    answered, a grounding question about the tree, never asked before, is answered with the cloud's answer carried
+    to the frame (whatever the random-weight cloud drew), not by the SVLM."""
+    frames = iter(SyntheticSource(seed=5, size=FRAME_SIZE))
+    session = StreamSession(edge.grpc_url, "grpc", 812, COLOUR_Q)
+    try:
+        results = [session.send(next(frames), start=True, end=False)]
+        deadline = time.monotonic() + WAIT_S
+        while results[-1].ok and not results[-1].context.cloud_questions and time.monotonic() < deadline:
+            results.append(session.send(next(frames), start=False, end=False))
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        assert results[-1].context.cloud_questions, "the cloud answered no frame in time"
+        session.prompt = LOCATE_TREE_Q
+        answered = session.send(next(frames), start=False, end=False)
+        assert answered.ok, answered.error
+        assert answered.context.cloud_answer is not None, "the link received the cloud's answer about the tree"
+        assert answered.context.answer_source in ("cloud", "cloud_tracked"), answered.context
     finally:
         session.send(next(frames), start=False, end=True)
         session.close()

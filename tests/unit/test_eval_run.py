@@ -361,6 +361,7 @@ def run_eval_cli(argv: list[str]) -> int:
         (["--max-tokens", "0"], "--max-tokens"),
         (["--hold-s", "-1"], "--hold-s"),
         (["--hold-s", "nan"], "--hold-s"),
+        (["--cloud-watch", "red circle,,blue square"], "--cloud-watch"),
         (["--edge-url", "127.0.0.1:1", "--cloud-url", "127.0.0.1:2", "--latencies", "soon"], "seconds"),
         (["--edge-url", "127.0.0.1:1", "--cloud-url", "127.0.0.1:2", "--dataset", "/no/such.jsonl"], "no such"),
     ],
@@ -369,3 +370,29 @@ def test_bad_options_exit_2_before_any_server(argv, message, tmp_path, capsys):
     assert run_eval_cli([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_evaluation_watches_the_generated_scenes_vocabulary_unless_told_otherwise():
+    from evaluation.questions import candidate_questions
+    from evaluation.scenes import Scene, SceneConfig
+    from load_tests.eval_setup import watch_environment, watch_list
+
+    assert add_arguments(argparse.ArgumentParser()).parse_args([]).cloud_watch == "vocabulary"
+    watched = watch_list(watch_environment("vocabulary", own_dataset=False))
+    assert len(watched.objects) == 24 and "purple star" in watched.objects
+    # Every text question the generated scenes ask is watched, and every object they ask about.
+    grounding_prompt = "Locate the {object} and give its bbox_2d in JSON."
+    for seed in (500, 501):
+        scene = Scene(seed, SceneConfig(seconds=2.0))
+        for index in (0, 10, 19):
+            _, truth = scene.render(index)
+            for task, questions in candidate_questions(truth, *scene.size).items():
+                for question in questions:
+                    if task in ("recognition", "counting"):
+                        assert question.question in watched.extra_questions, question
+                    elif task == "grounding":
+                        assert any(grounding_prompt.format(object=o) == question.question for o in watched.objects)
+    for own_dataset, choice in ((True, "vocabulary"), (False, "off")):
+        assert not watch_list(watch_environment(choice, own_dataset)).enabled
+    given = watch_list(watch_environment("red circle, tree", own_dataset=True))
+    assert given.objects == ("red circle", "tree") and given.extra_questions == ()
