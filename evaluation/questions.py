@@ -19,7 +19,7 @@ answer following the video, until it has stood for `hold_s` seconds or can no lo
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -83,7 +83,16 @@ def plural(shape: str) -> str:
     return shape + "s"
 
 
-# The question templates of the text tasks.
+# The question templates. The edge's default region pattern and grounding prompt read these words
+# (python_backends.context.region_questions), and its watch list asks them (load_tests.eval_setup).
+def region_question(label: str) -> str:
+    return f"Where is the {label}?"
+
+
+def grounding_question(label: str) -> str:
+    return f"Locate the {label} and give its bbox_2d in JSON."
+
+
 def colour_question(shape: str) -> str:
     return f"What colour is the {shape}?"
 
@@ -96,9 +105,15 @@ def count_question(description: str) -> str:
     return f"How many {description} are there?"
 
 
-def count_descriptions(shapes: Sequence[str] = SHAPES, colours: Sequence[str] = tuple(COLOURS)) -> list[str]:
-    """What counting questions count: each shape, each colour, every object."""
-    return [plural(shape) for shape in shapes] + [f"{colour} objects" for colour in colours] + ["objects"]
+def count_groups(
+    shapes: Sequence[str] = SHAPES, colours: Sequence[str] = tuple(COLOURS)
+) -> list[tuple[str, Callable[[ObjectTruth], bool]]]:
+    """What counting questions count: each shape, each colour, every object; each with the test of what it counts."""
+    return (
+        [(plural(shape), lambda o, shape=shape: o.shape == shape) for shape in shapes]
+        + [(f"{colour} objects", lambda o, colour=colour: o.colour == colour) for colour in colours]
+        + [("objects", lambda o: True)]
+    )
 
 
 def text_questions(shapes: Sequence[str] = SHAPES, colours: Sequence[str] = tuple(COLOURS)) -> list[str]:
@@ -106,7 +121,7 @@ def text_questions(shapes: Sequence[str] = SHAPES, colours: Sequence[str] = tupl
     return (
         [colour_question(shape) for shape in shapes]
         + [shape_question(colour) for colour in colours]
-        + [count_question(d) for d in count_descriptions(shapes, colours)]
+        + [count_question(description) for description, _ in count_groups(shapes, colours)]
     )
 
 
@@ -164,21 +179,16 @@ def candidate_questions(
             ids = (target.object_id,)
             region = region_of(target.box, width, height)
             if region:
-                by_task["localisation"].append(Question("localisation", f"Where is the {target.label}?", region, ids))
-            by_task["grounding"].append(
-                Question("grounding", f"Locate the {target.label} and give its bbox_2d in JSON.", target.box, ids)
-            )
+                by_task["localisation"].append(Question("localisation", region_question(target.label), region, ids))
+            by_task["grounding"].append(Question("grounding", grounding_question(target.label), target.box, ids))
 
     def count(description: str, matches: list[ObjectTruth]) -> None:
         if all(o.present for o in matches):
             ids = tuple(o.object_id for o in matches)
             by_task["counting"].append(Question("counting", count_question(description), str(len(ids)), ids))
 
-    for shape in shapes:
-        count(plural(shape), [o for o in truth if o.shape == shape])
-    for colour in colours:
-        count(f"{colour} objects", [o for o in truth if o.colour == colour])
-    count("objects", list(truth))
+    for description, counts in count_groups(shapes, colours):
+        count(description, [o for o in truth if counts(o)])
     return by_task
 
 

@@ -43,7 +43,7 @@ MIN_SIDE, MAX_SIDE = 96, 1024
 EXIT_SPEED = 0.015
 
 
-def object_labels(colours: tuple[str, ...] = tuple(COLOURS), shapes: tuple[str, ...] = SHAPES) -> list[str]:
+def object_labels(shapes: tuple[str, ...] = SHAPES, colours: tuple[str, ...] = tuple(COLOURS)) -> list[str]:
     """Every label an object of the generated scenes can have ("red circle", ...), colour by colour."""
     return [f"{colour} {shape}" for colour in colours for shape in shapes]
 

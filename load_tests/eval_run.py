@@ -155,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--cloud-watch",
         default=WATCH_VOCABULARY,
         metavar="OBJECTS",
-        help=f"what the edge's link asks the cloud once a second beside the stream's questions (spotvlm's"
+        help=f"what the edge's link asks the cloud every 1 s beside the stream's questions (spotvlm's"
         f" `cloud_watch` and `cloud_watch_questions`, on the edges this command starts): `{WATCH_VOCABULARY}` (the"
         " default) every object label of the generated scenes and every recognition and counting question about"
         " them, nothing with --dataset; `off`; or a comma-separated list of objects",

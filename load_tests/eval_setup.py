@@ -18,6 +18,7 @@ from evaluation.runner import (
 )
 from evaluation.questions import text_questions
 from evaluation.scenes import SceneConfig, object_labels
+from python_backends.context.region_questions import DEFAULT_GROUNDING_PROMPT
 from python_backends.context.watch_list import WatchList
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +48,10 @@ def watch_environment(choice: str, own_dataset: bool) -> dict[str, str]:
 
 
 def watch_list(environment: dict[str, str]) -> WatchList:
-    """The watch list an edge started with `environment` (watch_environment's) asks."""
+    """The watch list an edge started with `environment` (watch_environment's) asks, its grounding prompt the
+    edge's default."""
     return WatchList.parse(
-        environment["SPOTVLM_CLOUD_WATCH"], "{object}", questions=environment["SPOTVLM_CLOUD_WATCH_QUESTIONS"]
+        environment["SPOTVLM_CLOUD_WATCH"], DEFAULT_GROUNDING_PROMPT, questions=environment["SPOTVLM_CLOUD_WATCH_QUESTIONS"]
     )
 
 

@@ -47,14 +47,20 @@ def serves_trained_checkpoints(repository_root: Path) -> bool:
 
 def run_demo(protocol: str = "http", repository_root: Path = PROJECT_ROOT / "model_repository") -> int:
     from load_tests.eval_replay import CLOUD_MAX_INFLIGHT
+    from load_tests.eval_setup import WATCH_VOCABULARY, watch_environment
 
     check_built(repository_root)
     trained = serves_trained_checkpoints(repository_root)
     print("Starting the cloud and edge Triton servers on free loopback ports ...", flush=True)
+    # Trained models, as in `spotvlm eval`: every frame goes to the cloud, so context is as fresh as the delay, and
+    # the edge watches the benchmark scenes' objects and questions.
+    trained_env = {
+        "SPOTVLM_CLOUD_MAX_INFLIGHT": str(CLOUD_MAX_INFLIGHT),
+        **watch_environment(WATCH_VOCABULARY, own_dataset=False),
+    }
     servers = LinkedServers(
         repository_root,
-        # Trained models: every frame goes to the cloud, as in `spotvlm eval`, so context is as fresh as the delay.
-        edge_env={"SPOTVLM_CLOUD_MAX_INFLIGHT": str(CLOUD_MAX_INFLIGHT)} if trained else None,
+        edge_env=trained_env if trained else None,
         on_ready=lambda name, server: print(
             f"  {name:<5} ready: http {server.http_url}  grpc {server.grpc_url}", flush=True
         ),

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from python_backends.context.store import question_key
+from python_backends.context.store import with_new_questions
 from python_backends.text import normalise
 
 # The cells a region answer names, row by row (top, middle, bottom), each row left to right; the middle one is
@@ -140,11 +140,5 @@ def carried_region(
 def grounded_questions(questions: Sequence[str], regions: RegionQuestions) -> list[str]:
     """`questions` (a stream's standing questions), then the grounding question of each region question among them
     that is not already standing (case and spacing aside): what a frame sent to the cloud asks."""
-    asked = {question_key(q) for q in questions}
-    extra: list[str] = []
-    for question in questions:
-        grounding = regions.grounding_question(question)
-        if grounding is not None and question_key(grounding) not in asked:
-            asked.add(question_key(grounding))
-            extra.append(grounding)
-    return [*questions, *extra]
+    groundings = (regions.grounding_question(question) for question in questions)
+    return with_new_questions(questions, (g for g in groundings if g is not None))

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +128,18 @@ def _check_stream_id(stream_id: object) -> int:
 def question_key(question: str) -> str:
     """What two questions must share to count as the same question: the same words, case and spacing aside."""
     return " ".join(question.split()).casefold()
+
+
+def with_new_questions(questions: Sequence[str], more: Iterable[str]) -> list[str]:
+    """`questions`, then each of `more` that is not among them or already added (case and spacing aside)."""
+    asked = {question_key(q) for q in questions}
+    extra: list[str] = []
+    for question in more:
+        key = question_key(question)
+        if key not in asked:
+            asked.add(key)
+            extra.append(question)
+    return [*questions, *extra]
 
 
 def _deep_size(obj: object, seen: set[int]) -> int:

@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from python_backends.context.store import question_key
+from python_backends.context.region_questions import DEFAULT_GROUNDING_PROMPT
+from python_backends.context.store import with_new_questions
 
 DEFAULT_INTERVAL_S = 1.0
 
@@ -32,7 +33,7 @@ class WatchList:
     are asked as written."""
 
     objects: tuple[str, ...] = ()
-    prompt: str = "Locate the {object} and give its bbox_2d in JSON."
+    prompt: str = DEFAULT_GROUNDING_PROMPT
     interval_s: float = DEFAULT_INTERVAL_S
     extra_questions: tuple[str, ...] = ()
 
@@ -81,11 +82,4 @@ def _items(text: str, separator: str, kind: str) -> tuple[str, ...]:
 def with_watched(questions: Sequence[str], watched: Sequence[str]) -> list[str]:
     """`questions` (what a frame asks the cloud anyway), then each of `watched` that is not among them (case and
     spacing aside)."""
-    asked = {question_key(q) for q in questions}
-    extra: list[str] = []
-    for question in watched:
-        key = question_key(question)
-        if key not in asked:
-            asked.add(key)
-            extra.append(question)
-    return [*questions, *extra]
+    return with_new_questions(questions, watched)

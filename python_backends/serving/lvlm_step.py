@@ -26,6 +26,9 @@ from python_backends.text import clean_text
 from python_backends.triton_io import answer_batch, first_item, get_input, output_tensor, response, unbatch
 
 DEFAULT_MAX_PROMPTS = 64
+# Prompts in one generation: a dynamic batch of requests with many prompts each is generated in parts of this many,
+# so that its memory (every sequence carries the image's tokens) stays bounded however the requests batch.
+DEFAULT_MAX_GENERATION_PROMPTS = 64
 
 
 def read_image(request, max_pixels: int) -> np.ndarray:
@@ -99,6 +102,13 @@ class LvlmStep:
         self.max_prompts = get_param(params, "max_prompts", DEFAULT_MAX_PROMPTS, int)
         if self.max_prompts < 1:
             raise ValueError(f"model parameter max_prompts must be at least 1, got {self.max_prompts}")
+        self.max_generation_prompts = get_param(
+            params, "max_generation_prompts", DEFAULT_MAX_GENERATION_PROMPTS, int
+        )
+        if self.max_generation_prompts < 1:
+            raise ValueError(
+                f"model parameter max_generation_prompts must be at least 1, got {self.max_generation_prompts}"
+            )
         self.placement = place_instance(args, params.get("dtype", "auto"))
         self.generator = QwenVLGenerator(
             checkpoint_path(params),
@@ -119,8 +129,12 @@ class LvlmStep:
         return ImageQuestions(image, questions)
 
     def _compute(self, batch: list[ImageQuestions]) -> list[list[CloudAnswer]]:
-        # Every prompt of every request in one generation; the answers go back to their requests in order.
-        outputs = iter(self.generator.generate_from_images([q for item in batch for q in item.questions]))
+        # Every prompt of every request, in generations of at most max_generation_prompts; the answers go back to
+        # their requests in order. A part holds each image once, however many of its prompts it holds.
+        questions = [q for item in batch for q in item.questions]
+        size = self.max_generation_prompts
+        parts = [questions[start : start + size] for start in range(0, len(questions), size)]
+        outputs = iter([out for part in parts for out in self.generator.generate_from_images(part)])
         answers = []
         for item in batch:
             seen = self.generator.model_input_size(item.image)

@@ -53,20 +53,23 @@ class SpotVLMConfig:
     cloud_questions: int = _param(
         StoreLimits.max_questions,
         "a frame sent to the cloud asks the stream's last this many distinct questions, and the grounding question of "
-        "each region question among them: keep twice this, plus the watched objects, within lvlm's `max_prompts` (64)",
+        "each region question among them: keep twice this, plus the watched objects and questions, within lvlm's "
+        "`max_prompts` (64)",
     )
     cloud_watch: str = _param(
         "",
         "comma-separated objects the cloud is also asked to locate (with `region_grounding_prompt`), at most once "
-        "every `cloud_watch_interval_ms` per stream: a grounding or region question about one finds its box, tracked "
-        "to the frame, before its own first cloud answer (empty or `off`: none)",
+        "every `cloud_watch_interval_ms` per stream, with `focus_tracking` on: a grounding or region question about "
+        "one finds its box, tracked to the frame, before its own first cloud answer (empty or `off`: none)",
     )
     cloud_watch_questions: str = _param(
         "",
         "`;`-separated questions the cloud is also asked with the watch list: a stream asking one for the first time "
         "finds an answer no older than the cloud's delay and the interval (empty or `off`: none)",
     )
-    cloud_watch_interval_ms: float = _param(1000.0, "how often a stream's frame sent to the cloud asks the watch list")
+    cloud_watch_interval_ms: float = _param(
+        1000.0, "a stream's frames sent to the cloud ask the watch list at most this often (0: every frame sent)"
+    )
     cloud_jpeg_quality: int = _param(85, "JPEG quality of frames sent to the cloud as pixels")
     cloud_max_side: int = _param(0, "frames sent to the cloud are downscaled to this longer side (0: as they are)")
     cloud_failure_threshold: int = _param(3, "failures in a row that open the circuit breaker")

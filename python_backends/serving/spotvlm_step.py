@@ -242,12 +242,16 @@ class SpotVLMStep:
         # answers, readers that take the later arrival (context replacement by frame) take the one to what it asked.
         # The watch list's answers are kept only as received: in the store's window they would crowd out the
         # stream's own questions' answers and fill the SVLM's history with objects nobody asked about.
-        self.store.add_cloud_results(job.stream_id, results[:own][::-1])
+        # The record first: a reader that sees the store's new answers finds the watched ones there too.
         self.received.add(job.stream_id, results)
+        self.store.add_cloud_results(job.stream_id, results[:own][::-1])
 
     def _on_cloud_error(self, job: CloudJob, kind: str) -> None:
         with self._lock:
-            self._dispatched.pop(job, None)
+            sent = self._dispatched.pop(job, None)
+            if sent is not None and sent[2] < len(sent[1]) and sent[0] == self._epochs.get(job.stream_id):
+                # The watch list went unanswered: the next frame sent asks it again, not one interval later.
+                self._watch_sent_s.pop(job.stream_id, None)
         log.debug("cloud request for stream %d frame %d failed: %s", job.stream_id, job.frame_id, kind)
 
     def _dispatch(self, frame: FrameRequest, frame_id: int) -> str:

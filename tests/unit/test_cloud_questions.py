@@ -210,14 +210,18 @@ def test_focus_takes_of_one_frames_answers_the_one_to_the_question_asked_now() -
 # -- lvlm: n prompts on one frame --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lvlm(tiny_cloud_checkpoint):
+def make_lvlm(checkpoint, **params):
     from python_backends.serving.lvlm_step import LvlmStep
 
-    config = {"checkpoint": tiny_cloud_checkpoint, "default_max_tokens": 6, "max_input_pixels": 10**6, "max_prompts": 3}
+    config = {"checkpoint": checkpoint, "default_max_tokens": 6, "max_input_pixels": 10**6, "max_prompts": 3, **params}
     return LvlmStep(
         {"model_config": json.dumps({"parameters": {k: {"string_value": str(v)} for k, v in config.items()}})}
     )
+
+
+@pytest.fixture(scope="module")
+def lvlm(tiny_cloud_checkpoint):
+    return make_lvlm(tiny_cloud_checkpoint)
 
 
 def lvlm_request(*prompts: bytes, image: np.ndarray = FRAME) -> fake_pb_utils.FakeRequest:
@@ -244,6 +248,23 @@ def test_lvlm_answers_every_prompt_of_a_request_on_one_image_encoding(lvlm, monk
     assert answers(together) == [text for (text,) in alone], "each prompt answered as if asked alone"
     assert all(isinstance(json.loads(d), list) for d in answers(together, "DETECTIONS"))
     assert together.output("TEXT").shape == together.output("DETECTIONS").shape == (1, 3)
+
+
+def test_a_batch_is_generated_in_parts_of_at_most_max_generation_prompts_with_the_same_answers(
+    lvlm, tiny_cloud_checkpoint, monkeypatch
+):
+    parted = make_lvlm(tiny_cloud_checkpoint, max_generation_prompts=2)
+    sizes = []
+    generate = parted.generator.generate_from_images
+    monkeypatch.setattr(
+        parted.generator, "generate_from_images", lambda requests: sizes.append(len(requests)) or generate(requests)
+    )
+    batch = [lvlm_request(b"Where is the car?"), lvlm_request(b"a?", b"b?", b"Where is the car?")]
+    whole = [answers(r) for r in lvlm.execute(batch)]
+    assert [answers(r) for r in parted.execute(batch)] == whole
+    assert sizes == [2, 2], "four prompts in parts of two"
+    with pytest.raises(ValueError, match="max_generation_prompts"):
+        make_lvlm(tiny_cloud_checkpoint, max_generation_prompts=0)
 
 
 def test_lvlm_batches_requests_of_different_prompt_counts(lvlm):

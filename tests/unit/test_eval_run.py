@@ -373,15 +373,16 @@ def test_bad_options_exit_2_before_any_server(argv, message, tmp_path, capsys):
 
 
 def test_the_evaluation_watches_the_generated_scenes_vocabulary_unless_told_otherwise():
-    from evaluation.questions import candidate_questions
+    from evaluation.questions import candidate_questions, grounding_question
     from evaluation.scenes import Scene, SceneConfig
     from load_tests.eval_setup import watch_environment, watch_list
 
     assert add_arguments(argparse.ArgumentParser()).parse_args([]).cloud_watch == "vocabulary"
     watched = watch_list(watch_environment("vocabulary", own_dataset=False))
+    # The edge asks a watched object's box in the words the benchmark's grounding questions use.
+    assert watched.questions()[0] == grounding_question(watched.objects[0])
     assert len(watched.objects) == 24 and "purple star" in watched.objects
     # Every text question the generated scenes ask is watched, and every object they ask about.
-    grounding_prompt = "Locate the {object} and give its bbox_2d in JSON."
     for seed in (500, 501):
         scene = Scene(seed, SceneConfig(seconds=2.0))
         for index in (0, 10, 19):
@@ -391,7 +392,7 @@ def test_the_evaluation_watches_the_generated_scenes_vocabulary_unless_told_othe
                     if task in ("recognition", "counting"):
                         assert question.question in watched.extra_questions, question
                     elif task == "grounding":
-                        assert any(grounding_prompt.format(object=o) == question.question for o in watched.objects)
+                        assert any(grounding_question(o) == question.question for o in watched.objects)
     for own_dataset, choice in ((True, "vocabulary"), (False, "off")):
         assert not watch_list(watch_environment(choice, own_dataset)).enabled
     given = watch_list(watch_environment("red circle, tree", own_dataset=True))

@@ -172,6 +172,21 @@ def test_a_frame_asks_the_watch_list_once_an_interval_and_again_when_the_stream_
     assert asked == [(COLOUR_Q, *watched), (COLOUR_Q,), (COLOUR_Q, *watched), (COLOUR_Q, *watched), (COLOUR_Q,)]
 
 
+def test_a_watch_list_that_went_unanswered_is_asked_again_by_the_next_frame_sent(watching_step) -> None:
+    step = watching_step(cloud_watch_interval_ms="60000")
+    image = synthetic_clip(1).frames[0]
+    _send(step, image, 0, COLOUR_Q, flags=START)
+    _send(step, image, 100, COLOUR_Q)
+    step._on_cloud_error(step.link.jobs[-1], "timeout")  # a frame without the list failed: nothing to ask again
+    _send(step, image, 200, COLOUR_Q)
+    step._on_cloud_error(step.link.jobs[0], "timeout")  # the frame that asked it failed
+    _send(step, image, 300, COLOUR_Q)
+    _send(step, image, 400, COLOUR_Q)
+    watched = (LOCATE_SQUARE, LOCATE_CIRCLE)
+    asked = [job.prompts for job in step.link.jobs]
+    assert asked == [(COLOUR_Q, *watched), (COLOUR_Q,), (COLOUR_Q,), (COLOUR_Q, *watched), (COLOUR_Q,)]
+
+
 def test_a_watched_question_is_answered_with_the_clouds_answer_the_first_time_it_is_asked(watching_step) -> None:
     step = watching_step(cloud_watch_questions=COUNT_Q)
     clip = synthetic_clip(6, shape="square", seed=1)
