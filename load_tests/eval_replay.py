@@ -189,8 +189,8 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
     if own_servers:
         watched = watch_list(watch)
         notes.append(
-            f"beside the stream's questions, the edge's link asks the cloud every {watched.interval_s:g} s where each of"
-            f" {len(watched.objects)} watched object(s) is (cloud_watch) and {len(watched.extra_questions)} watched"
+            f"beside the stream's questions, the edge's link asks the cloud every {watched.interval_s:g} s where each"
+            f" of {len(watched.objects)} watched object(s) is (cloud_watch) and {len(watched.extra_questions)} watched"
             " question(s) (cloud_watch_questions)"
             if watched.enabled
             else "nothing watched (cloud_watch off)"

@@ -50,9 +50,8 @@ def watch_environment(choice: str, own_dataset: bool) -> dict[str, str]:
 def watch_list(environment: dict[str, str]) -> WatchList:
     """The watch list an edge started with `environment` (watch_environment's) asks, its grounding prompt the
     edge's default."""
-    return WatchList.parse(
-        environment["SPOTVLM_CLOUD_WATCH"], DEFAULT_GROUNDING_PROMPT, questions=environment["SPOTVLM_CLOUD_WATCH_QUESTIONS"]
-    )
+    objects, questions = environment["SPOTVLM_CLOUD_WATCH"], environment["SPOTVLM_CLOUD_WATCH_QUESTIONS"]
+    return WatchList.parse(objects, DEFAULT_GROUNDING_PROMPT, questions=questions)
 
 
 def say(message: str) -> None:

@@ -102,9 +102,7 @@ class LvlmStep:
         self.max_prompts = get_param(params, "max_prompts", DEFAULT_MAX_PROMPTS, int)
         if self.max_prompts < 1:
             raise ValueError(f"model parameter max_prompts must be at least 1, got {self.max_prompts}")
-        self.max_generation_prompts = get_param(
-            params, "max_generation_prompts", DEFAULT_MAX_GENERATION_PROMPTS, int
-        )
+        self.max_generation_prompts = get_param(params, "max_generation_prompts", DEFAULT_MAX_GENERATION_PROMPTS, int)
         if self.max_generation_prompts < 1:
             raise ValueError(
                 f"model parameter max_generation_prompts must be at least 1, got {self.max_generation_prompts}"
