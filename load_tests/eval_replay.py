@@ -84,6 +84,21 @@ def ask_cloud(client: Any, frame: np.ndarray, question: str, max_tokens: int | N
     return Answer(reply.text, reply.latency_ms, box=box)
 
 
+class ServerStopped(RuntimeError):
+    """A server the evaluation started stopped before the evaluation ended."""
+
+
+def check_running(servers: Sequence[Any]) -> None:
+    """Raises ServerStopped, with the server's log tail, for the first of `servers` (TritonServer, or None for one
+    not started) that is no longer running."""
+    for server in servers:
+        if server is not None and not server.is_running():
+            raise ServerStopped(
+                f"the server at {server.grpc_url} stopped (exit status {server.returncode}); its log ends:\n"
+                f"{server.log_tail()}"
+            )
+
+
 def run_stream(
     run: StreamRun,
     url: str,
@@ -282,6 +297,8 @@ def run_eval(args: argparse.Namespace, videos: list[VideoPlan], settings: list[L
                     trace_stack.callback(edge.stop)
                     url = edge.grpc_url
                 for run in (r for r in runs if r.setting.name == setting.name):
+                    if own_servers:  # a server that died would fail every request left: stop, with its log
+                        check_running([servers.cloud, servers.edge, *([] if setting.per_request else [edge])])
                     if run.video.video not in frames:
                         frames[run.video.video] = [_frame(e) for e in run.video.examples]
                     video_frames = frames[run.video.video]

@@ -46,7 +46,7 @@ from evaluation.report import write_report
 from evaluation.runner import (
     parse_latencies,
 )
-from load_tests.eval_replay import run_eval
+from load_tests.eval_replay import ServerStopped, run_eval
 from load_tests.eval_setup import (
     REPOSITORY_ROOT,
     WATCH_VOCABULARY,
@@ -227,6 +227,9 @@ def run_from_args(args: argparse.Namespace, prog: str = "spotvlm eval") -> int:
             result = run_eval(args, plans, settings)
     except ServerStartError as exc:
         print(f"{prog}: a server did not start: {exc}", file=sys.stderr)
+        return 1
+    except ServerStopped as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -397,3 +397,20 @@ def test_the_evaluation_watches_the_generated_scenes_vocabulary_unless_told_othe
         assert not watch_list(watch_environment(choice, own_dataset)).enabled
     given = watch_list(watch_environment("red circle, tree", own_dataset=True))
     assert given.objects == ("red circle", "tree") and given.extra_questions == ()
+
+
+def test_a_server_that_stopped_stops_the_evaluation_with_its_log():
+    from load_tests.eval_replay import ServerStopped, check_running
+
+    class Stopped:
+        grpc_url, returncode = "127.0.0.1:1", -11
+
+        def is_running(self) -> bool:
+            return False
+
+        def log_tail(self) -> str:
+            return "Stub process 'spotvlm_0_0' is not healthy."
+
+    check_running([None])  # a server never started is not checked
+    with pytest.raises(ServerStopped, match=r"127.0.0.1:1 stopped \(exit status -11\)(.|\n)*spotvlm_0_0"):
+        check_running([None, Stopped()])
