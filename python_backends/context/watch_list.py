@@ -18,11 +18,9 @@ is one larger cloud request per interval: one image encoding, one more generated
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from python_backends.context.region_questions import DEFAULT_GROUNDING_PROMPT
-from python_backends.context.store import with_new_questions
 
 DEFAULT_INTERVAL_S = 1.0
 
@@ -77,9 +75,3 @@ def _items(text: str, separator: str, kind: str) -> tuple[str, ...]:
             seen.add(cleaned.casefold())
             items.append(cleaned)
     return tuple(items)
-
-
-def with_watched(questions: Sequence[str], watched: Sequence[str]) -> list[str]:
-    """`questions` (what a frame asks the cloud anyway), then each of `watched` that is not among them (case and
-    spacing aside)."""
-    return with_new_questions(questions, watched)

@@ -41,9 +41,8 @@ from python_backends.context.report import CloudAnswerReport, ContextReport, Lat
 from python_backends.context.replacement import ReplacedHistory, WordBudget
 from python_backends.context.served_context import SVLM, AnswerTracking, CarriedAnswer, build_context_input
 from python_backends.context.region_questions import grounded_questions
-from python_backends.context.watch_list import with_watched
 from python_backends.context.served_context import track_answers, track_region
-from python_backends.context.store import CloudResult, ContextStore, TurnRecord, question_key
+from python_backends.context.store import CloudResult, ContextStore, TurnRecord, question_key, with_new_questions
 from python_backends.context.token_budget import TokenizerBudget
 from python_backends.errors import InputError
 from python_backends.params import model_parameters, with_env_overrides
@@ -268,7 +267,7 @@ class SpotVLMStep:
                 watching = self.watch.due(self._watch_sent_s.get(frame.stream_id), time.monotonic())
         own = len(questions)
         if watching:
-            questions = with_watched(questions, self.watch.questions())
+            questions = with_new_questions(questions, self.watch.questions())
         prompts = [self.cloud_prompt.replace("{question}", question) for question in questions]
         job = CloudJob(
             stream_id=frame.stream_id,

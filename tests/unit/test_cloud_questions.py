@@ -111,7 +111,7 @@ def test_cloud_questions_sets_the_store_limits() -> None:
 # -- spotvlm: the frame asks every standing question, the reply files an answer to each ------------------------------
 
 
-def reply(job, texts: dict[str, str], detections=(CAR, TREE)) -> CloudReply:
+def reply(job, texts: dict[str, str], detections=(CAR, TREE), frame_size=(96, 128)) -> CloudReply:
     """The cloud's reply to every prompt of `job`, the text of each looked up by its prompt."""
     first, *others = [PromptAnswer(texts[p], tuple(detections)) for p in job.prompts]
     return CloudReply(
@@ -119,7 +119,7 @@ def reply(job, texts: dict[str, str], detections=(CAR, TREE)) -> CloudReply:
         text=first.text,
         detections=first.detections,
         other_answers=tuple(others),
-        frame_size=(96, 128),
+        frame_size=frame_size,
         sent_s=1.0,
         arrived_s=1.5,
     )

@@ -15,12 +15,13 @@ pb = fake_pb_utils.install()
 
 from load_tests.tracking_bench import synthetic_clip  # noqa: E402
 from python_backends.cloud.link import CloudReply  # noqa: E402
-from python_backends.cloud.request import PromptAnswer  # noqa: E402
 from python_backends.context.region_questions import region_of_box  # noqa: E402
-from python_backends.context.watch_list import WatchList, with_watched  # noqa: E402
+from python_backends.context.store import with_new_questions  # noqa: E402
+from python_backends.context.watch_list import WatchList  # noqa: E402
 from python_backends.detections import Detection  # noqa: E402
 from python_backends.serving import spotvlm_step  # noqa: E402
 from python_backends.serving.spotvlm_config import SpotVLMConfig  # noqa: E402
+from tests.unit.test_cloud_questions import reply  # noqa: E402
 from tests.unit.test_served_context import _echo, make_step  # noqa: E402
 from tests.unit.test_spotvlm_step import FakeCloudLink  # noqa: E402
 
@@ -86,8 +87,8 @@ def test_the_list_is_due_once_an_interval() -> None:
 
 def test_watched_questions_follow_the_frames_own_and_are_not_asked_twice() -> None:
     asked = [WHERE, " locate the RED square and give its bbox_2d in json."]
-    assert with_watched(asked, [LOCATE_SQUARE, LOCATE_CIRCLE]) == [*asked, LOCATE_CIRCLE]
-    assert with_watched(asked, []) == asked
+    assert with_new_questions(asked, [LOCATE_SQUARE, LOCATE_CIRCLE]) == [*asked, LOCATE_CIRCLE]
+    assert with_new_questions(asked, []) == asked
 
 
 def test_the_config_reads_the_list_and_counts_it_in_the_prompts_a_frame_asks() -> None:
@@ -144,16 +145,7 @@ def _send(step, image, timestamp_ms, prompt, flags=0, **params):
 def _reply(job, box, detections=True) -> CloudReply:
     """The cloud's answer to every prompt of `job`: the red square's box, for whichever question (or no box)."""
     detections = (Detection("red square", tuple(float(v) for v in box)),) if detections else ()
-    first, *others = [PromptAnswer(f"answer to {p}", detections) for p in job.prompts]
-    return CloudReply(
-        job=job,
-        text=first.text,
-        detections=first.detections,
-        other_answers=tuple(others),
-        frame_size=CLIP_SIZE,
-        sent_s=1.0,
-        arrived_s=1.5,
-    )
+    return reply(job, {p: f"answer to {p}" for p in job.prompts}, detections, frame_size=CLIP_SIZE)
 
 
 def test_a_frame_asks_the_watch_list_once_an_interval_and_again_when_the_stream_restarts(watching_step) -> None:
